@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: it takes the CPU build that lies on this disk. Unpinned, pip would
+# fetch a multi-GB CUDA build. The Dockerfile has its own (GPU) path.
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv demo test lint stack-up stack-down clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[local,dev]"
+	touch $@
+
+demo: venv
+	$(BIN)/amnesia demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check amnesia components pipelines tests bench
+
+stack-up: venv
+	$(BIN)/amnesia stack up
+
+stack-down: venv
+	$(BIN)/amnesia stack down
+
+clean:
+	-$(BIN)/amnesia stack down
+	rm -rf .amnesia

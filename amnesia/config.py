@@ -1,0 +1,81 @@
+"""The run config: one YAML file, validated by one pydantic model per stage.
+
+The CLI, the KFP components and the tests all build the same models, so a bad value fails the
+same way everywhere: at load, with the file and the field named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from amnesia.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(StrictModel):
+    """Where a run writes its artifacts: s3://<bucket>/<prefix>/... or a local folder."""
+
+    root: str = Field("s3://amnesia/runs", description="s3://bucket/prefix or a local folder.")
+
+
+class RunConfig(StrictModel):
+    """Top level of the run config. Stage sections are added by the stages."""
+
+    name: str = Field("amnesia", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+    experiment: str = Field("selective-amnesia", min_length=1)
+    seed: int = Field(0, ge=0)
+    store: StoreConfig = StoreConfig()
+
+
+def describe_error(err: ValidationError, source: str) -> str:
+    """One line: '<source>: <dotted.field>: <message>' (+N more)."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(root)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {field}: {first['msg']}{more}"
+
+
+def parse_model(model: type[M], data: Any, source: str) -> M:
+    """Validate `data` as `model`, turning errors into a ConfigError that names source and field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_error(err, source)) from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_run_config(path: str | Path, model: type[M] = RunConfig) -> M:  # type: ignore[assignment]
+    """Read and validate a YAML run config."""
+    return parse_model(model, load_yaml(path), str(path))
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A stable sha256 of a config's canonical JSON: the same settings always hash the same."""
+    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

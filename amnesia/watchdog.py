@@ -1,0 +1,51 @@
+"""Stops process groups when their owner process ends or a time limit passes.
+
+Started by `stack.up(owner_pid=..., ttl_s=...)` so that servers a test run starts stop by
+themselves, even when the test run is killed before its teardown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import time
+
+
+def _owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="amnesia.watchdog")
+    parser.add_argument("--pgid", type=int, action="append", required=True)
+    parser.add_argument("--owner", type=int)
+    parser.add_argument("--ttl", type=float)
+    parser.add_argument("--poll", type=float, default=0.5)
+    args = parser.parse_args(argv)
+
+    deadline = time.monotonic() + args.ttl if args.ttl else None
+    while True:
+        if args.owner is not None and not _owner_alive(args.owner):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(args.poll)
+    for pgid in args.pgid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    time.sleep(3)
+    for pgid in args.pgid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
