@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +28,7 @@ from amnesia.errors import StackError
 from amnesia.settings import Settings
 
 HOST = "127.0.0.1"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 REGION = "us-east-1"
 STATE_FILE = "stack.json"
 # IAM calls made before signature checks start: CreateUser, PutUserPolicy, CreateAccessKey.
@@ -143,7 +144,8 @@ def _tail(log: Path, lines: int = 12) -> str:
         text = log.read_text(errors="replace").strip().splitlines()[-lines:]
     except OSError:
         return "(no log)"
-    return " | ".join(line.strip() for line in text if line.strip()) or "(empty log)"
+    clean = (_ANSI.sub("", line).strip() for line in text)
+    return " | ".join(line for line in clean if line) or "(empty log)"
 
 
 # ---------------------------------------------------------------- ports and health
@@ -247,6 +249,26 @@ def _bootstrap_s3(endpoint: str, buckets: Iterable[str]) -> tuple[str, str]:
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
+def start_s3(log: Path, port: int, buckets: Iterable[str], timeout_s: float = 60.0) -> tuple[Service, str, str]:
+    """Start the S3-compatible server alone (signature checks on); returns it and its access key."""
+    env = _base_env() | {"INITIAL_NO_AUTH_ACTION_COUNT": str(_BOOTSTRAP_ACTIONS)}
+    s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log, env, port)
+    try:
+        _wait_healthy(s3, f"http://{HOST}:{port}/moto-api/", timeout_s)
+        key_id, secret = _bootstrap_s3(f"http://{HOST}:{port}", buckets)
+    except Exception as err:
+        _stop(s3)
+        if isinstance(err, StackError):
+            raise
+        raise StackError(f"S3 server set-up failed: {err}; log tail: {_tail(log)}") from None
+    return s3, key_id, secret
+
+
+def stop(svc: Service) -> bool:
+    """Stop one service started here (public for tests that run a private server)."""
+    return _stop(svc)
+
+
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "AMNESIA_"))}
     env["PYTHONUNBUFFERED"] = "1"
@@ -280,17 +302,7 @@ def up(
         raise StackError(f"AMNESIA_S3_PORT and AMNESIA_MLFLOW_PORT are both {s3_port}; pick two ports")
     logs = home / "logs"
 
-    env = _base_env() | {"INITIAL_NO_AUTH_ACTION_COUNT": str(_BOOTSTRAP_ACTIONS)}
-    s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(s3_port)],
-                logs / "s3.log", env, s3_port)
-    try:
-        _wait_healthy(s3, f"http://{HOST}:{s3_port}/moto-api/", timeout_s)
-        key_id, secret = _bootstrap_s3(f"http://{HOST}:{s3_port}", bucket_list + ["amnesia-mlflow"])
-    except Exception as err:
-        _stop(s3)
-        if isinstance(err, StackError):
-            raise
-        raise StackError(f"S3 server set-up failed: {err}; log tail: {_tail(logs / 's3.log')}") from None
+    s3, key_id, secret = start_s3(logs / "s3.log", s3_port, bucket_list + ["amnesia-mlflow"], timeout_s)
 
     mlflow_env = _base_env() | {
         "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",

@@ -1,0 +1,186 @@
+"""The `amnesia` command: thin click wrappers over the library. Each stage adds its subcommand."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from amnesia import __version__
+from amnesia.errors import AmnesiaError
+from amnesia.settings import Settings, load_settings
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AmnesiaError as err:
+            raise click.ClickException(str(err)) from None
+
+
+def client_settings(home: Path | None = None) -> Settings:
+    """Settings for a client command: the environment, else the local stack running in home."""
+    from amnesia import stack
+
+    base = load_settings()
+    stack.activate(home or base.home)
+    return load_settings()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="amnesia")
+def cli() -> None:
+    """Selective Amnesia: make a model forget, prove it, and hand it to a person for approval."""
+
+
+# ---------------------------------------------------------------- stack
+
+
+@cli.group(cls=_Group)
+def stack() -> None:
+    """The local S3-compatible server and MLflow tracking server (127.0.0.1 only)."""
+
+
+@stack.command("up")
+@click.option("--owner-pid", type=int, help="Stop the stack by itself when this process ends.")
+@click.option("--ttl", type=float, help="Stop the stack by itself after this many seconds.")
+def stack_up(owner_pid: int | None, ttl: float | None) -> None:
+    """Start the stack (or find it running) and print how to reach it."""
+    from amnesia import stack as stk
+    from amnesia.storage import ArtifactStore
+
+    settings = load_settings()
+    state = stk.up(settings, owner_pid=owner_pid, ttl_s=ttl)
+    store = ArtifactStore(load_settings(**_stack_overrides(state)))
+    buckets = [b["Name"] for b in store.s3.list_buckets()["Buckets"]]
+    click.echo(f"S3      {state.s3_endpoint}  buckets: {', '.join(buckets)}")
+    click.echo(f"MLflow  {state.tracking_uri}  (UI and /health)")
+    click.echo(f"state   {state.home}  (`amnesia stack env` prints the variables for other shells)")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop exactly what `stack up` started."""
+    from amnesia import stack as stk
+
+    stopped = stk.down(load_settings().home)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def stack_status(as_json: bool) -> None:
+    """Is the stack up, and where."""
+    from amnesia import stack as stk
+
+    report = stk.status(load_settings().home)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    if "s3" not in report:
+        click.echo("not running")
+        return
+    click.echo(f"running: {report['running']}")
+    click.echo(f"S3      {report['s3']['endpoint']}  alive={report['s3']['alive']}")  # type: ignore[index]
+    click.echo(f"MLflow  {report['mlflow']['tracking_uri']}  alive={report['mlflow']['alive']}")  # type: ignore[index]
+
+
+@stack.command("env")
+def stack_env() -> None:
+    """Print `export` lines that point a shell at the running stack."""
+    from amnesia import stack as stk
+
+    state = stk.running(load_settings().home)
+    if state is None:
+        raise click.ClickException("the local stack is not running (`amnesia stack up`)")
+    for key, value in state.env().items():
+        click.echo(f"export {key}={value}")
+
+
+def _stack_overrides(state: Any) -> dict[str, Any]:
+    env = state.env()
+    return {
+        "s3_endpoint_url": env["AMNESIA_S3_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"],
+    }
+
+
+# ---------------------------------------------------------------- store
+
+
+@cli.group(cls=_Group)
+def store() -> None:
+    """Files and folders in the artifact store (s3:// URIs or local paths), with manifests."""
+
+
+@store.command("put")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("uri")
+def store_put(src: Path, uri: str) -> None:
+    """Upload a file or a folder (a folder gets a manifest, written last)."""
+    from amnesia.storage import ArtifactStore
+
+    st = ArtifactStore(client_settings())
+    ref = st.put_dir(src, uri) if src.is_dir() else st.put_file(src, uri)
+    click.echo(ref.model_dump_json())
+
+
+@store.command("get")
+@click.argument("uri")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--file", "is_file", is_flag=True, help="URI is a single file, not a folder.")
+def store_get(uri: str, dst: Path, is_file: bool) -> None:
+    """Download and verify a folder (or, with --file, one file)."""
+    from amnesia.storage import ArtifactStore
+
+    st = ArtifactStore(client_settings())
+    if is_file:
+        st.get_file(uri, dst)
+        click.echo(str(dst))
+    else:
+        manifest = st.get_dir(uri, dst)
+        click.echo(f"{dst}: {len(manifest.files)} files, digest {manifest.digest}")
+
+
+@store.command("verify")
+@click.argument("uri")
+def store_verify(uri: str) -> None:
+    """Re-hash every object of a folder against its manifest; non-zero exit if any differs."""
+    from amnesia.storage import ArtifactStore
+
+    manifest = ArtifactStore(client_settings()).verify(uri)
+    click.echo(f"ok: {len(manifest.files)} files, {manifest.size} bytes, digest {manifest.digest}")
+
+
+# ---------------------------------------------------------------- demo
+
+
+@cli.group(cls=_Group, invoke_without_command=True)
+@click.option("--keep-stack/--stop-stack", default=True, show_default=True,
+              help="Leave the local stack running afterwards (to browse MLflow).")
+@click.pass_context
+def demo(ctx: click.Context, keep_stack: bool) -> None:
+    """Run the whole story on the embedded demo world (what exists of it so far)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from amnesia.demo.walkthrough import run_demo
+
+    run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo)
+
+
+def main() -> None:
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow imports GitPython
+    cli(prog_name="amnesia")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

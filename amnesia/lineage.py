@@ -1,0 +1,236 @@
+"""Lineage in MLflow: the only module that writes to it.
+
+A pipeline run is one parent MLflow run (found by its pipeline run id, so any process can join
+it) with one nested run per stage. Every value passes a guard first: forget-set text is personal
+data, so params, tags, metrics and dataset entries may hold ids, counts, URIs and hashes only.
+The tags are listed here, in `Tag`, so the audit reads exactly what the stages write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from amnesia import __version__
+from amnesia.errors import LineageError
+from amnesia.settings import Settings, settings as default_settings
+
+
+class Tag(StrEnum):
+    """Every lineage tag the project writes."""
+
+    PIPELINE_RUN_ID = "amnesia.pipeline_run_id"
+    ROLE = "amnesia.role"  # "pipeline" or "stage"
+    STAGE = "amnesia.stage"
+    CODE_VERSION = "amnesia.code_version"
+    IMAGE = "amnesia.image"
+    CONFIG_HASH = "amnesia.config_hash"
+    STATUS = "amnesia.status"
+    ERROR = "amnesia.error"  # the exception class only: messages can quote data
+    STOPPED_AT = "amnesia.stopped_at"
+
+
+# Ids, numbers, URIs, hashes, comma lists: no spaces, so no sentences.
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+=,#%\-\[\]]*$")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,250}$")
+_MAX_VALUE = 500
+_MIN_PROTECTED = 5  # shorter strings ("yes", "1990") would match everywhere
+_TEXT_SUFFIXES = {".txt", ".json", ".jsonl", ".md", ".html", ".csv", ".yaml", ".yml", ".log", ".svg"}
+
+
+def _norm(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+@cache
+def code_version() -> str:
+    """Package version, plus the git commit when run from a checkout (or AMNESIA_CODE_VERSION)."""
+    if env := os.environ.get("AMNESIA_CODE_VERSION"):
+        return env
+    root = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        if sha:
+            return f"{__version__}+g{sha}"
+    return __version__
+
+
+class Guard:
+    """Decides whether a value may be written to MLflow."""
+
+    def __init__(self, protected: Iterable[str] = ()) -> None:
+        self._protected: set[str] = set()
+        self.protect(protected)
+
+    def protect(self, texts: Iterable[str]) -> None:
+        """Register record text (forget inputs/outputs, subject names) that must never be logged."""
+        self._protected.update(n for n in map(_norm, texts) if len(n) >= _MIN_PROTECTED)
+
+    def leaks(self, text: str) -> bool:
+        n = _norm(text)
+        return any(p in n for p in self._protected)
+
+    def check(self, kind: str, key: str, value: Any) -> str:
+        if not _SAFE_KEY.match(key):
+            raise LineageError(f"refusing to log {kind}: key {key[:40]!r}… is not an identifier")
+        if isinstance(value, bool | int | float):
+            return str(value)
+        text = str(value)
+        # Never echo the value: it may be the very data we refuse to log.
+        if len(text) > _MAX_VALUE or not _SAFE_VALUE.match(text):
+            raise LineageError(
+                f"refusing to log {kind} {key!r}: its value looks like free text ({len(text)} chars); "
+                "log ids, counts, URIs or hashes"
+            )
+        if self.leaks(text):
+            raise LineageError(f"refusing to log {kind} {key!r}: it contains protected record text")
+        return text
+
+    def check_file(self, path: Path) -> None:
+        if path.suffix.lower() in _TEXT_SUFFIXES and self.leaks(path.read_text(errors="replace")):
+            raise LineageError(f"refusing to log artifact {path.name}: it contains protected record text")
+
+
+class StageRun:
+    """A nested MLflow run for one stage."""
+
+    def __init__(self, client: Any, run_id: str, guard: Guard) -> None:
+        self.client, self.run_id, self.guard = client, run_id, guard
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, self.guard.check("param", k, v)) for k, v in params.items()]
+        self.client.log_batch(self.run_id, params=items)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for k, v in metrics.items():
+            self.guard.check("metric", k, 0)
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise LineageError(f"refusing to log metric {k!r}: not a number")
+            items.append(Metric(k, float(v), now, step or 0))
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, self.guard.check("tag", k, v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            self.guard.check_file(f)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, counts: Mapping[str, int]) -> None:
+        """Record a dataset by name, digest and S3 source; the profile holds counts, never content."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        for key, value in {"name": name, "digest": digest, "source": source, "context": context}.items():
+            self.guard.check("dataset", key, value)
+        profile = json.dumps({k: int(v) for k, v in counts.items()}, sort_keys=True)
+        dataset = Dataset(name=name, digest=digest[:36], source_type="s3" if source.startswith("s3://") else "local",
+                          source=json.dumps({"uri": source, "sha256": digest}), profile=profile)
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+        ])
+
+
+class Lineage:
+    """Opens (or joins) a pipeline run's parent MLflow run and its stages' nested runs."""
+
+    def __init__(
+        self,
+        pipeline_run_id: str,
+        experiment: str | None = None,
+        settings: Settings | None = None,
+        protected: Iterable[str] = (),
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.settings = settings or default_settings()
+        if not self.settings.mlflow_tracking_uri:
+            raise LineageError("MLFLOW_TRACKING_URI is not set (start the local stack: `amnesia stack up`)")
+        self.pipeline_run_id = Guard().check("tag", Tag.PIPELINE_RUN_ID, pipeline_run_id)
+        self.experiment = experiment or self.settings.experiment
+        self.client = MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
+        self.guard = Guard(protected)
+        self._experiment_id: str | None = None
+        self._parent_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment)
+                except Exception:  # another process created it first
+                    found = self.client.get_experiment_by_name(self.experiment)
+                    if found is None:
+                        raise
+            if found is not None:
+                self._experiment_id = found.experiment_id
+        return self._experiment_id  # type: ignore[return-value]
+
+    def _base_tags(self) -> dict[str, str]:
+        return {
+            Tag.PIPELINE_RUN_ID: self.pipeline_run_id,
+            Tag.CODE_VERSION: code_version(),
+            Tag.IMAGE: os.environ.get("AMNESIA_IMAGE_REF", f"{self.settings.image}:{__version__}"),
+        }
+
+    def parent_run_id(self) -> str:
+        """The pipeline's parent run: found by its pipeline run id, created if none exists yet."""
+        if self._parent_id is None:
+            query = f"tags.`{Tag.PIPELINE_RUN_ID}` = '{self.pipeline_run_id}' and tags.`{Tag.ROLE}` = 'pipeline'"
+            runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
+                                           order_by=["attributes.start_time ASC"])
+            if runs:
+                self._parent_id = runs[0].info.run_id
+            else:
+                tags = self._base_tags() | {Tag.ROLE: "pipeline", "mlflow.runName": self.pipeline_run_id}
+                self._parent_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        return self._parent_id
+
+    @contextlib.contextmanager
+    def stage(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+        """A nested run for one stage; FAILED (with the error's class, not its text) if the body raises."""
+        tags = self._base_tags() | {
+            Tag.ROLE: "stage", Tag.STAGE: self.guard.check("tag", Tag.STAGE, name),
+            "mlflow.parentRunId": self.parent_run_id(), "mlflow.runName": name,
+        }
+        run = StageRun(self.client, self.client.create_run(self.experiment_id, tags=tags).info.run_id, self.guard)
+        try:
+            if params:
+                run.log_params(params)
+            yield run
+        except BaseException as err:
+            with contextlib.suppress(Exception):
+                run.set_tags({Tag.ERROR: err.__class__.__name__})
+                self.client.set_terminated(run.run_id, "FAILED")
+            raise
+        self.client.set_terminated(run.run_id, "FINISHED")
+
+    def close(self, status: str, **tags: Any) -> None:
+        """End the parent run (the exit handler's job): status and final tags."""
+        parent = StageRun(self.client, self.parent_run_id(), self.guard)
+        parent.set_tags({Tag.STATUS: status, **tags})
+        self.client.set_terminated(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")

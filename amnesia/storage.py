@@ -1,0 +1,483 @@
+"""The artifact store: files and folders under s3:// URIs or local paths, each folder with a manifest.
+
+A folder's manifest (relative path, size, sha256 per file, one digest for the whole) is written
+last: a prefix without one is an incomplete upload and is never read as a whole artifact.
+Downloads are verified against it; a changed or missing object is an IntegrityError naming the key.
+Everything large in the pipeline (datasets, models, checkpoints, reports) travels through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from amnesia.errors import IntegrityError, StoreError
+from amnesia.settings import Settings, settings as default_settings
+
+MANIFEST_NAME = "_manifest.json"
+MANIFEST_FORMAT = "amnesia-manifest/1"
+_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------- digests and manifests
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileEntry(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    format: Literal["amnesia-manifest/1"] = MANIFEST_FORMAT
+    files: list[FileEntry]
+    digest: str
+
+    @classmethod
+    def of(cls, entries: list[FileEntry]) -> Manifest:
+        entries = sorted(entries, key=lambda e: e.path)
+        return cls(files=entries, digest=manifest_digest(entries))
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.files)
+
+    def to_bytes(self) -> bytes:
+        return (self.model_dump_json(indent=1) + "\n").encode()
+
+
+def manifest_digest(entries: list[FileEntry]) -> str:
+    """One digest for a folder: sha256 over the sorted (path, size, sha256) lines."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.path):
+        h.update(f"{e.path}\t{e.size}\t{e.sha256}\n".encode())
+    return h.hexdigest()
+
+
+class ArtifactRef(BaseModel):
+    """What a KFP artifact or a lineage tag carries: where it is and what it must hash to."""
+
+    uri: str
+    digest: str
+    kind: Literal["dir", "file"]
+    size: int
+
+
+# ---------------------------------------------------------------- URIs
+
+
+def safe_relpath(rel: str) -> str:
+    """A key below a prefix: relative, no '..', no empty or '.' parts, no backslashes."""
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        raise StoreError(f"key {rel!r} is not a relative path below its prefix")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"key {rel!r} escapes or is not normalised below its prefix ('..', '.' or '//')")
+    return rel
+
+
+@dataclass(frozen=True)
+class Location:
+    uri: str
+    bucket: str | None  # None for a local path
+    key: str  # S3 key/prefix, or the local path
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.key)
+
+    def child(self, rel: str) -> Location:
+        rel = safe_relpath(rel)
+        if self.is_s3:
+            key = f"{self.key.rstrip('/')}/{rel}" if self.key else rel
+            return Location(f"s3://{self.bucket}/{key}", self.bucket, key)
+        path = str(PurePosixPath(self.key) / rel)
+        return Location(path, None, path)
+
+
+def parse_uri(uri: str) -> Location:
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        if not bucket:
+            raise StoreError(f"{uri!r}: an s3:// URI needs a bucket (s3://BUCKET/KEY)")
+        key = key.strip("/")
+        if key:
+            safe_relpath(key)
+        return Location(f"s3://{bucket}/{key}" if key else f"s3://{bucket}", bucket, key)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StoreError(f"{uri!r}: unsupported scheme (use s3://BUCKET/KEY or a local path)")
+    path = uri.removeprefix("file://")
+    return Location(path, None, path)
+
+
+def join(uri: str, *parts: str) -> str:
+    loc = parse_uri(uri)
+    for part in parts:
+        loc = loc.child(part)
+    return loc.uri
+
+
+# ---------------------------------------------------------------- S3 error messages
+
+
+_CLIENT_HINTS = {
+    "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint} (create it, or set AMNESIA_BUCKET)",
+    "InvalidAccessKeyId": "S3 at {endpoint} does not know this access key (check AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "S3 at {endpoint} rejected the request signature (check AWS_SECRET_ACCESS_KEY)",
+    "AccessDenied": "access denied to {uri} (check the credentials' S3 policy)",
+    "NoSuchKey": "{uri} does not exist",
+    "404": "{uri} does not exist",
+    "403": "access to {uri} forbidden (check the credentials and their S3 policy)",
+}
+
+
+def _describe(err: BaseException, uri: str, bucket: str | None, endpoint: str, attempts: int) -> str:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(err, S3UploadFailedError) and err.__context__ is not None:
+        err = err.__context__
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        hint = _CLIENT_HINTS.get(code)
+        if hint:
+            return hint.format(bucket=bucket, endpoint=endpoint, uri=uri)
+        return f"S3 error {code or 'unknown'} on {uri}: {err.response.get('Error', {}).get('Message', '')}"
+    if isinstance(err, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError | ConnectionClosedError):
+        return (
+            f"S3 endpoint {endpoint} unreachable or not answering after {attempts} attempts while "
+            f"accessing {uri} (is the server up? `amnesia stack up`, or check AMNESIA_S3_ENDPOINT_URL)"
+        )
+    if isinstance(err, NoCredentialsError):
+        return "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or `amnesia stack up`)"
+    return f"S3 failure on {uri}: {err.__class__.__name__}: {err}"
+
+
+# ---------------------------------------------------------------- the store
+
+
+Progress = Callable[[int], None]
+
+
+class ArtifactStore:
+    """Put and get files and folders; S3 through boto3 with bounded standard-mode retries."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or default_settings()
+        self._client: Any = None
+
+    # -------------------------------------------------------- S3 plumbing
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.s3_endpoint_url or "AWS S3"
+
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            s = self.settings
+            cfg = Config(
+                retries={"max_attempts": s.s3_max_attempts, "mode": "standard"},
+                connect_timeout=s.s3_connect_timeout,
+                read_timeout=s.s3_read_timeout,
+                s3={"addressing_style": "path"} if s.s3_endpoint_url else {},
+            )
+            secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else None
+            self._client = boto3.client(
+                "s3", endpoint_url=s.s3_endpoint_url, region_name=s.aws_region, config=cfg,
+                aws_access_key_id=s.aws_access_key_id, aws_secret_access_key=secret,
+            )
+        return self._client
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        mb = self.settings.s3_multipart_threshold_mb * (1 << 20)
+        return TransferConfig(
+            multipart_threshold=mb, multipart_chunksize=mb, max_concurrency=4,
+            num_download_attempts=self.settings.s3_max_attempts,
+        )
+
+    @contextlib.contextmanager
+    def _s3_errors(self, loc: Location, action: str) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as err:
+            msg = _describe(err, loc.uri, loc.bucket, self.endpoint, self.settings.s3_max_attempts)
+            raise StoreError(f"{action} failed: {msg}") from None
+
+    # -------------------------------------------------------- bytes and small objects
+
+    def put_bytes(self, data: bytes, uri: str, content_type: str = "application/octet-stream") -> ArtifactRef:
+        loc = parse_uri(uri)
+        digest = hashlib.sha256(data).hexdigest()
+        if loc.is_s3:
+            with self._s3_errors(loc, f"writing {loc.uri}"):
+                self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type,
+                                   Metadata={"sha256": digest})
+        else:
+            _atomic_write(loc.path, data)
+        return ArtifactRef(uri=loc.uri, digest=digest, kind="file", size=len(data))
+
+    def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            with self._s3_errors(loc, f"reading {loc.uri}"):
+                obj = self.s3.get_object(Bucket=loc.bucket, Key=loc.key)
+                data = obj["Body"].read()
+            sha256 = sha256 or obj.get("Metadata", {}).get("sha256")
+        else:
+            try:
+                data = loc.path.read_bytes()
+            except FileNotFoundError:
+                raise StoreError(f"reading {loc.uri} failed: it does not exist") from None
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
+        return data
+
+    def put_json(self, obj: Any, uri: str) -> ArtifactRef:
+        data = (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode()
+        return self.put_bytes(data, uri, "application/json")
+
+    def get_json(self, uri: str) -> Any:
+        return json.loads(self.get_bytes(uri))
+
+    def exists(self, uri: str) -> bool:
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return loc.path.exists()
+        from botocore.exceptions import ClientError
+
+        with self._s3_errors(loc, f"checking {loc.uri}"):
+            try:
+                self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return True
+
+    # -------------------------------------------------------- single files
+
+    def put_file(self, src: Path, uri: str, progress: Progress | None = None) -> ArtifactRef:
+        """Upload one file (multipart above the threshold); its sha256 rides along as metadata."""
+        src = Path(src)
+        if not src.is_file():
+            raise StoreError(f"{src}: not a file")
+        loc = parse_uri(uri)
+        digest, size = sha256_file(src), src.stat().st_size
+        if loc.is_s3:
+            with self._s3_errors(loc, f"uploading {src.name} to {loc.uri}"):
+                self.s3.upload_file(str(src), loc.bucket, loc.key, ExtraArgs={"Metadata": {"sha256": digest}},
+                                    Config=self._transfer_config(), Callback=progress)
+        else:
+            _atomic_copy(src, loc.path)
+        return ArtifactRef(uri=loc.uri, digest=digest, kind="file", size=size)
+
+    def get_file(self, uri: str, dst: Path, sha256: str | None = None) -> Path:
+        """Download one file atomically and check it against sha256 (given, or recorded at upload)."""
+        loc, dst = parse_uri(uri), Path(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            if loc.is_s3:
+                with self._s3_errors(loc, f"downloading {loc.uri}"):
+                    if sha256 is None:
+                        sha256 = self.s3.head_object(Bucket=loc.bucket, Key=loc.key).get("Metadata", {}).get("sha256")
+                    self.s3.download_file(loc.bucket, loc.key, str(tmp), Config=self._transfer_config())
+            else:
+                if not loc.path.is_file():
+                    raise StoreError(f"downloading {loc.uri} failed: it does not exist")
+                shutil.copyfile(loc.path, tmp)
+            if sha256 and sha256_file(tmp) != sha256:
+                raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dst
+
+    # -------------------------------------------------------- folders
+
+    def put_dir(self, src: Path, uri: str, progress: Progress | None = None) -> ArtifactRef:
+        """Upload a folder, then its manifest. On failure, no manifest: the prefix stays incomplete."""
+        src = Path(src)
+        if not src.is_dir():
+            raise StoreError(f"{src}: not a folder")
+        files = _walk(src)
+        if not files:
+            raise StoreError(f"{src}: folder is empty; nothing to store")
+        loc = parse_uri(uri)
+        if self.exists(loc.child(MANIFEST_NAME).uri):
+            # Never leave a stale manifest over new files while they upload.
+            self._delete(loc.child(MANIFEST_NAME))
+        entries: list[FileEntry] = []
+        try:
+            for rel in files:
+                ref = self.put_file(src / rel, loc.child(rel).uri, progress)
+                entries.append(FileEntry(path=rel, size=ref.size, sha256=ref.digest))
+        except StoreError:
+            self._cleanup(loc, [e.path for e in entries])
+            raise
+        manifest = Manifest.of(entries)
+        self.put_bytes(manifest.to_bytes(), loc.child(MANIFEST_NAME).uri, "application/json")
+        return ArtifactRef(uri=loc.uri, digest=manifest.digest, kind="dir", size=manifest.size)
+
+    def read_manifest(self, uri: str) -> Manifest:
+        loc = parse_uri(uri)
+        mloc = loc.child(MANIFEST_NAME)
+        if not self.exists(mloc.uri):
+            raise IntegrityError(f"{loc.uri}: no {MANIFEST_NAME} (missing, or an upload that never finished)")
+        try:
+            manifest = Manifest.model_validate_json(self.get_bytes(mloc.uri))
+        except ValueError:
+            raise IntegrityError(f"{mloc.uri}: not a valid manifest") from None
+        if manifest.digest != manifest_digest(manifest.files):
+            raise IntegrityError(f"{mloc.uri}: manifest digest does not match its entries (edited?)")
+        for e in manifest.files:
+            safe_relpath(e.path)
+        return manifest
+
+    def get_dir(self, uri: str, dst: Path, overwrite: bool = False) -> Manifest:
+        """Download and verify a folder; dst appears only when every file checked out."""
+        loc, dst = parse_uri(uri), Path(dst)
+        if dst.exists() and any(dst.iterdir()) and not overwrite:
+            raise StoreError(f"{dst}: already exists and is not empty (pass overwrite to replace it)")
+        manifest = self.read_manifest(loc.uri)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        try:
+            for e in manifest.files:
+                self._get_entry(loc, e, tmp / e.path)
+            (tmp / MANIFEST_NAME).write_bytes(manifest.to_bytes())
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
+    def fetch_dir(self, uri: str, cache_root: Path) -> Path:
+        """A verified local copy of a folder, cached by its manifest digest."""
+        manifest = self.read_manifest(uri)
+        target = Path(cache_root) / manifest.digest
+        if (target / MANIFEST_NAME).exists():
+            return target
+        self.get_dir(uri, target, overwrite=True)
+        return target
+
+    def verify(self, uri: str) -> Manifest:
+        """Re-hash every object a manifest names, without keeping them (for audits)."""
+        loc = parse_uri(uri)
+        manifest = self.read_manifest(loc.uri)
+        for e in manifest.files:
+            if self._hash_remote(loc.child(e.path)) != (e.size, e.sha256):
+                raise IntegrityError(f"{loc.child(e.path).uri}: size or sha256 differs from the manifest")
+        return manifest
+
+    def ref(self, uri: str) -> ArtifactRef:
+        manifest = self.read_manifest(uri)
+        return ArtifactRef(uri=parse_uri(uri).uri, digest=manifest.digest, kind="dir", size=manifest.size)
+
+    # -------------------------------------------------------- internals
+
+    def _get_entry(self, loc: Location, entry: FileEntry, dst: Path) -> None:
+        child = loc.child(entry.path)
+        try:
+            self.get_file(child.uri, dst, sha256=entry.sha256)
+        except IntegrityError:
+            raise
+        except StoreError as err:
+            if "does not exist" in str(err):
+                raise IntegrityError(f"{child.uri}: listed in the manifest but missing") from None
+            raise
+
+    def _hash_remote(self, loc: Location) -> tuple[int, str] | None:
+        h, size = hashlib.sha256(), 0
+        if loc.is_s3:
+            from botocore.exceptions import ClientError
+
+            with self._s3_errors(loc, f"verifying {loc.uri}"):
+                try:
+                    body = self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+                except ClientError as err:
+                    if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                        raise IntegrityError(f"{loc.uri}: listed in the manifest but missing") from None
+                    raise
+                for block in body.iter_chunks(_CHUNK):
+                    h.update(block)
+                    size += len(block)
+            return size, h.hexdigest()
+        if not loc.path.is_file():
+            raise IntegrityError(f"{loc.uri}: listed in the manifest but missing")
+        return loc.path.stat().st_size, sha256_file(loc.path)
+
+    def _delete(self, loc: Location) -> None:
+        if loc.is_s3:
+            with self._s3_errors(loc, f"deleting {loc.uri}"):
+                self.s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+        else:
+            loc.path.unlink(missing_ok=True)
+
+    def _cleanup(self, loc: Location, rels: list[str]) -> None:
+        """Best effort: remove what a failed put_dir wrote (the server may be gone)."""
+        for rel in rels:
+            with contextlib.suppress(StoreError):
+                self._delete(loc.child(rel))
+
+
+def _walk(root: Path) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME:
+            out.append(safe_relpath(path.relative_to(root).as_posix()))
+    return out
+
+
+def _atomic_write(dst: Path, data: bytes) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, dst)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.partial")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
