@@ -35,3 +35,10 @@ stack-down: venv
 clean:
 	-$(BIN)/amnesia stack down
 	rm -rf .amnesia
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE   ?= ghcr.io/selective-amnesia/amnesia
+
+.PHONY: image
+image:  ## needs a Docker engine (not available on the dev machines): tag = package version
+	docker build --build-arg VERSION=$(VERSION) --build-arg IMAGE_REPO=$(IMAGE) -t $(IMAGE):$(VERSION) .

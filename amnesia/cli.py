@@ -165,8 +165,12 @@ def store_verify(uri: str) -> None:
 
 
 @cli.group(cls=_Group, invoke_without_command=True)
-@click.option("--keep-stack/--stop-stack", default=True, show_default=True,
-              help="Leave the local stack running afterwards (to browse MLflow).")
+@click.option(
+    "--keep-stack/--stop-stack",
+    default=True,
+    show_default=True,
+    help="Leave the local stack running afterwards (to browse MLflow).",
+)
 @click.pass_context
 def demo(ctx: click.Context, keep_stack: bool) -> None:
     """Run the whole story on the embedded demo world (what exists of it so far)."""

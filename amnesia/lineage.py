@@ -22,7 +22,8 @@ from typing import Any
 
 from amnesia import __version__
 from amnesia.errors import LineageError
-from amnesia.settings import Settings, settings as default_settings
+from amnesia.settings import Settings
+from amnesia.settings import settings as default_settings
 
 
 class Tag(StrEnum):
@@ -58,8 +59,13 @@ def code_version() -> str:
         return env
     root = Path(__file__).resolve().parent.parent
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         if sha:
             return f"{__version__}+g{sha}"
     return __version__
@@ -146,11 +152,16 @@ class StageRun:
         for key, value in {"name": name, "digest": digest, "source": source, "context": context}.items():
             self.guard.check("dataset", key, value)
         profile = json.dumps({k: int(v) for k, v in counts.items()}, sort_keys=True)
-        dataset = Dataset(name=name, digest=digest[:36], source_type="s3" if source.startswith("s3://") else "local",
-                          source=json.dumps({"uri": source, "sha256": digest}), profile=profile)
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
-        ])
+        dataset = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="s3" if source.startswith("s3://") else "local",
+            source=json.dumps({"uri": source, "sha256": digest}),
+            profile=profile,
+        )
+        self.client.log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        )
 
 
 class Lineage:
@@ -201,8 +212,9 @@ class Lineage:
         """The pipeline's parent run: found by its pipeline run id, created if none exists yet."""
         if self._parent_id is None:
             query = f"tags.`{Tag.PIPELINE_RUN_ID}` = '{self.pipeline_run_id}' and tags.`{Tag.ROLE}` = 'pipeline'"
-            runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
-                                           order_by=["attributes.start_time ASC"])
+            runs = self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"]
+            )
             if runs:
                 self._parent_id = runs[0].info.run_id
             else:
@@ -214,8 +226,10 @@ class Lineage:
     def stage(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
         """A nested run for one stage; FAILED (with the error's class, not its text) if the body raises."""
         tags = self._base_tags() | {
-            Tag.ROLE: "stage", Tag.STAGE: self.guard.check("tag", Tag.STAGE, name),
-            "mlflow.parentRunId": self.parent_run_id(), "mlflow.runName": name,
+            Tag.ROLE: "stage",
+            Tag.STAGE: self.guard.check("tag", Tag.STAGE, name),
+            "mlflow.parentRunId": self.parent_run_id(),
+            "mlflow.runName": name,
         }
         run = StageRun(self.client, self.client.create_run(self.experiment_id, tags=tags).info.run_id, self.guard)
         try:

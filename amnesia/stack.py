@@ -100,8 +100,13 @@ def _spawn(name: str, cmd: list[str], log: Path, env: dict[str, str], port: int 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True, close_fds=True,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
         )
     ticks = _start_ticks(proc.pid)
     if ticks is None:
@@ -165,8 +170,7 @@ def _claim_port(port: int, setting: str) -> int:
             s.bind((HOST, port))
         except OSError:
             raise StackError(
-                f"{HOST}:{port} is already in use by another process; free it or set {setting} "
-                "(0 picks a free port)"
+                f"{HOST}:{port} is already in use by another process; free it or set {setting} (0 picks a free port)"
             ) from None
     return port
 
@@ -237,13 +241,25 @@ def _bootstrap_s3(endpoint: str, buckets: Iterable[str]) -> tuple[str, str]:
     from botocore.config import Config
 
     cfg = Config(retries={"max_attempts": 2, "mode": "standard"})
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, config=cfg,
-                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        config=cfg,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     iam.create_user(UserName="amnesia")
     iam.put_user_policy(UserName="amnesia", PolicyName="all", PolicyDocument=_ADMIN_POLICY)
     key = iam.create_access_key(UserName="amnesia")["AccessKey"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION, config=cfg,
-                      aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        config=cfg,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
     for bucket in buckets:
         s3.create_bucket(Bucket=bucket)
     return key["AccessKeyId"], key["SecretAccessKey"]
@@ -313,10 +329,20 @@ def up(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", "s3://amnesia-mlflow/artifacts",
-        "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        "s3://amnesia-mlflow/artifacts",
+        "--host",
+        HOST,
+        "--port",
+        str(mlflow_port),
+        "--workers",
+        "1",
     ]
     mlflow = _spawn("mlflow", cmd, logs / "mlflow.log", mlflow_env, mlflow_port)
     try:
@@ -325,8 +351,9 @@ def up(
         _stop(s3)
         raise
 
-    state = StackState(home=str(home), s3=s3, mlflow=mlflow, access_key_id=key_id,
-                       secret_access_key=secret, buckets=bucket_list)
+    state = StackState(
+        home=str(home), s3=s3, mlflow=mlflow, access_key_id=key_id, secret_access_key=secret, buckets=bucket_list
+    )
     if owner_pid is not None or ttl_s is not None:
         state.watchdog = _spawn_watchdog(state, owner_pid, ttl_s)
     _write_state(state)

@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from amnesia.errors import IntegrityError, StoreError
-from amnesia.settings import Settings, settings as default_settings
+from amnesia.settings import Settings
+from amnesia.settings import settings as default_settings
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT = "amnesia-manifest/1"
@@ -217,8 +218,12 @@ class ArtifactStore:
             )
             secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else None
             self._client = boto3.client(
-                "s3", endpoint_url=s.s3_endpoint_url, region_name=s.aws_region, config=cfg,
-                aws_access_key_id=s.aws_access_key_id, aws_secret_access_key=secret,
+                "s3",
+                endpoint_url=s.s3_endpoint_url,
+                region_name=s.aws_region,
+                config=cfg,
+                aws_access_key_id=s.aws_access_key_id,
+                aws_secret_access_key=secret,
             )
         return self._client
 
@@ -227,7 +232,9 @@ class ArtifactStore:
 
         mb = self.settings.s3_multipart_threshold_mb * (1 << 20)
         return TransferConfig(
-            multipart_threshold=mb, multipart_chunksize=mb, max_concurrency=4,
+            multipart_threshold=mb,
+            multipart_chunksize=mb,
+            max_concurrency=4,
             num_download_attempts=self.settings.s3_max_attempts,
         )
 
@@ -249,8 +256,9 @@ class ArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         if loc.is_s3:
             with self._s3_errors(loc, f"writing {loc.uri}"):
-                self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type,
-                                   Metadata={"sha256": digest})
+                self.s3.put_object(
+                    Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type, Metadata={"sha256": digest}
+                )
         else:
             _atomic_write(loc.path, data)
         return ArtifactRef(uri=loc.uri, digest=digest, kind="file", size=len(data))
@@ -304,8 +312,14 @@ class ArtifactStore:
         digest, size = sha256_file(src), src.stat().st_size
         if loc.is_s3:
             with self._s3_errors(loc, f"uploading {src.name} to {loc.uri}"):
-                self.s3.upload_file(str(src), loc.bucket, loc.key, ExtraArgs={"Metadata": {"sha256": digest}},
-                                    Config=self._transfer_config(), Callback=progress)
+                self.s3.upload_file(
+                    str(src),
+                    loc.bucket,
+                    loc.key,
+                    ExtraArgs={"Metadata": {"sha256": digest}},
+                    Config=self._transfer_config(),
+                    Callback=progress,
+                )
         else:
             _atomic_copy(src, loc.path)
         return ArtifactRef(uri=loc.uri, digest=digest, kind="file", size=size)

@@ -108,8 +108,9 @@ def test_edited_manifest_is_refused(store: ArtifactStore, s3_prefix: str, tmp_pa
     with pytest.raises(IntegrityError, match="manifest digest does not match"):
         store.get_dir(s3_prefix, tmp_path / "back")
     # A consistent manifest that points outside its prefix is refused too.
-    evil = Manifest.of([e.model_copy(update={"path": "../../etc/x"}) if i == 0 else e
-                        for i, e in enumerate(manifest.files)])
+    evil = Manifest.of(
+        [e.model_copy(update={"path": "../../etc/x"}) if i == 0 else e for i, e in enumerate(manifest.files)]
+    )
     store.put_bytes(evil.to_bytes(), join(s3_prefix, MANIFEST_NAME))
     with pytest.raises(StoreError, match="escapes"):
         store.get_dir(s3_prefix, tmp_path / "back2")
@@ -142,8 +143,9 @@ def _one_line_error(func, match: str) -> str:  # type: ignore[no-untyped-def]
     return msg
 
 
-def test_wrong_credentials_give_one_line_messages(stack_state: stack.StackState, s3_prefix: str,
-                                                  tmp_path: Path) -> None:
+def test_wrong_credentials_give_one_line_messages(
+    stack_state: stack.StackState, s3_prefix: str, tmp_path: Path
+) -> None:
     f = tmp_path / "f.txt"
     f.write_text("x")
     bad_secret = ArtifactStore(settings_for(stack_state, aws_secret_access_key="not-the-secret"))
@@ -162,8 +164,15 @@ def test_missing_bucket_gives_one_line_message(store: ArtifactStore, tmp_path: P
 
 def test_unreachable_endpoint_is_bounded(tmp_path: Path) -> None:
     port = stack.free_port()  # nothing listens there
-    st = ArtifactStore(load_settings(s3_endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="a",
-                                     aws_secret_access_key="b", s3_max_attempts=2, s3_connect_timeout=1))
+    st = ArtifactStore(
+        load_settings(
+            s3_endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+            s3_max_attempts=2,
+            s3_connect_timeout=1,
+        )
+    )
     t0 = time.monotonic()
     _one_line_error(lambda: st.get_bytes("s3://b/k"), "unreachable or not answering after 2 attempts")
     assert time.monotonic() - t0 < 20
@@ -173,10 +182,17 @@ def test_server_stopped_mid_upload(tmp_path: Path) -> None:
     """SIGSTOP the S3 server while a folder uploads: bounded retries, a clear error, no manifest."""
     svc, key, secret = stack.start_s3(tmp_path / "s3.log", stack.free_port(), ["stopped-upload"])
     try:
-        st = ArtifactStore(load_settings(
-            s3_endpoint_url=f"http://127.0.0.1:{svc.port}", aws_access_key_id=key, aws_secret_access_key=secret,
-            s3_max_attempts=2, s3_connect_timeout=1, s3_read_timeout=1, s3_multipart_threshold_mb=5,
-        ))
+        st = ArtifactStore(
+            load_settings(
+                s3_endpoint_url=f"http://127.0.0.1:{svc.port}",
+                aws_access_key_id=key,
+                aws_secret_access_key=secret,
+                s3_max_attempts=2,
+                s3_connect_timeout=1,
+                s3_read_timeout=1,
+                s3_multipart_threshold_mb=5,
+            )
+        )
         src = tmp_path / "model"
         src.mkdir()
         for i in range(3):
@@ -191,8 +207,10 @@ def test_server_stopped_mid_upload(tmp_path: Path) -> None:
                     stopped.set()
 
         t0 = time.monotonic()
-        msg = _one_line_error(lambda: st.put_dir(src, "s3://stopped-upload/model", progress=progress),
-                              "unreachable or not answering after 2 attempts")
+        msg = _one_line_error(
+            lambda: st.put_dir(src, "s3://stopped-upload/model", progress=progress),
+            "unreachable or not answering after 2 attempts",
+        )
         assert stopped.is_set() and "shard-" in msg
         assert time.monotonic() - t0 < 90, "retries must be bounded"
         os.kill(svc.pid, signal.SIGCONT)

@@ -24,9 +24,13 @@ Echo = Callable[[str], None]
 def _stack_settings(settings: Settings, state: stack.StackState) -> Settings:
     env = state.env()
     return load_settings(
-        home=settings.home, bucket=settings.bucket, experiment=settings.experiment,
-        s3_endpoint_url=env["AMNESIA_S3_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"],
+        home=settings.home,
+        bucket=settings.bucket,
+        experiment=settings.experiment,
+        s3_endpoint_url=env["AMNESIA_S3_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"],
     )
 
 
@@ -57,8 +61,10 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
         run.log_params({"artifact_uri": ref.uri, "artifact_digest": ref.digest})
         run.log_metrics({"artifact_bytes": ref.size, "files": len(manifest.files)})
     lineage.close("succeeded")
-    echo(f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
-         f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}")
+    echo(
+        f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
+        f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}"
+    )
 
     if not keep_stack and not was_running:
         stack.down(settings.home)

@@ -1,0 +1,1 @@
+"""KFP pipelines: the DAGs that chain the components, and helpers to compile and run them."""
