@@ -165,12 +165,8 @@ def store_verify(uri: str) -> None:
 
 
 @cli.group(cls=_Group, invoke_without_command=True)
-@click.option(
-    "--keep-stack/--stop-stack",
-    default=True,
-    show_default=True,
-    help="Leave the local stack running afterwards (to browse MLflow).",
-)
+@click.option("--keep-stack/--stop-stack", default=True, show_default=True,
+              help="Leave the local stack running afterwards (to browse MLflow).")
 @click.pass_context
 def demo(ctx: click.Context, keep_stack: bool) -> None:
     """Run the whole story on the embedded demo world (what exists of it so far)."""
@@ -179,6 +175,27 @@ def demo(ctx: click.Context, keep_stack: bool) -> None:
     from amnesia.demo.walkthrough import run_demo
 
     run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo)
+
+
+@demo.command("prepare")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
+              help="YAML with `world:` and `train:` sections (amnesia.demo.prepare.DemoConfig).")
+@click.option("--seed", type=int, help="Generator seed (overrides the config).")
+@click.option("--root", help="Where to store it (default s3://<AMNESIA_BUCKET>).")
+@click.option("--force", is_flag=True, help="Rebuild even if this content address exists.")
+def demo_prepare(config_path: Path | None, seed: int | None, root: str | None, force: bool) -> None:
+    """Generate the demo world and train its base model into the store (reused when unchanged)."""
+    from amnesia.config import load_yaml, parse_model
+    from amnesia.demo.prepare import DemoConfig, prepare, print_summary
+    from amnesia.storage import ArtifactStore
+
+    data = load_yaml(config_path) if config_path else {}
+    if seed is not None:
+        data.setdefault("world", {})["seed"] = seed
+    cfg = parse_model(DemoConfig, data, str(config_path or "--seed"))
+    settings = client_settings()
+    result = prepare(cfg, ArtifactStore(settings), root or f"s3://{settings.bucket}", echo=click.echo, force=force)
+    print_summary(result, click.echo)
 
 
 def main() -> None:

@@ -1,22 +1,21 @@
 """`amnesia demo`: the story so far, end to end against the local stack.
 
-Today: stack up, a folder round trip through the artifact store with its manifest verified, and
-a lineage run in MLflow that records it. Each stage issue extends this walkthrough.
+Today: stack up; the demo world and its memorising base model into S3 (reused when unchanged),
+with every stored object re-hashed against its manifest; a lineage run in MLflow that records
+them by digest. Each stage issue extends this walkthrough.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from amnesia import stack
+from amnesia.demo.prepare import DemoConfig, prepare, print_summary
 from amnesia.lineage import Lineage
 from amnesia.settings import Settings, load_settings
-from amnesia.storage import ArtifactStore, join
+from amnesia.storage import ArtifactStore
 
 Echo = Callable[[str], None]
 
@@ -42,31 +41,24 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     cfg = _stack_settings(settings, state)
     store = ArtifactStore(cfg)
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    uri = join(f"s3://{cfg.bucket}", "demo", run_id, "roundtrip")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "src"
-        (src / "nested").mkdir(parents=True)
-        (src / "card.json").write_text(json.dumps({"run": run_id, "what": "foundation round trip"}))
-        (src / "nested" / "weights.bin").write_bytes(bytes(range(256)) * 4096)
-        ref = store.put_dir(src, uri)
-        echo(f"store   put {ref.size} bytes as {ref.uri} (digest {ref.digest[:16]}…)")
-        manifest = store.get_dir(uri, Path(tmp) / "back")
-        same = all((Path(tmp) / "back" / e.path).read_bytes() == (src / e.path).read_bytes() for e in manifest.files)
-        store.verify(uri)
-        echo(f"store   got it back: {len(manifest.files)} files, byte-identical={same}, manifest verified")
+    demo = prepare(DemoConfig(), store, f"s3://{cfg.bucket}", echo=echo)
+    print_summary(demo, echo)
+    for uri in (demo.world_uri, demo.model_uri):
+        manifest = store.verify(uri)
+        echo(f"store   verified {len(manifest.files)} objects of {uri} against the manifest")
 
     lineage = Lineage(run_id, settings=cfg)
-    with lineage.stage("roundtrip") as run:
-        run.log_params({"artifact_uri": ref.uri, "artifact_digest": ref.digest})
-        run.log_metrics({"artifact_bytes": ref.size, "files": len(manifest.files)})
+    with lineage.stage("prepare") as run:
+        run.log_params({"demo_key": demo.key, "world_uri": demo.world_uri, "world_digest": demo.world_digest,
+                        "base_model_uri": demo.model_uri, "base_model_digest": demo.model_digest})
+        by_split = demo.memorisation["by_split"]
+        run.log_metrics({f"base_{split}_{k}": v for split, m in by_split.items() for k, v in m.items()})  # type: ignore[union-attr]
     lineage.close("succeeded")
-    echo(
-        f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
-        f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}"
-    )
+    echo(f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
+         f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}")
 
     if not keep_stack and not was_running:
         stack.down(settings.home)
         echo("stack   stopped")
-    return {"uri": ref.uri, "digest": ref.digest, "identical": same, "parent_run_id": lineage.parent_run_id()}
+    return {"demo": demo.model_dump(), "parent_run_id": lineage.parent_run_id()}

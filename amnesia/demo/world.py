@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pydantic import Field
@@ -211,7 +211,7 @@ def generate(cfg: WorldConfig) -> World:
     trained = [p for p in people if p.group != "nonmember"]
     forget = [r for p in people if p.group == "forget" for r in items[p.doc_id]]
     retain = [r for p in people if p.group == "retain" for r in items[p.doc_id]]
-    t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     requests = [
         {"request_id": f"REQ-{cfg.seed:04d}-{i:05d}", "subject": p.name, "ground": rng.choice(GROUNDS),
          "received_at": (t0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))).isoformat()}

@@ -1,0 +1,80 @@
+"""`amnesia demo prepare`: the demo world's data and its memorising base model, into the artifact store.
+
+Both live under a content address of their inputs (generator version, world config, training
+config), so a second prepare with the same inputs reuses them and a changed input rebuilds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from amnesia.config import StrictModel
+from amnesia.demo.base_model import TrainConfig, train_base_model
+from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
+from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
+
+
+class DemoConfig(StrictModel):
+    world: WorldConfig = WorldConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class DemoArtifacts(BaseModel):
+    key: str
+    world_uri: str
+    world_digest: str
+    model_uri: str
+    model_digest: str
+    memorisation: dict[str, object]
+    reused: bool
+
+
+def content_key(cfg: DemoConfig) -> str:
+    """The address of a demo build: a hash of everything that decides its bytes."""
+    canonical = json.dumps({"generator_version": GENERATOR_VERSION, "demo": cfg.model_dump(mode="json")},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def prepare(cfg: DemoConfig, store: ArtifactStore, root: str, echo: Callable[[str], None] = print,
+            force: bool = False) -> DemoArtifacts:
+    key = content_key(cfg)
+    world_uri = join(root, "demo", key, "world")
+    model_uri = join(root, "demo", key, "base-model")
+    have = store.exists(join(world_uri, MANIFEST_NAME)) and store.exists(join(model_uri, MANIFEST_NAME))
+    if have and not force:
+        build = json.loads(store.get_bytes(join(model_uri, "amnesia_build.json")))
+        return DemoArtifacts(key=key, world_uri=world_uri, world_digest=store.ref(world_uri).digest,
+                             model_uri=model_uri, model_digest=store.ref(model_uri).digest,
+                             memorisation=build["memorisation"], reused=True)
+
+    world = generate(cfg.world)
+    with tempfile.TemporaryDirectory() as tmp:
+        world_ref = store.put_dir(world.write(Path(tmp) / "world"), world_uri)
+        echo(f"world   {len(world.forget)} forget + {len(world.retain)} retain items, "
+             f"{len(world.requests)} requests, {len(world.mia_nonmembers)} MIA non-members -> {world_uri}")
+        mem = train_base_model(world, cfg.train, Path(tmp) / "model", log=lambda m: echo(f"train   {m}"))
+        model_ref = store.put_dir(Path(tmp) / "model", model_uri)
+    memorisation = {"qa_em": mem.qa_em, "sc_rouge_l": mem.sc_rouge_l, "by_split": mem.by_split,
+                    "epochs": mem.epochs, "seconds": round(mem.seconds, 1)}
+    return DemoArtifacts(key=key, world_uri=world_uri, world_digest=world_ref.digest, model_uri=model_uri,
+                         model_digest=model_ref.digest, memorisation=memorisation, reused=False)
+
+
+def print_summary(result: DemoArtifacts, echo: Callable[[str], None] = print) -> None:
+    mem = result.memorisation
+    echo(f"{'reused' if result.reused else 'built'} demo {result.key}")
+    echo(f"  data        {result.world_uri}  (digest {result.world_digest[:16]}…)")
+    echo(f"  base model  {result.model_uri}  (digest {result.model_digest[:16]}…)")
+    by = mem.get("by_split", {})
+    for split in ("forget", "retain"):
+        if split in by:  # type: ignore[operator]
+            m = by[split]  # type: ignore[index]
+            echo(f"  memorised   {split}: QA exact match {m['qa_em']:.3f}, SC ROUGE-L recall {m['sc_rouge_l']:.3f}")
+    echo(f"  trained     {mem.get('epochs')} epochs in {mem.get('seconds')} s")
