@@ -7,14 +7,18 @@ ends, even if teardown never runs.
 from __future__ import annotations
 
 import os
+
+# No model or dataset hub is reachable from these machines: fail hub look-ups at once, not after retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+import pytest  # noqa: E402
 
-from amnesia import stack
-from amnesia.settings import Settings, load_settings
-from amnesia.storage import ArtifactStore
+from amnesia import stack  # noqa: E402
+from amnesia.settings import Settings, load_settings  # noqa: E402
+from amnesia.storage import ArtifactStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +76,24 @@ def shared_data() -> Path:
     if not (path / "mmlu").is_dir():
         pytest.fail(f"shared data not found at {path} (set AMNESIA_SHARED_DATA to the folder holding mmlu/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_build(store: ArtifactStore, stack_settings: Settings):  # type: ignore[no-untyped-def]
+    """The default demo world and its memorising base model, in the session's S3 (built once, ~3 min)."""
+    from amnesia.demo.prepare import DemoConfig, prepare
+
+    return prepare(DemoConfig(), store, f"s3://{stack_settings.bucket}", echo=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random OLMo with the demo tokenizer recipe, saved as safetensors (seconds to make)."""
+    from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tok = train_tokenizer(["Ada was born in Porto.", "What is the answer? 42"] * 20, vocab_size=300)
+    model = build_model(TrainConfig(layers=2, hidden=32, heads=2, intermediate=64, vocab_size=300), tok)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
