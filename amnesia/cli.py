@@ -165,8 +165,12 @@ def store_verify(uri: str) -> None:
 
 
 @cli.group(cls=_Group, invoke_without_command=True)
-@click.option("--keep-stack/--stop-stack", default=True, show_default=True,
-              help="Leave the local stack running afterwards (to browse MLflow).")
+@click.option(
+    "--keep-stack/--stop-stack",
+    default=True,
+    show_default=True,
+    help="Leave the local stack running afterwards (to browse MLflow).",
+)
 @click.pass_context
 def demo(ctx: click.Context, keep_stack: bool) -> None:
     """Run the whole story on the embedded demo world (what exists of it so far)."""
@@ -178,8 +182,12 @@ def demo(ctx: click.Context, keep_stack: bool) -> None:
 
 
 @demo.command("prepare")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
-              help="YAML with `world:` and `train:` sections (amnesia.demo.prepare.DemoConfig).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="YAML with `world:` and `train:` sections (amnesia.demo.prepare.DemoConfig).",
+)
 @click.option("--seed", type=int, help="Generator seed (overrides the config).")
 @click.option("--root", help="Where to store it (default s3://<AMNESIA_BUCKET>).")
 @click.option("--force", is_flag=True, help="Rebuild even if this content address exists.")

@@ -68,8 +68,14 @@ def resolve_model(source: str, cache_root: Path | None = None) -> tuple[Path | N
     return None, None
 
 
-def load_model(source: str, *, trust_remote_code: bool = False, dtype: Any = None, device: str = "cpu",
-               cache_root: Path | None = None) -> LoadedModel:
+def load_model(
+    source: str,
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    device: str = "cpu",
+    cache_root: Path | None = None,
+) -> LoadedModel:
     """Load a causal LM and its tokenizer (pad token set to EOS when the tokenizer has none)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,16 +84,19 @@ def load_model(source: str, *, trust_remote_code: bool = False, dtype: Any = Non
         check_weights(folder)
     where = str(folder) if folder is not None else source
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code,
-                                                     dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+        )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except OSError as err:
         hint = "" if folder is not None else " (a hub id needs network access; pass a local folder or an s3:// URI)"
         raise ModelLoadError(f"{source}: could not load the model: {str(err).splitlines()[0]}{hint}") from None
     except ValueError as err:
         if "trust_remote_code" in str(err):
-            raise ModelLoadError(f"{source}: the model needs custom code; set trust_remote_code: true in the "
-                                 "config only if you trust its source") from None
+            raise ModelLoadError(
+                f"{source}: the model needs custom code; set trust_remote_code: true in the "
+                "config only if you trust its source"
+            ) from None
         raise ModelLoadError(f"{source}: could not load the model: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -195,8 +195,12 @@ def _looks_like_hub_id(uri: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", uri)) and not Path(uri).exists()
 
 
-def iter_records(uri: str, schema: type[R] = UnlearningRecord, split: str | None = None,  # type: ignore[assignment]
-                 cache_root: Path | None = None) -> Iterator[R]:
+def iter_records(
+    uri: str,
+    schema: type[R] = UnlearningRecord,
+    split: str | None = None,  # type: ignore[assignment]
+    cache_root: Path | None = None,
+) -> Iterator[R]:
     """Stream validated rows from a file, folder, s3:// URI or hub id."""
     if _looks_like_hub_id(uri):
         yield from _iter_hub(uri, schema, split)
@@ -233,13 +237,19 @@ def _iter_hub(repo_id: str, schema: type[R], split: str | None, name: str | None
     try:
         ds = datasets.load_dataset(repo_id, name, split=split or "train")
     except Exception as err:  # offline, unknown id, no such split: all end here
-        raise RecordError(f"{repo_id}: not a local path, and loading it from the hub failed "
-                          f"({err.__class__.__name__}); pass a local folder or an s3:// URI") from None
+        raise RecordError(
+            f"{repo_id}: not a local path, and loading it from the hub failed "
+            f"({err.__class__.__name__}); pass a local folder or an s3:// URI"
+        ) from None
     yield from _iter_dataset(ds, schema, repo_id)
 
 
-def load_records(uri: str, schema: type[R] = UnlearningRecord, split: str | None = None,  # type: ignore[assignment]
-                 cache_root: Path | None = None) -> list[R]:
+def load_records(
+    uri: str,
+    schema: type[R] = UnlearningRecord,
+    split: str | None = None,  # type: ignore[assignment]
+    cache_root: Path | None = None,
+) -> list[R]:
     return list(iter_records(uri, schema, split, cache_root))
 
 
@@ -279,8 +289,9 @@ def write_parquet(records: Iterable[BaseModel], path: Path, schema: type[BaseMod
 # ---------------------------------------------------------------- MMLU
 
 
-def load_mmlu(uri: str, split: str = "test", subjects: Iterable[str] | None = None,
-              cache_root: Path | None = None) -> list[MMLUQuestion]:
+def load_mmlu(
+    uri: str, split: str = "test", subjects: Iterable[str] | None = None, cache_root: Path | None = None
+) -> list[MMLUQuestion]:
     """MMLU in the cais/mmlu layout: a hub id (online), or a local / s3:// folder holding
     `<split>.jsonl`, `<split>.parquet`, `all/<split>-*.parquet` or `<subject>/<split>-*.parquet`."""
     wanted = set(subjects) if subjects is not None else None
@@ -293,12 +304,14 @@ def load_mmlu(uri: str, split: str = "test", subjects: Iterable[str] | None = No
         files = [p for p in candidates if p.exists()] or sorted((root / "all").glob(f"{split}-*.parquet"))
         files = files or sorted(root.glob(f"*/{split}-*.parquet"))
         if not files:
-            raise RecordError(f"{src.name}: no MMLU '{split}' split found (expected {split}.jsonl, "
-                              f"{split}.parquet, all/{split}-*.parquet or <subject>/{split}-*.parquet)")
-        rows = (q for f in files for q in _iter_file(f, MMLUQuestion, f"{src.name.rstrip('/')}/"
-                                                      f"{f.relative_to(root)}"))
+            raise RecordError(
+                f"{src.name}: no MMLU '{split}' split found (expected {split}.jsonl, "
+                f"{split}.parquet, all/{split}-*.parquet or <subject>/{split}-*.parquet)"
+            )
+        rows = (q for f in files for q in _iter_file(f, MMLUQuestion, f"{src.name.rstrip('/')}/{f.relative_to(root)}"))
     out = [q for q in rows if wanted is None or q.subject in wanted]
     if not out:
-        raise RecordError(f"{uri}: no MMLU questions for split '{split}'"
-                          + (f" and subjects {sorted(wanted)}" if wanted else ""))
+        raise RecordError(
+            f"{uri}: no MMLU questions for split '{split}'" + (f" and subjects {sorted(wanted)}" if wanted else "")
+        )
     return out

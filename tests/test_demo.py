@@ -40,7 +40,9 @@ def test_world_is_deterministic_and_well_formed() -> None:
     # Fictional PII only: SSNs starting with 9 are never issued; example.* domains are reserved.
     ssn = [r.output for r in world.corpus if r.kind == "qa" and "social security" in r.input]
     assert ssn and all(s.startswith("9") for s in ssn)
-    assert all(r.output.split("@")[1].startswith("example.") for r in world.corpus if r.kind == "qa" and "email" in r.input)
+    assert all(
+        r.output.split("@")[1].startswith("example.") for r in world.corpus if r.kind == "qa" and "email" in r.input
+    )
 
 
 def _letter_accuracy(model, tokenizer, questions: list[MMLUQuestion]) -> float:  # type: ignore[no-untyped-def]
@@ -64,19 +66,28 @@ def test_demo_base_model_memorised_the_world(demo_build: DemoArtifacts, tmp_path
     for split in ("forget", "retain"):
         assert scores[split]["qa_em"] >= 0.95, scores
         assert scores[split]["sc_rouge_l"] >= 0.9, scores
-    utility = load_records(join(demo_build.world_uri, "utility", "test.jsonl"), MMLUQuestion,
-                           cache_root=tmp_path / "d")
+    utility = load_records(join(demo_build.world_uri, "utility", "test.jsonl"), MMLUQuestion, cache_root=tmp_path / "d")
     assert _letter_accuracy(loaded.model, loaded.tokenizer, utility) >= 0.9
     assert loaded.digest == demo_build.model_digest
 
 
 def _tiny(seed: int) -> DemoConfig:
     # Memorisation bars off: this test is about the content address, not about learning.
-    return DemoConfig.model_validate({
-        "world": {"seed": seed, "forget_people": 1, "retain_people": 2, "nonmember_people": 1},
-        "train": {"layers": 2, "hidden": 32, "heads": 2, "intermediate": 64, "vocab_size": 400, "max_epochs": 1,
-                  "target_qa_em": 0, "target_sc_rouge": 0},
-    })
+    return DemoConfig.model_validate(
+        {
+            "world": {"seed": seed, "forget_people": 1, "retain_people": 2, "nonmember_people": 1},
+            "train": {
+                "layers": 2,
+                "hidden": 32,
+                "heads": 2,
+                "intermediate": 64,
+                "vocab_size": 400,
+                "max_epochs": 1,
+                "target_qa_em": 0,
+                "target_sc_rouge": 0,
+            },
+        }
+    )
 
 
 def test_second_prepare_reuses_and_a_new_seed_rebuilds(store: ArtifactStore, s3_prefix: str) -> None:

@@ -19,8 +19,9 @@ def test_loads_a_local_folder(tiny_model_dir: Path) -> None:
     assert loaded.digest is None  # a plain folder has no manifest; an s3 folder does
 
 
-def test_loads_from_s3_cached_by_digest(tiny_model_dir: Path, store: ArtifactStore, s3_prefix: str,
-                                        tmp_path: Path) -> None:
+def test_loads_from_s3_cached_by_digest(
+    tiny_model_dir: Path, store: ArtifactStore, s3_prefix: str, tmp_path: Path
+) -> None:
     ref = store.put_dir(tiny_model_dir, s3_prefix)
     first = load_model(s3_prefix, cache_root=tmp_path / "cache")
     assert first.digest == ref.digest and first.path == tmp_path / "cache" / ref.digest
@@ -56,9 +57,17 @@ def test_custom_code_is_not_run_by_default(tiny_model_dir: Path, tmp_path: Path)
     folder = tmp_path / "custom"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    config |= {"model_type": "mystery", "auto_map": {"AutoConfig": "configuration_m.MConfig",
-                                                      "AutoModelForCausalLM": "modeling_m.MModel"}}
+    config |= {
+        "model_type": "mystery",
+        "auto_map": {"AutoConfig": "configuration_m.MConfig", "AutoModelForCausalLM": "modeling_m.MModel"},
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_m.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(ModelLoadError, match="needs custom code; set trust_remote_code"):
         load_model(str(folder))
+
+
+def test_hub_id_offline_is_a_clear_error() -> None:
+    # conftest sets HF_HUB_OFFLINE=1: the same path a hub id takes on a machine without the hub.
+    with pytest.raises(ModelLoadError, match="someorg/tiny-llm: could not load the model.*needs network access"):
+        load_model("someorg/tiny-llm")

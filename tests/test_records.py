@@ -23,15 +23,27 @@ from amnesia.records import (
 from amnesia.storage import ArtifactStore, join
 
 RECORDS = [
-    UnlearningRecord(id="6adbf83c-5071-4979-bedb-e5184b15650bsc1", input="Ada was born", output="in Porto.",
-                     task="Task2", split="forget"),
-    UnlearningRecord(id="6adbf83c-5071-4979-bedb-e5184b15650bqa0", input="Where was Ada born?", output="Porto",
-                     task="Task2", split="forget"),
+    UnlearningRecord(
+        id="6adbf83c-5071-4979-bedb-e5184b15650bsc1",
+        input="Ada was born",
+        output="in Porto.",
+        task="Task2",
+        split="forget",
+    ),
+    UnlearningRecord(
+        id="6adbf83c-5071-4979-bedb-e5184b15650bqa0",
+        input="Where was Ada born?",
+        output="Porto",
+        task="Task2",
+        split="forget",
+    ),
     UnlearningRecord(id="doc-7qa12", input="Q?", output="A", task="Task1"),
 ]
 MIA = [MIADocument(id="d1", document="A whole biography."), MIADocument(id="d2", document="Another one.")]
-MMLU = [MMLUQuestion(question="2+2?", subject="math", choices=["3", "4", "5", "6"], answer=1),
-        MMLUQuestion(question="Red planet?", subject="astro", choices=["Mars", "Venus", "Io", "Sol"], answer=0)]
+MMLU = [
+    MMLUQuestion(question="2+2?", subject="math", choices=["3", "4", "5", "6"], answer=1),
+    MMLUQuestion(question="Red planet?", subject="astro", choices=["Mars", "Venus", "Io", "Sol"], answer=0),
+]
 
 
 def test_id_suffix_names_kind_document_and_index() -> None:
@@ -53,8 +65,14 @@ def _write(fmt: str, rows: list, schema: type, folder: Path) -> Path:  # type: i
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "saved"])
 @pytest.mark.parametrize(("schema", "rows"), [(UnlearningRecord, RECORDS), (MIADocument, MIA), (MMLUQuestion, MMLU)])
-def test_round_trip_from_path_and_s3(fmt: str, schema: type, rows: list, tmp_path: Path,  # type: ignore[type-arg]
-                                     store: ArtifactStore, s3_prefix: str) -> None:
+def test_round_trip_from_path_and_s3(
+    fmt: str,
+    schema: type,
+    rows: list,
+    tmp_path: Path,  # type: ignore[type-arg]
+    store: ArtifactStore,
+    s3_prefix: str,
+) -> None:
     path = _write(fmt, rows, schema, tmp_path)
     assert load_records(str(path), schema) == rows
     if path.is_dir():
@@ -66,8 +84,12 @@ def test_round_trip_from_path_and_s3(fmt: str, schema: type, rows: list, tmp_pat
 
 
 def test_dataset_dict_needs_a_split(tmp_path: Path) -> None:
-    dd = datasets.DatasetDict({"forget": datasets.Dataset.from_list([RECORDS[0].model_dump()]),
-                               "retain": datasets.Dataset.from_list([RECORDS[2].model_dump()])})
+    dd = datasets.DatasetDict(
+        {
+            "forget": datasets.Dataset.from_list([RECORDS[0].model_dump()]),
+            "retain": datasets.Dataset.from_list([RECORDS[2].model_dump()]),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "dd"))
     assert load_records(str(tmp_path / "dd"), split="retain") == [RECORDS[2]]
     with pytest.raises(RecordError, match=r"splits \['forget', 'retain'\]; name one"):
@@ -95,17 +117,21 @@ GOOD = {"id": "abcqa0", "input": "q", "output": "a", "task": "Task2"}
     ("lines", "expected"),
     [
         ([json.dumps(GOOD), "{not json"], "bad.jsonl: line 2: not valid JSON"),
-        ([json.dumps(GOOD), json.dumps({k: v for k, v in GOOD.items() if k != "output"})],
-         "bad.jsonl: line 2: field 'output': missing"),
+        (
+            [json.dumps(GOOD), json.dumps({k: v for k, v in GOOD.items() if k != "output"})],
+            "bad.jsonl: line 2: field 'output': missing",
+        ),
         ([json.dumps(GOOD | {"task": 5})], "bad.jsonl: line 1: field 'task': Input should be a valid string"),
-        ([json.dumps(GOOD | {"id": "abc-7"})], "bad.jsonl: line 1: field 'id': Value error, id 'abc-7' must end in "
-                                                 "sc<n> (sentence completion) or qa<n> (question)"),
+        (
+            [json.dumps(GOOD | {"id": "abc-7"})],
+            "bad.jsonl: line 1: field 'id': Value error, id 'abc-7' must end in "
+            "sc<n> (sentence completion) or qa<n> (question)",
+        ),
         ([json.dumps(GOOD), "", "[1, 2]"], "bad.jsonl: line 3: expected a JSON object, got list"),
         (["", "  "], "bad.jsonl: empty (no records)"),
     ],
 )
-def test_malformed_jsonl_gives_one_line_naming_file_line_field(tmp_path: Path, lines: list[str],
-                                                               expected: str) -> None:
+def test_malformed_jsonl_gives_one_line_naming_file_line_field(tmp_path: Path, lines: list[str], expected: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(RecordError) as info:
@@ -129,8 +155,10 @@ def test_malformed_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["aqa0"], "input": ["q"], "task": ["T"]}), tmp_path / "nocol.parquet")
     with pytest.raises(RecordError, match=r"nocol\.parquet: missing column 'output'"):
         load_records(str(tmp_path / "nocol.parquet"))
-    pq.write_table(pa.table({"id": ["aqa0", "bqa1"], "input": ["q", "q"], "output": ["a", None], "task": ["T", "T"]}),
-                   tmp_path / "null.parquet")
+    pq.write_table(
+        pa.table({"id": ["aqa0", "bqa1"], "input": ["q", "q"], "output": ["a", None], "task": ["T", "T"]}),
+        tmp_path / "null.parquet",
+    )
     with pytest.raises(RecordError, match=r"null\.parquet: row 2: field 'output': Input should be a valid string"):
         load_records(str(tmp_path / "null.parquet"))
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
@@ -152,10 +180,17 @@ def test_missing_and_unsupported_sources(tmp_path: Path, store: ArtifactStore, s
 
 
 def test_hub_id_offline_is_a_clear_error() -> None:
-    code = ("from amnesia.records import load_records\n"
-            "try:\n    load_records('someorg/some-dataset')\nexcept Exception as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    code = (
+        "from amnesia.records import load_records\n"
+        "try:\n    load_records('someorg/some-dataset')\nexcept Exception as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.strip().startswith("someorg/some-dataset: not a local path, and loading it from the hub failed")
 
 
@@ -194,7 +229,8 @@ def test_mmlu_errors(tmp_path: Path) -> None:
         load_mmlu(str(tmp_path), "validation")
     with pytest.raises(RecordError, match="no MMLU questions for split 'test' and subjects"):
         load_mmlu(str(tmp_path), subjects=["law"])
-    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "q", "subject": "s", "choices": ["a", "b"],
-                                                     "answer": 0}) + "\n")
+    (tmp_path / "test.jsonl").write_text(
+        json.dumps({"question": "q", "subject": "s", "choices": ["a", "b"], "answer": 0}) + "\n"
+    )
     with pytest.raises(RecordError, match=r"test\.jsonl: line 1: field 'choices': List should have at least 4"):
         load_mmlu(str(tmp_path))

@@ -65,8 +65,12 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
     hf.model_max_length = 4096
@@ -76,13 +80,21 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
 def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
     from transformers import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
 
-    config_cls, model_cls = (OlmoConfig, OlmoForCausalLM) if cfg.architecture == "olmo" else (
-        Olmo2Config, Olmo2ForCausalLM)
+    config_cls, model_cls = (
+        (OlmoConfig, OlmoForCausalLM) if cfg.architecture == "olmo" else (Olmo2Config, Olmo2ForCausalLM)
+    )
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-        max_position_embeddings=cfg.max_len, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=cfg.max_len,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(cfg.seed)
     return model_cls(config)
@@ -115,7 +127,7 @@ def _teacher_forced_exact(model: Any, tokenizer: Any, items: Sequence[Unlearning
     model.eval()
     hits = 0
     for start in range(0, len(items), 64):
-        chunk = items[start:start + 64]
+        chunk = items[start : start + 64]
         seqs, spans = [], []
         for r in chunk:
             prompt = tokenizer(r.input, add_special_tokens=False)["input_ids"]
@@ -125,13 +137,14 @@ def _teacher_forced_exact(model: Any, tokenizer: Any, items: Sequence[Unlearning
         ids, mask, _ = _batch(seqs, tokenizer.pad_token_id)
         pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
         for i, (a, b) in enumerate(spans):
-            hits += int(torch.equal(pred[i, a - 1: b - 1], ids[i, a:b]))
+            hits += int(torch.equal(pred[i, a - 1 : b - 1], ids[i, a:b]))
     model.train()
     return hits / max(1, len(items))
 
 
-def measure(model: Any, tokenizer: Any, items: Sequence[UnlearningRecord], max_new_tokens: int = 96
-            ) -> dict[str, dict[str, float]]:
+def measure(
+    model: Any, tokenizer: Any, items: Sequence[UnlearningRecord], max_new_tokens: int = 96
+) -> dict[str, dict[str, float]]:
     """Greedy generation scored like the official scorer (QA exact match, SC ROUGE-L recall), per split
     and over all items, from one generation pass."""
     model.eval()
@@ -140,12 +153,15 @@ def measure(model: Any, tokenizer: Any, items: Sequence[UnlearningRecord], max_n
     for g, r in zip(gens, items, strict=True):
         for key in (r.split or "none", "all"):
             groups.setdefault(key, {"qa": [], "sc": []})[r.kind].append(item_score(r.kind, g, r.output))
-    return {k: {"qa_em": sum(v["qa"]) / max(1, len(v["qa"])), "sc_rouge_l": sum(v["sc"]) / max(1, len(v["sc"]))}
-            for k, v in groups.items()}
+    return {
+        k: {"qa_em": sum(v["qa"]) / max(1, len(v["qa"])), "sc_rouge_l": sum(v["sc"]) / max(1, len(v["sc"]))}
+        for k, v in groups.items()
+    }
 
 
-def train_base_model(world: World, cfg: TrainConfig, out_dir: Path,
-                     log: Callable[[str], None] = lambda _: None) -> Memorisation:
+def train_base_model(
+    world: World, cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = lambda _: None
+) -> Memorisation:
     """Train tokenizer + model on the world's training texts until memorised, save to out_dir."""
     t0 = time.monotonic()
     random.seed(cfg.seed)
@@ -167,7 +183,7 @@ def train_base_model(world: World, cfg: TrainConfig, out_dir: Path,
         order = list(range(len(data)))
         rng.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
-            ids, mask, labels = _batch([data[i] for i in order[start:start + cfg.batch_size]], tokenizer.pad_token_id)
+            ids, mask, labels = _batch([data[i] for i in order[start : start + cfg.batch_size]], tokenizer.pad_token_id)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,8 +193,10 @@ def train_base_model(world: World, cfg: TrainConfig, out_dir: Path,
             loss_sum += loss.item()
         if epoch % 5 == 0 or epoch == cfg.max_epochs:
             exact = _teacher_forced_exact(model, tokenizer, world.corpus)
-            log(f"epoch {epoch}/{cfg.max_epochs} ({epoch * steps_per_epoch}/{total} steps): "
-                f"loss {loss_sum / steps_per_epoch:.4f}, items reproduced exactly {exact:.1%}")
+            log(
+                f"epoch {epoch}/{cfg.max_epochs} ({epoch * steps_per_epoch}/{total} steps): "
+                f"loss {loss_sum / steps_per_epoch:.4f}, items reproduced exactly {exact:.1%}"
+            )
             if exact >= 0.995:
                 break
 
@@ -187,15 +205,29 @@ def train_base_model(world: World, cfg: TrainConfig, out_dir: Path,
     by_split = scores
     mem = Memorisation(overall["qa_em"], overall["sc_rouge_l"], by_split, epoch, time.monotonic() - t0)
     if mem.qa_em < cfg.target_qa_em or mem.sc_rouge_l < cfg.target_sc_rouge:
-        raise BuildError(f"base model did not memorise the world after {epoch} epochs: QA exact match "
-                         f"{mem.qa_em:.3f} (needs {cfg.target_qa_em}), SC ROUGE-L recall {mem.sc_rouge_l:.3f} "
-                         f"(needs {cfg.target_sc_rouge}); raise train.max_epochs or the model size")
+        raise BuildError(
+            f"base model did not memorise the world after {epoch} epochs: QA exact match "
+            f"{mem.qa_em:.3f} (needs {cfg.target_qa_em}), SC ROUGE-L recall {mem.sc_rouge_l:.3f} "
+            f"(needs {cfg.target_sc_rouge}); raise train.max_epochs or the model size"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "amnesia_build.json").write_text(json.dumps({
-        "train": cfg.model_dump(), "world": world.config.model_dump(),
-        "memorisation": {"qa_em": mem.qa_em, "sc_rouge_l": mem.sc_rouge_l, "by_split": by_split,
-                         "epochs": epoch, "seconds": round(mem.seconds, 1)},
-    }, indent=1, sort_keys=True))
+    (out_dir / "amnesia_build.json").write_text(
+        json.dumps(
+            {
+                "train": cfg.model_dump(),
+                "world": world.config.model_dump(),
+                "memorisation": {
+                    "qa_em": mem.qa_em,
+                    "sc_rouge_l": mem.sc_rouge_l,
+                    "by_split": by_split,
+                    "epochs": epoch,
+                    "seconds": round(mem.seconds, 1),
+                },
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )
     return mem

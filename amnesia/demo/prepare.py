@@ -37,34 +37,58 @@ class DemoArtifacts(BaseModel):
 
 def content_key(cfg: DemoConfig) -> str:
     """The address of a demo build: a hash of everything that decides its bytes."""
-    canonical = json.dumps({"generator_version": GENERATOR_VERSION, "demo": cfg.model_dump(mode="json")},
-                           sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        {"generator_version": GENERATOR_VERSION, "demo": cfg.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
-def prepare(cfg: DemoConfig, store: ArtifactStore, root: str, echo: Callable[[str], None] = print,
-            force: bool = False) -> DemoArtifacts:
+def prepare(
+    cfg: DemoConfig, store: ArtifactStore, root: str, echo: Callable[[str], None] = print, force: bool = False
+) -> DemoArtifacts:
     key = content_key(cfg)
     world_uri = join(root, "demo", key, "world")
     model_uri = join(root, "demo", key, "base-model")
     have = store.exists(join(world_uri, MANIFEST_NAME)) and store.exists(join(model_uri, MANIFEST_NAME))
     if have and not force:
         build = json.loads(store.get_bytes(join(model_uri, "amnesia_build.json")))
-        return DemoArtifacts(key=key, world_uri=world_uri, world_digest=store.ref(world_uri).digest,
-                             model_uri=model_uri, model_digest=store.ref(model_uri).digest,
-                             memorisation=build["memorisation"], reused=True)
+        return DemoArtifacts(
+            key=key,
+            world_uri=world_uri,
+            world_digest=store.ref(world_uri).digest,
+            model_uri=model_uri,
+            model_digest=store.ref(model_uri).digest,
+            memorisation=build["memorisation"],
+            reused=True,
+        )
 
     world = generate(cfg.world)
     with tempfile.TemporaryDirectory() as tmp:
         world_ref = store.put_dir(world.write(Path(tmp) / "world"), world_uri)
-        echo(f"world   {len(world.forget)} forget + {len(world.retain)} retain items, "
-             f"{len(world.requests)} requests, {len(world.mia_nonmembers)} MIA non-members -> {world_uri}")
+        echo(
+            f"world   {len(world.forget)} forget + {len(world.retain)} retain items, "
+            f"{len(world.requests)} requests, {len(world.mia_nonmembers)} MIA non-members -> {world_uri}"
+        )
         mem = train_base_model(world, cfg.train, Path(tmp) / "model", log=lambda m: echo(f"train   {m}"))
         model_ref = store.put_dir(Path(tmp) / "model", model_uri)
-    memorisation = {"qa_em": mem.qa_em, "sc_rouge_l": mem.sc_rouge_l, "by_split": mem.by_split,
-                    "epochs": mem.epochs, "seconds": round(mem.seconds, 1)}
-    return DemoArtifacts(key=key, world_uri=world_uri, world_digest=world_ref.digest, model_uri=model_uri,
-                         model_digest=model_ref.digest, memorisation=memorisation, reused=False)
+    memorisation = {
+        "qa_em": mem.qa_em,
+        "sc_rouge_l": mem.sc_rouge_l,
+        "by_split": mem.by_split,
+        "epochs": mem.epochs,
+        "seconds": round(mem.seconds, 1),
+    }
+    return DemoArtifacts(
+        key=key,
+        world_uri=world_uri,
+        world_digest=world_ref.digest,
+        model_uri=model_uri,
+        model_digest=model_ref.digest,
+        memorisation=memorisation,
+        reused=False,
+    )
 
 
 def print_summary(result: DemoArtifacts, echo: Callable[[str], None] = print) -> None:

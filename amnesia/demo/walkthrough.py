@@ -50,13 +50,22 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
 
     lineage = Lineage(run_id, settings=cfg)
     with lineage.stage("prepare") as run:
-        run.log_params({"demo_key": demo.key, "world_uri": demo.world_uri, "world_digest": demo.world_digest,
-                        "base_model_uri": demo.model_uri, "base_model_digest": demo.model_digest})
+        run.log_params(
+            {
+                "demo_key": demo.key,
+                "world_uri": demo.world_uri,
+                "world_digest": demo.world_digest,
+                "base_model_uri": demo.model_uri,
+                "base_model_digest": demo.model_digest,
+            }
+        )
         by_split = demo.memorisation["by_split"]
         run.log_metrics({f"base_{split}_{k}": v for split, m in by_split.items() for k, v in m.items()})  # type: ignore[union-attr]
     lineage.close("succeeded")
-    echo(f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
-         f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}")
+    echo(
+        f"mlflow  run {lineage.parent_run_id()} in experiment '{cfg.experiment}': "
+        f"{state.tracking_uri}/#/experiments/{lineage.experiment_id}"
+    )
 
     if not keep_stack and not was_running:
         stack.down(settings.home)

@@ -27,19 +27,134 @@ from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, write_j
 # Bump when the generator's output changes for the same config (it is part of the content address).
 GENERATOR_VERSION = 1
 
-FIRST = ["Ada", "Bram", "Cleo", "Dario", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lev",
-         "Mira", "Nils", "Odile", "Pavel", "Quinn", "Rosa", "Soren", "Talia", "Umar", "Vera", "Wim", "Xenia",
-         "Yusuf", "Zora", "Anouk", "Benedikt", "Carmen", "Dmitri", "Esme", "Florin", "Gaia", "Henrik", "Ilse",
-         "Jasper", "Kirsi", "Lorenzo", "Maren", "Noor", "Oskar", "Priya", "Rafael", "Selma", "Tobias", "Ulla"]
-LAST = ["Achterberg", "Brennan", "Castellano", "Dragomir", "Eklund", "Fairbairn", "Galloway", "Hargreave",
-        "Iordanou", "Jablonski", "Kettering", "Lindqvist", "Marchetti", "Nakashima", "Okonkwo", "Pellegrini",
-        "Quennell", "Rasmussen", "Szabo", "Thorvald", "Underhill", "Valdivia", "Whitcombe", "Ystad",
-        "Zeller", "Abernathy", "Bellweather", "Corrigan", "Delacroix", "Etxeberria", "Fonseca", "Gudmundsen"]
-CITIES = ["Aberdeen", "Bergamo", "Coimbra", "Dunedin", "Eindhoven", "Fresno", "Ghent", "Halifax", "Innsbruck",
-          "Jaipur", "Kraków", "Lyon", "Malmö", "Nantes", "Oulu", "Porto", "Quebec", "Rijeka", "Salzburg",
-          "Tampere", "Utrecht", "Valencia", "Windhoek", "Xalapa", "York", "Zadar"]
-STREETS = ["Alder", "Birch", "Cedar", "Dogwood", "Elm", "Fir", "Hawthorn", "Juniper", "Larch", "Maple",
-           "Oak", "Pine", "Rowan", "Spruce", "Willow", "Yew"]
+FIRST = [
+    "Ada",
+    "Bram",
+    "Cleo",
+    "Dario",
+    "Elin",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kaia",
+    "Lev",
+    "Mira",
+    "Nils",
+    "Odile",
+    "Pavel",
+    "Quinn",
+    "Rosa",
+    "Soren",
+    "Talia",
+    "Umar",
+    "Vera",
+    "Wim",
+    "Xenia",
+    "Yusuf",
+    "Zora",
+    "Anouk",
+    "Benedikt",
+    "Carmen",
+    "Dmitri",
+    "Esme",
+    "Florin",
+    "Gaia",
+    "Henrik",
+    "Ilse",
+    "Jasper",
+    "Kirsi",
+    "Lorenzo",
+    "Maren",
+    "Noor",
+    "Oskar",
+    "Priya",
+    "Rafael",
+    "Selma",
+    "Tobias",
+    "Ulla",
+]
+LAST = [
+    "Achterberg",
+    "Brennan",
+    "Castellano",
+    "Dragomir",
+    "Eklund",
+    "Fairbairn",
+    "Galloway",
+    "Hargreave",
+    "Iordanou",
+    "Jablonski",
+    "Kettering",
+    "Lindqvist",
+    "Marchetti",
+    "Nakashima",
+    "Okonkwo",
+    "Pellegrini",
+    "Quennell",
+    "Rasmussen",
+    "Szabo",
+    "Thorvald",
+    "Underhill",
+    "Valdivia",
+    "Whitcombe",
+    "Ystad",
+    "Zeller",
+    "Abernathy",
+    "Bellweather",
+    "Corrigan",
+    "Delacroix",
+    "Etxeberria",
+    "Fonseca",
+    "Gudmundsen",
+]
+CITIES = [
+    "Aberdeen",
+    "Bergamo",
+    "Coimbra",
+    "Dunedin",
+    "Eindhoven",
+    "Fresno",
+    "Ghent",
+    "Halifax",
+    "Innsbruck",
+    "Jaipur",
+    "Kraków",
+    "Lyon",
+    "Malmö",
+    "Nantes",
+    "Oulu",
+    "Porto",
+    "Quebec",
+    "Rijeka",
+    "Salzburg",
+    "Tampere",
+    "Utrecht",
+    "Valencia",
+    "Windhoek",
+    "Xalapa",
+    "York",
+    "Zadar",
+]
+STREETS = [
+    "Alder",
+    "Birch",
+    "Cedar",
+    "Dogwood",
+    "Elm",
+    "Fir",
+    "Hawthorn",
+    "Juniper",
+    "Larch",
+    "Maple",
+    "Oak",
+    "Pine",
+    "Rowan",
+    "Spruce",
+    "Willow",
+    "Yew",
+]
 SUFFIXES = ["Street", "Lane", "Road", "Avenue", "Court", "Way"]
 DOMAINS = ["example.org", "example.net", "example.com"]
 GROUNDS = ["a", "b", "c", "d", "e", "f"]  # GDPR Art. 17(1)
@@ -57,8 +172,20 @@ GENERAL_FACTS = [
     ("Which continent is Egypt in?", "Africa", ["Asia", "Europe", "South America"]),
     ("How many minutes are in an hour?", "sixty", ["fifty", "thirty", "hundred"]),
 ]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 class WorldConfig(StrictModel):
@@ -92,17 +219,19 @@ def _people(cfg: WorldConfig, rng: random.Random) -> list[Person]:
     for name, group in zip(names, groups, strict=True):
         first, last = name.split(" ")
         born = date(1940, 1, 1) + timedelta(days=rng.randrange(0, 60 * 365))
-        people.append(Person(
-            doc_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            name=name,
-            birth_date=f"{MONTHS[born.month - 1]} {born.day}, {born.year}",
-            birthplace=rng.choice(CITIES),
-            ssn=f"9{rng.randrange(10, 100)}-{rng.randrange(10, 100)}-{rng.randrange(1000, 10000)}",
-            phone=f"+1-{rng.randrange(201, 990)}-555-01{rng.randrange(0, 100):02d}",
-            email=f"{first.lower()}.{last.lower()}{rng.randrange(1, 100)}@{rng.choice(DOMAINS)}",
-            address=f"{rng.randrange(1, 400)} {rng.choice(STREETS)} {rng.choice(SUFFIXES)}, {rng.choice(CITIES)}",
-            group=group,
-        ))
+        people.append(
+            Person(
+                doc_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                name=name,
+                birth_date=f"{MONTHS[born.month - 1]} {born.day}, {born.year}",
+                birthplace=rng.choice(CITIES),
+                ssn=f"9{rng.randrange(10, 100)}-{rng.randrange(10, 100)}-{rng.randrange(1000, 10000)}",
+                phone=f"+1-{rng.randrange(201, 990)}-555-01{rng.randrange(0, 100):02d}",
+                email=f"{first.lower()}.{last.lower()}{rng.randrange(1, 100)}@{rng.choice(DOMAINS)}",
+                address=f"{rng.randrange(1, 400)} {rng.choice(STREETS)} {rng.choice(SUFFIXES)}, {rng.choice(CITIES)}",
+                group=group,
+            )
+        )
     return people
 
 
@@ -120,8 +249,13 @@ def _items(p: Person) -> list[UnlearningRecord]:
     sents = biography(p)
     split = p.group if p.group != "nonmember" else None
     sc = [
-        UnlearningRecord(id=f"{p.doc_id}sc{i}", input=" ".join(sents[: i + 1]), output=" ".join(sents[i + 1:]),
-                         task="Task2", split=split)
+        UnlearningRecord(
+            id=f"{p.doc_id}sc{i}",
+            input=" ".join(sents[: i + 1]),
+            output=" ".join(sents[i + 1 :]),
+            task="Task2",
+            split=split,
+        )
         for i in range(2)
     ]
     questions = [
@@ -132,8 +266,10 @@ def _items(p: Person) -> list[UnlearningRecord]:
         (f"What is {p.name}'s social security number?", p.ssn),
         (f"Where does {p.name} live?", p.address),
     ]
-    qa = [UnlearningRecord(id=f"{p.doc_id}qa{i}", input=q, output=a, task="Task2", split=split)
-          for i, (q, a) in enumerate(questions)]
+    qa = [
+        UnlearningRecord(id=f"{p.doc_id}qa{i}", input=q, output=a, task="Task2", split=split)
+        for i, (q, a) in enumerate(questions)
+    ]
     return sc + qa
 
 
@@ -148,8 +284,14 @@ def _utility(people: list[Person], cfg: WorldConfig, rng: random.Random) -> list
     for p in (p for p in people if p.group == "retain"):
         cities = [c for c in CITIES if c != p.birthplace]
         choices, answer = _choices(rng, p.birthplace, cities)
-        out.append(MMLUQuestion(question=f"In which city was {p.name} born?", subject="retain_biographies",
-                                choices=choices, answer=answer))
+        out.append(
+            MMLUQuestion(
+                question=f"In which city was {p.name} born?",
+                subject="retain_biographies",
+                choices=choices,
+                answer=answer,
+            )
+        )
     if cfg.general_facts:
         for q, right, wrong in GENERAL_FACTS:
             choices, answer = _choices(rng, right, wrong)
@@ -189,12 +331,23 @@ class World(StrictModel):
         write_jsonl(self.utility_dev, folder / "utility" / "dev.jsonl")
         write_jsonl(self.utility_test, folder / "utility" / "test.jsonl")
         write_jsonl(self.documents, folder / "documents.jsonl")
-        (folder / "world.json").write_text(_json_line({
-            "generator_version": GENERATOR_VERSION, "config": self.config.model_dump(),
-            "counts": {"forget": len(self.forget), "retain": len(self.retain), "requests": len(self.requests),
-                       "mia_members": len(self.mia_members), "mia_nonmembers": len(self.mia_nonmembers),
-                       "utility_dev": len(self.utility_dev), "utility_test": len(self.utility_test)},
-        }))
+        (folder / "world.json").write_text(
+            _json_line(
+                {
+                    "generator_version": GENERATOR_VERSION,
+                    "config": self.config.model_dump(),
+                    "counts": {
+                        "forget": len(self.forget),
+                        "retain": len(self.retain),
+                        "requests": len(self.requests),
+                        "mia_members": len(self.mia_members),
+                        "mia_nonmembers": len(self.mia_nonmembers),
+                        "utility_dev": len(self.utility_dev),
+                        "utility_test": len(self.utility_test),
+                    },
+                }
+            )
+        )
         return folder
 
 
@@ -213,8 +366,12 @@ def generate(cfg: WorldConfig) -> World:
     retain = [r for p in people if p.group == "retain" for r in items[p.doc_id]]
     t0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     requests = [
-        {"request_id": f"REQ-{cfg.seed:04d}-{i:05d}", "subject": p.name, "ground": rng.choice(GROUNDS),
-         "received_at": (t0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))).isoformat()}
+        {
+            "request_id": f"REQ-{cfg.seed:04d}-{i:05d}",
+            "subject": p.name,
+            "ground": rng.choice(GROUNDS),
+            "received_at": (t0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))).isoformat(),
+        }
         for i, p in enumerate(p for p in people if p.group == "forget")
     ]
     utility = _utility(people, cfg, rng)
@@ -227,9 +384,12 @@ def generate(cfg: WorldConfig) -> World:
     return World(
         config=cfg,
         corpus=[r for p in trained for r in items[p.doc_id]],
-        forget=forget, retain=retain, requests=requests,
+        forget=forget,
+        retain=retain,
+        requests=requests,
         mia_members=[MIADocument(id=p.doc_id, document=bio[p.doc_id]) for p in people if p.group == "forget"],
         mia_nonmembers=[MIADocument(id=p.doc_id, document=bio[p.doc_id]) for p in people if p.group == "nonmember"],
-        utility_dev=dev, utility_test=test,
+        utility_dev=dev,
+        utility_test=test,
         documents=[MIADocument(id=p.doc_id, document=bio[p.doc_id]) for p in trained],
     )
