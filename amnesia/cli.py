@@ -206,6 +206,77 @@ def demo_prepare(config_path: Path | None, seed: int | None, root: str | None, f
     print_summary(result, click.echo)
 
 
+# ---------------------------------------------------------------- stages
+
+
+def _run_id(run_id: str | None) -> str:
+    import time
+    import uuid
+
+    return run_id or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@cli.command("split")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="Run config YAML; its `split:` section is used.",
+)
+@click.option("--run-id", help="Pipeline run id (default: a new one).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+@click.option("--no-track", is_flag=True, help="Do not record lineage in MLflow.")
+def split_cmd(config_path: Path, run_id: str | None, root: str | None, no_track: bool) -> None:
+    """Stage 1: erasure requests (or SemEval files) into validated forget / retain / MIA sets."""
+    from amnesia.config import SplitConfig, load_yaml, parse_model
+    from amnesia.context import RunContext
+    from amnesia.split import run_split
+
+    data = load_yaml(config_path)
+    cfg = parse_model(SplitConfig, data.get("split", data), f"{config_path}: split")
+    ctx = RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    result = run_split(cfg, ctx)
+    click.echo(f"split {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
+    for name, info in result.sets.items():
+        click.echo(f"  {name:<15} {info.records:>6} records  {info.documents:>5} documents  sha256 {info.sha256[:12]}…")
+    if result.request_digest:
+        click.echo(f"  requests        {len(result.request_ids)} (digest {result.request_digest[:16]}…)")
+    for code, count in result.warnings.items():
+        click.echo(f"  warning         {code}: {count}")
+
+
+@cli.group(cls=_Group)
+def requests() -> None:
+    """The erasure-request queue (pending -> fulfilled on approval)."""
+
+
+@requests.command("submit")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def requests_submit(path: Path, root: str | None) -> None:
+    """Queue the requests in a JSONL or YAML file."""
+    from amnesia.requests import RequestQueue, load_requests
+    from amnesia.storage import ArtifactStore
+
+    settings = client_settings()
+    ids = RequestQueue(ArtifactStore(settings), root or f"s3://{settings.bucket}").submit(load_requests(path))
+    click.echo(f"queued {len(ids)} requests")
+
+
+@requests.command("list")
+@click.option("--state", type=click.Choice(["pending", "fulfilled"]), default="pending", show_default=True)
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def requests_list(state: str, root: str | None) -> None:
+    """Request ids, dates and grounds (subjects are personal data: not printed)."""
+    from amnesia.requests import RequestQueue
+    from amnesia.storage import ArtifactStore
+
+    settings = client_settings()
+    for r in RequestQueue(ArtifactStore(settings), root or f"s3://{settings.bucket}").list(state):  # type: ignore[arg-type]
+        click.echo(f"{r.request_id}  received {r.received_at.isoformat()}  ground 17(1)({r.ground})")
+
+
 def main() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow imports GitPython
     cli(prog_name="amnesia")

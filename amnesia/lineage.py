@@ -38,6 +38,11 @@ class Tag(StrEnum):
     STATUS = "amnesia.status"
     ERROR = "amnesia.error"  # the exception class only: messages can quote data
     STOPPED_AT = "amnesia.stopped_at"
+    REQUEST_DIGEST = "amnesia.request_digest"  # sha256 of the canonical request snapshot
+    REQUEST_IDS_DIGEST = "amnesia.request_ids_digest"  # sha256 of the sorted request ids
+    REQUEST_COUNT = "amnesia.request_count"
+    SPLIT_URI = "amnesia.split_uri"
+    SPLIT_DIGEST = "amnesia.split_digest"
 
 
 # Ids, numbers, URIs, hashes, comma lists: no spaces, so no sentences.

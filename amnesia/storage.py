@@ -301,6 +301,22 @@ class ArtifactStore:
                 raise
         return True
 
+    def list(self, uri: str) -> list[str]:
+        """URIs of every object below a prefix, sorted."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            root = loc.path
+            return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+        out: list[str] = []
+        with self._s3_errors(loc, f"listing {loc.uri}"):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+                out += [f"s3://{loc.bucket}/{o['Key']}" for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def delete(self, uri: str) -> None:
+        self._delete(parse_uri(uri))
+
     # -------------------------------------------------------- single files
 
     def put_file(self, src: Path, uri: str, progress: Progress | None = None) -> ArtifactRef:

@@ -1,0 +1,34 @@
+"""What every stage gets besides its config: where the run's artifacts go, the store, the lineage."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from amnesia.lineage import Lineage
+from amnesia.settings import Settings
+from amnesia.settings import settings as default_settings
+from amnesia.storage import ArtifactStore, join
+
+
+@dataclass
+class RunContext:
+    pipeline_run_id: str
+    root: str  # s3://bucket/runs/<pipeline_run_id> (or a local folder)
+    store: ArtifactStore
+    lineage: Lineage | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("amnesia"))
+
+    @classmethod
+    def create(
+        cls,
+        pipeline_run_id: str,
+        store_root: str | None = None,
+        settings: Settings | None = None,
+        track: bool = True,
+        experiment: str | None = None,
+    ) -> RunContext:
+        s = settings or default_settings()
+        base = store_root or f"s3://{s.bucket}"
+        lineage = Lineage(pipeline_run_id, experiment=experiment, settings=s) if track else None
+        return cls(pipeline_run_id, join(base, "runs", pipeline_run_id), ArtifactStore(s), lineage)

@@ -1,0 +1,142 @@
+"""Erasure requests and the request queue.
+
+A request names a data subject (and optionally records or documents) under a GDPR Art. 17(1)
+ground. Pending requests live under `<root>/requests/pending/<request_id>.json`; a run works on a
+snapshot of them, whose digest is the run's request digest; they move to `fulfilled/` only when a
+model that forgot them is approved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from amnesia.errors import AmnesiaError
+from amnesia.storage import ArtifactStore, join
+
+
+class RequestError(AmnesiaError):
+    """A request file or the queue is malformed; the message names the file, request or field."""
+
+
+class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    subject: str = Field(min_length=1, description="The data subject's name or identifier.")
+    received_at: datetime
+    ground: Literal["a", "b", "c", "d", "e", "f"] = Field(description="GDPR Art. 17(1) ground.")
+    record_ids: list[str] = []
+    document_ids: list[str] = []
+
+
+def _parse(rows: list[object], source: str, where: str) -> list[ErasureRequest]:
+    out = []
+    for i, row in enumerate(rows, start=1):
+        try:
+            out.append(ErasureRequest.model_validate(row))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(row)"
+            rid = row.get("request_id") if isinstance(row, dict) else None
+            who = f" (request {rid})" if isinstance(rid, str) and len(rid) < 130 else ""
+            msg = "missing" if first["type"] == "missing" else first["msg"]
+            raise RequestError(f"{source}: {where} {i}{who}: field '{field}': {msg}") from None
+    return out
+
+
+def load_requests(path: Path) -> list[ErasureRequest]:
+    """Requests from a JSONL file (one per line) or a YAML file (a list)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RequestError(f"{path}: no such requests file") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            rows = yaml.safe_load(text) or []
+        except yaml.YAMLError:
+            raise RequestError(f"{path}: not valid YAML") from None
+        if not isinstance(rows, list):
+            raise RequestError(f"{path}: expected a YAML list of requests")
+        return _check_unique(_parse(rows, str(path), "item"), str(path))
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise RequestError(f"{path}: line {lineno}: not valid JSON ({err.msg})") from None
+    return _check_unique(_parse(rows, str(path), "line"), str(path))
+
+
+def _check_unique(requests: list[ErasureRequest], source: str) -> list[ErasureRequest]:
+    seen: set[str] = set()
+    for r in requests:
+        if r.request_id in seen:
+            raise RequestError(f"{source}: request {r.request_id} appears twice")
+        seen.add(r.request_id)
+    return requests
+
+
+def canonical_jsonl(requests: list[ErasureRequest]) -> bytes:
+    """Sorted by request id, keys sorted: the same requests always give the same bytes and digest."""
+    rows = sorted(requests, key=lambda r: r.request_id)
+    return "".join(json.dumps(r.model_dump(mode="json"), sort_keys=True) + "\n" for r in rows).encode()
+
+
+def request_digest(requests: list[ErasureRequest]) -> str:
+    return hashlib.sha256(canonical_jsonl(requests)).hexdigest()
+
+
+class Snapshot(BaseModel):
+    uri: str
+    digest: str
+    request_ids: list[str]
+
+
+class RequestQueue:
+    """Pending and fulfilled requests under `<root>/requests/`."""
+
+    def __init__(self, store: ArtifactStore, root: str) -> None:
+        self.store, self.root = store, root
+
+    def _uri(self, state: str, request_id: str) -> str:
+        return join(self.root, "requests", state, f"{request_id}.json")
+
+    def submit(self, requests: list[ErasureRequest]) -> list[str]:
+        """Add requests to the pending queue; a request id already queued or fulfilled is refused."""
+        for r in requests:
+            for state in ("pending", "fulfilled"):
+                if self.store.exists(self._uri(state, r.request_id)):
+                    raise RequestError(f"request {r.request_id} is already {state}")
+        for r in requests:
+            self.store.put_json(r.model_dump(mode="json"), self._uri("pending", r.request_id))
+        return [r.request_id for r in requests]
+
+    def list(self, state: Literal["pending", "fulfilled"] = "pending") -> list[ErasureRequest]:
+        out = []
+        for uri in self.store.list(join(self.root, "requests", state)):
+            if uri.endswith(".json"):
+                out.append(_parse([self.store.get_json(uri)], uri, "object")[0])
+        return sorted(out, key=lambda r: r.request_id)
+
+    def snapshot(self, dest: str) -> Snapshot:
+        """Freeze the pending requests for one run: one canonical JSONL file and its digest."""
+        pending = self.list("pending")
+        ref = self.store.put_bytes(canonical_jsonl(pending), dest, "application/jsonl")
+        return Snapshot(uri=ref.uri, digest=ref.digest, request_ids=[r.request_id for r in pending])
+
+    def fulfil(self, request_ids: list[str]) -> None:
+        """Move requests from pending to fulfilled (after a person approved a model that forgot them)."""
+        for rid in request_ids:
+            src = self._uri("pending", rid)
+            if not self.store.exists(src):
+                raise RequestError(f"request {rid} is not pending")
+            self.store.put_bytes(self.store.get_bytes(src), self._uri("fulfilled", rid), "application/json")
+            self.store.delete(src)
