@@ -46,6 +46,12 @@ class SplitConfig(StrictModel):
     forget_eval_fraction: float = Field(0.0, ge=0, lt=1, description="0: every forget document is trained on.")
     retain_eval_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = Field(0, ge=0)
+    subject_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A document is a subject's own when the subject appears in at least this share of its records.",
+    )
     retain_mentions: Literal["refuse", "move"] = "refuse"
     unmatched_requests: Literal["refuse", "warn"] = "refuse"
 

@@ -103,7 +103,7 @@ def _validate(schema: type[R], row: Any, source: str, where: str) -> R:
 # ---------------------------------------------------------------- formats
 
 
-def _iter_jsonl(path: Path, schema: type[R], source: str) -> Iterator[R]:
+def _iter_jsonl(path: Path, schema: type[R], source: str, allow_empty: bool = False) -> Iterator[R]:
     seen = False
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -115,11 +115,11 @@ def _iter_jsonl(path: Path, schema: type[R], source: str) -> Iterator[R]:
                 raise RecordError(f"{source}: line {lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
             seen = True
             yield _validate(schema, row, source, f"line {lineno}")
-    if not seen:
+    if not seen and not allow_empty:
         raise RecordError(f"{source}: empty (no records)")
 
 
-def _iter_parquet(path: Path, schema: type[R], source: str) -> Iterator[R]:
+def _iter_parquet(path: Path, schema: type[R], source: str, allow_empty: bool = False) -> Iterator[R]:
     import pyarrow.parquet as pq
 
     try:
@@ -132,7 +132,7 @@ def _iter_parquet(path: Path, schema: type[R], source: str) -> Iterator[R]:
         for row in batch.to_pylist():
             row_no += 1
             yield _validate(schema, row, source, f"row {row_no}")
-    if row_no == 0:
+    if row_no == 0 and not allow_empty:
         raise RecordError(f"{source}: empty (no records)")
 
 
@@ -200,8 +200,10 @@ def iter_records(
     schema: type[R] = UnlearningRecord,
     split: str | None = None,  # type: ignore[assignment]
     cache_root: Path | None = None,
+    allow_empty: bool = False,
 ) -> Iterator[R]:
-    """Stream validated rows from a file, folder, s3:// URI or hub id."""
+    """Stream validated rows from a file, folder, s3:// URI or hub id. An empty file is an error (a user's
+    input with nothing in it is a mistake) unless allow_empty: a stage's own empty set is legitimate."""
     if _looks_like_hub_id(uri):
         yield from _iter_hub(uri, schema, split)
         return
@@ -217,16 +219,16 @@ def iter_records(
         if not files:
             raise RecordError(f"{src.name}: a folder with no .jsonl, .parquet or saved dataset in it")
         for f in files:
-            yield from _iter_file(f, schema, f"{src.name.rstrip('/')}/{f.name}")
+            yield from _iter_file(f, schema, f"{src.name.rstrip('/')}/{f.name}", allow_empty)
         return
-    yield from _iter_file(path, schema, src.name)
+    yield from _iter_file(path, schema, src.name, allow_empty)
 
 
-def _iter_file(path: Path, schema: type[R], name: str) -> Iterator[R]:
+def _iter_file(path: Path, schema: type[R], name: str, allow_empty: bool = False) -> Iterator[R]:
     if path.suffix in (".jsonl", ".json"):
-        yield from _iter_jsonl(path, schema, name)
+        yield from _iter_jsonl(path, schema, name, allow_empty)
     elif path.suffix == ".parquet":
-        yield from _iter_parquet(path, schema, name)
+        yield from _iter_parquet(path, schema, name, allow_empty)
     else:
         raise RecordError(f"{name}: unsupported format '{path.suffix}' (use .jsonl, .parquet or a saved dataset)")
 
@@ -249,8 +251,9 @@ def load_records(
     schema: type[R] = UnlearningRecord,
     split: str | None = None,  # type: ignore[assignment]
     cache_root: Path | None = None,
+    allow_empty: bool = False,
 ) -> list[R]:
-    return list(iter_records(uri, schema, split, cache_root))
+    return list(iter_records(uri, schema, split, cache_root, allow_empty))
 
 
 # ---------------------------------------------------------------- writing

@@ -75,6 +75,16 @@ def load_requests(path: Path) -> list[ErasureRequest]:
     return _check_unique(_parse(rows, str(path), "line"), str(path))
 
 
+def load_requests_uri(store: ArtifactStore, uri: str) -> list[ErasureRequest]:
+    """Requests from a local path or an s3:// file."""
+    if not uri.startswith("s3://"):
+        return load_requests(Path(uri))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_requests(store.get_file(uri, Path(tmp) / Path(uri).name))
+
+
 def _check_unique(requests: list[ErasureRequest], source: str) -> list[ErasureRequest]:
     seen: set[str] = set()
     for r in requests:
@@ -109,15 +119,19 @@ class RequestQueue:
     def _uri(self, state: str, request_id: str) -> str:
         return join(self.root, "requests", state, f"{request_id}.json")
 
-    def submit(self, requests: list[ErasureRequest]) -> list[str]:
-        """Add requests to the pending queue; a request id already queued or fulfilled is refused."""
+    def submit(self, requests: list[ErasureRequest], skip_known: bool = False) -> list[str]:
+        """Add requests to the pending queue. A request id already pending or fulfilled is refused, or
+        with skip_known left as it is (so a re-sent batch does not fail). Returns the ids added."""
+        new = []
         for r in requests:
-            for state in ("pending", "fulfilled"):
-                if self.store.exists(self._uri(state, r.request_id)):
-                    raise RequestError(f"request {r.request_id} is already {state}")
-        for r in requests:
+            known = next((s for s in ("pending", "fulfilled") if self.store.exists(self._uri(s, r.request_id))), None)
+            if known and not skip_known:
+                raise RequestError(f"request {r.request_id} is already {known}")
+            if not known:
+                new.append(r)
+        for r in new:
             self.store.put_json(r.model_dump(mode="json"), self._uri("pending", r.request_id))
-        return [r.request_id for r in requests]
+        return [r.request_id for r in new]
 
     def list(self, state: Literal["pending", "fulfilled"] = "pending") -> list[ErasureRequest]:
         out = []

@@ -24,7 +24,7 @@ from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.records import MIADocument, UnlearningRecord, load_records, write_parquet
-from amnesia.requests import ErasureRequest, RequestQueue, canonical_jsonl, load_requests, request_digest
+from amnesia.requests import ErasureRequest, RequestQueue, canonical_jsonl, load_requests_uri, request_digest
 from amnesia.storage import join
 
 SETS = ("forget_train", "forget_eval", "retain_train", "retain_eval")
@@ -110,8 +110,10 @@ def document_text(records: list[UnlearningRecord]) -> str:
 def _resolve(
     requests: list[ErasureRequest], docs: dict[str, list[UnlearningRecord]], cfg: SplitConfig, warnings: Counter[str]
 ) -> set[str]:
-    """The documents each request needs forgotten: named documents, the documents of named records,
-    and every document in which the subject appears (input or output, case/space-insensitive)."""
+    """The documents each request needs forgotten: named documents, the documents of named records, and
+    the subject's own documents: those where the subject (case/space-insensitive, whole words, input or
+    output) appears in at least `subject_share` of the records. A document that merely mentions the
+    subject is left to the retain-mention check, which refuses it or moves it, as configured."""
     record_doc = {r.id: d for d, rs in docs.items() for r in rs}
     texts = {d: [_record_text(r) for r in rs] for d, rs in docs.items()}
     forget: set[str] = set()
@@ -126,7 +128,9 @@ def _resolve(
                 raise SplitError(f"request {req.request_id}: record {rid} is not in the corpus")
             found.add(record_doc[rid])
         pattern = _mentions(req.subject)
-        found |= {d for d, ts in texts.items() if any(pattern.search(t) for t in ts)}
+        found |= {
+            d for d, ts in texts.items() if sum(bool(pattern.search(t)) for t in ts) >= cfg.subject_share * len(ts)
+        }
         if not found:
             if cfg.unmatched_requests == "refuse":
                 raise SplitError(
@@ -233,11 +237,7 @@ def _mia(
 def _load_requests(cfg: SplitConfig, ctx: RunContext) -> list[ErasureRequest]:
     if cfg.requests == "queue":
         return RequestQueue(ctx.store, ctx.root.rsplit("/runs/", 1)[0]).list("pending")
-    if cfg.requests and cfg.requests.startswith("s3://"):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = ctx.store.get_file(cfg.requests, Path(tmp) / Path(cfg.requests).name)
-            return load_requests(local)
-    return load_requests(Path(cfg.requests or ""))
+    return load_requests_uri(ctx.store, cfg.requests or "")
 
 
 Sets = dict[str, list[UnlearningRecord]]

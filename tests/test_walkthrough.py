@@ -24,11 +24,17 @@ def test_demo_walkthrough_records_digests_and_no_forget_text(
     client = MlflowClient(stack_settings.mlflow_tracking_uri)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags[Tag.STATUS] == "succeeded"
-    (stage,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert stage.data.params["base_model_digest"] == demo_build.model_digest
-    assert stage.data.metrics["base_forget_qa_em"] >= 0.95
+    stages = {r.data.tags[Tag.STAGE]: r for r in client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert set(stages) == {"prepare", "split"}
+    assert stages["prepare"].data.params["base_model_digest"] == demo_build.model_digest
+    assert stages["prepare"].data.metrics["base_forget_qa_em"] >= 0.95
+    assert stages["split"].data.tags[Tag.SPLIT_DIGEST] == result["split"]["digest"]
+    assert result["split"]["sets"]["forget_train"]["documents"] == 16  # one request per forget person
 
     world = generate(DemoConfig().world)
     secrets = {r.output for r in world.forget if r.kind == "qa"} | {q["subject"] for q in world.requests}
-    logged = json.dumps([parent.data.to_dictionary(), stage.data.to_dictionary()]) + "\n".join(lines)
+    runs = [parent, *(client.get_run(r.info.run_id) for r in stages.values())]
+    logged = json.dumps([r.data.to_dictionary() for r in runs]) + "\n".join(lines)
+    logged += json.dumps([[d.dataset.source, d.dataset.profile] for r in runs for d in r.inputs.dataset_inputs])
     assert not [s for s in secrets if s.lower() in logged.lower()]

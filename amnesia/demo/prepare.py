@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.config import StrictModel
+from amnesia.config import SplitConfig, StrictModel
 from amnesia.demo.base_model import TrainConfig, train_base_model
 from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
 from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
@@ -102,3 +102,13 @@ def print_summary(result: DemoArtifacts, echo: Callable[[str], None] = print) ->
             m = by[split]  # type: ignore[index]
             echo(f"  memorised   {split}: QA exact match {m['qa_em']:.3f}, SC ROUGE-L recall {m['sc_rouge_l']:.3f}")
     echo(f"  trained     {mem.get('epochs')} epochs in {mem.get('seconds')} s")
+
+
+def demo_split_config(world_uri: str) -> SplitConfig:
+    """Stage 1 on the demo world: its corpus against the pending request queue, its MIA documents."""
+    return SplitConfig(
+        corpus=join(world_uri, "corpus.jsonl"),
+        requests="queue",
+        mia_members=join(world_uri, "mia", "member.jsonl"),
+        mia_nonmembers=join(world_uri, "mia", "nonmember.jsonl"),
+    )

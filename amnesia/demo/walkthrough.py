@@ -1,8 +1,9 @@
 """`amnesia demo`: the story so far, end to end against the local stack.
 
 Today: stack up; the demo world and its memorising base model into S3 (reused when unchanged),
-with every stored object re-hashed against its manifest; a lineage run in MLflow that records
-them by digest. Each stage issue extends this walkthrough.
+with every stored object re-hashed against its manifest; the world's erasure requests queued and
+split into forget / retain / MIA sets; a lineage run in MLflow that records all of it by digest.
+Each stage issue extends this walkthrough.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import uuid
 from collections.abc import Callable
 
 from amnesia import stack
-from amnesia.demo.prepare import DemoConfig, prepare, print_summary
+from amnesia.context import RunContext
+from amnesia.demo.prepare import DemoConfig, demo_split_config, prepare, print_summary
 from amnesia.lineage import Lineage
+from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings, load_settings
-from amnesia.storage import ArtifactStore
+from amnesia.split import run_split
+from amnesia.storage import ArtifactStore, join
 
 Echo = Callable[[str], None]
 
@@ -48,7 +52,15 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
         manifest = store.verify(uri)
         echo(f"store   verified {len(manifest.files)} objects of {uri} against the manifest")
 
+    # Stage 1: the world's erasure requests join the queue; split works on a snapshot of it.
+    root = f"s3://{cfg.bucket}"
+    requests = load_requests_uri(store, join(demo.world_uri, "requests.jsonl"))
+    added = RequestQueue(store, root).submit(requests, skip_known=True)
+    echo(f"queue   {len(added)} new erasure requests queued ({len(requests)} in the demo world)")
     lineage = Lineage(run_id, settings=cfg)
+    ctx = RunContext(run_id, join(root, "runs", run_id), store, lineage)
+    split = run_split(demo_split_config(demo.world_uri), ctx)
+    echo(f"split   {split.uri}: " + ", ".join(f"{n} {i.records}" for n, i in split.sets.items()))
     with lineage.stage("prepare") as run:
         run.log_params(
             {
@@ -70,4 +82,4 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     if not keep_stack and not was_running:
         stack.down(settings.home)
         echo("stack   stopped")
-    return {"demo": demo.model_dump(), "parent_run_id": lineage.parent_run_id()}
+    return {"demo": demo.model_dump(), "split": split.model_dump(), "parent_run_id": lineage.parent_run_id()}

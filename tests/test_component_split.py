@@ -1,0 +1,80 @@
+"""The split component: its spec, and a real run in kfp.local against the session stack."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from kfp import local
+
+from amnesia.config import SplitConfig
+from amnesia.demo.world import WorldConfig, generate
+from amnesia.records import load_records
+from amnesia.storage import ArtifactStore
+from components import IMAGE
+from components.split import split
+
+
+def test_spec() -> None:
+    spec = split.component_spec
+    assert set(spec.inputs) == {"config_json", "pipeline_run_id", "store_root"}
+    assert set(spec.outputs) == {"splits", "Output"}
+    assert spec.implementation.container.image == IMAGE
+
+
+def test_runs_in_kfp_local(store: ArtifactStore, s3_prefix: str, tmp_path: Path) -> None:
+    files = generate(WorldConfig(seed=5, forget_people=2, retain_people=5, nonmember_people=2)).write(tmp_path / "w")
+    cfg = SplitConfig(
+        corpus=str(files / "corpus.jsonl"),
+        requests=str(files / "requests.jsonl"),
+        mia_nonmembers=str(files / "mia" / "nonmember.jsonl"),
+    )
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = split(config_json=cfg.model_dump_json(), pipeline_run_id="kfp-split-1", store_root=s3_prefix)
+    result = json.loads(task.outputs["Output"])
+    assert result["uri"] == f"{s3_prefix}/runs/kfp-split-1/split"
+    assert result["digest"] == store.read_manifest(result["uri"]).digest
+    artifact = task.outputs["splits"]
+    assert artifact.metadata == {"store_uri": result["uri"], "digest": result["digest"]}
+    assert json.loads(Path(artifact.path).read_text()) == result
+    forget = load_records(result["sets"]["forget_train"]["uri"], cache_root=tmp_path / "c")
+    assert len({r.document_id for r in forget}) == 2
+
+
+def test_cli_split(tmp_path: Path, s3_prefix: str) -> None:
+    files = generate(WorldConfig(seed=6, forget_people=2, retain_people=4, nonmember_people=1)).write(tmp_path / "w")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"split": {"corpus": str(files / "corpus.jsonl"), "requests": str(files / "requests.jsonl")}})
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amnesia.cli",
+            "split",
+            "--config",
+            str(cfg),
+            "--root",
+            s3_prefix,
+            "--run-id",
+            "cli-split-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"split cli-split-1: {s3_prefix}/runs/cli-split-1/split" in out.stdout
+    assert "forget_train        16 records      2 documents" in out.stdout
+    cfg.write_text(yaml.safe_dump({"split": {"corpus": str(files / "corpus.jsonl")}}))
+    bad = subprocess.run(
+        [sys.executable, "-m", "amnesia.cli", "split", "--config", str(cfg), "--no-track"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        bad.returncode == 1 and "split: (root): Value error, request mode needs both corpus and requests" in bad.stderr
+    )
