@@ -246,6 +246,43 @@ def split_cmd(config_path: Path, run_id: str | None, root: str | None, no_track:
         click.echo(f"  warning         {code}: {count}")
 
 
+@cli.command("trace")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="Run config YAML; its `trace:` section is used (defaults when absent).",
+)
+@click.option("--model", "model_uri", required=True, help="Base model: local folder, s3:// URI or hub id.")
+@click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
+@click.option("--run-id", help="Pipeline run id (default: a new one).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+@click.option("--no-track", is_flag=True, help="Do not record lineage in MLflow.")
+def trace_cmd(
+    config_path: Path, model_uri: str, split_uri: str, run_id: str | None, root: str | None, no_track: bool
+) -> None:
+    """Stage 2: causal tracing of the forget facts; prints the chosen layers and where the heatmaps are."""
+    from amnesia.config import TraceConfig, load_yaml, parse_model
+    from amnesia.context import RunContext
+    from amnesia.split import load_split_result
+    from amnesia.trace import run_trace
+
+    data = load_yaml(config_path)
+    cfg = parse_model(TraceConfig, data.get("trace", {}), f"{config_path}: trace")
+    ctx = RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    result = run_trace(cfg, ctx, model_uri, load_split_result(ctx.store, split_uri))
+    click.echo(f"trace {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
+    click.echo("  facts     " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
+    click.echo(
+        "  effect    MLP at the last subject token, per layer: "
+        + " ".join(f"{x:.3f}" for x in result.mlp_last_subject_effect)
+    )
+    click.echo(f"  layers    {result.layers} ({result.rule})")
+    for uri in result.heatmaps:
+        click.echo(f"  heatmap   {uri}")
+
+
 @cli.group(cls=_Group)
 def requests() -> None:
     """The erasure-request queue (pending -> fulfilled on approval)."""

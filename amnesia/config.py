@@ -68,6 +68,28 @@ class SplitConfig(StrictModel):
         return self
 
 
+class TraceConfig(StrictModel):
+    """Stage 2: causal tracing of the forget facts, and the choice of layers to unlearn."""
+
+    kinds: list[Literal["hidden", "mlp", "attn"]] = ["hidden", "mlp", "attn"]
+    noise_multiplier: float = Field(3.0, gt=0, description="Noise std = this × the subject embeddings' std.")
+    samples: int = Field(10, ge=1, le=1000, description="Corrupted copies per fact.")
+    window: int = Field(10, ge=1, description="Layers restored together for mlp/attn, centred on the layer.")
+    seed: int = Field(0, ge=0)
+    max_facts: int | None = Field(None, ge=1, description="Trace at most this many facts (by id order).")
+    min_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Skip facts whose answer barely depends on the "
+        "subject: corrupting it lowers p(target) by less than this.",
+    )
+    k: int = Field(3, ge=1, description="Window size of the automatic layer choice.")
+    layers: list[int] | None = Field(None, description="Explicit layers to unlearn; wins over the rule.")
+    heatmap_facts: int = Field(3, ge=0, le=50, description="Single-fact heatmaps to draw (stored in S3 only).")
+    max_rows: int = Field(2048, ge=16, description="Rows per batched forward pass.")
+
+
 class RunConfig(StrictModel):
     """Top level of the run config. Stage sections are added by the stages."""
 

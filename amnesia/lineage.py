@@ -43,6 +43,12 @@ class Tag(StrEnum):
     REQUEST_COUNT = "amnesia.request_count"
     SPLIT_URI = "amnesia.split_uri"
     SPLIT_DIGEST = "amnesia.split_digest"
+    BASE_MODEL_URI = "amnesia.base_model_uri"
+    BASE_MODEL_DIGEST = "amnesia.base_model_digest"
+    TRACE_URI = "amnesia.trace_uri"
+    TRACE_DIGEST = "amnesia.trace_digest"
+    LAYERS = "amnesia.layers"  # comma list of the layers chosen for unlearning
+    LAYER_RULE = "amnesia.layer_rule"  # "explicit" or "max-mlp-last-subject-window-k<k>"
 
 
 # Ids, numbers, URIs, hashes, comma lists: no spaces, so no sentences.

@@ -25,7 +25,7 @@ from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.records import MIADocument, UnlearningRecord, load_records, write_parquet
 from amnesia.requests import ErasureRequest, RequestQueue, canonical_jsonl, load_requests_uri, request_digest
-from amnesia.storage import join
+from amnesia.storage import ArtifactStore, join
 
 SETS = ("forget_train", "forget_eval", "retain_train", "retain_eval")
 MIA_SETS = ("mia_members", "mia_nonmembers")
@@ -390,3 +390,28 @@ def _record_lineage(cfg: SplitConfig, ctx: RunContext, result: SplitResult) -> N
         )
         for name, info in result.sets.items():
             run.log_dataset(name, info.sha256, info.uri, name, {"records": info.records, "documents": info.documents})
+
+
+def load_split_result(store: ArtifactStore, uri: str) -> SplitResult:
+    """Rebuild a SplitResult from a stored split folder (verified manifest + report)."""
+    manifest = store.read_manifest(uri)
+    report = json.loads(store.get_bytes(join(uri, "split_report.json")))
+    files = {e.path: e for e in manifest.files}
+    sets = {}
+    for name in SETS + MIA_SETS:
+        counts = report["sets"][name]
+        docs = counts["documents"]
+        sets[name] = SetInfo(
+            uri=join(uri, f"{name}.parquet"),
+            sha256=files[f"{name}.parquet"].sha256,
+            records=counts.get("records", docs),
+            documents=docs,
+        )
+    return SplitResult(
+        uri=uri,
+        digest=manifest.digest,
+        sets=sets,
+        request_digest=report["request_digest"],
+        request_ids=report["request_ids"],
+        warnings=report["warnings"],
+    )

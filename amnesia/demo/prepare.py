@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.config import SplitConfig, StrictModel
+from amnesia.config import SplitConfig, StrictModel, TraceConfig
 from amnesia.demo.base_model import TrainConfig, train_base_model
 from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
 from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
@@ -112,3 +112,9 @@ def demo_split_config(world_uri: str) -> SplitConfig:
         mia_members=join(world_uri, "mia", "member.jsonl"),
         mia_nonmembers=join(world_uri, "mia", "nonmember.jsonl"),
     )
+
+
+def demo_trace_config() -> TraceConfig:
+    """Tracing for the 6-layer demo model: ROME's window of 10 would restore every layer at once,
+    making all rows alike, so restore 2 at a time and pick 2 layers."""
+    return TraceConfig(window=2, k=2)

@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 from amnesia import stack
 from amnesia.context import RunContext
-from amnesia.demo.prepare import DemoConfig, demo_split_config, prepare, print_summary
+from amnesia.demo.prepare import DemoConfig, demo_split_config, demo_trace_config, prepare, print_summary
 from amnesia.lineage import Lineage
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings, load_settings
 from amnesia.split import run_split
 from amnesia.storage import ArtifactStore, join
+from amnesia.trace import run_trace
 
 Echo = Callable[[str], None]
 
@@ -61,6 +62,9 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     ctx = RunContext(run_id, join(root, "runs", run_id), store, lineage)
     split = run_split(demo_split_config(demo.world_uri), ctx)
     echo(f"split   {split.uri}: " + ", ".join(f"{n} {i.records}" for n, i in split.sets.items()))
+    traced = run_trace(demo_trace_config(), ctx, demo.model_uri, split)
+    echo(f"trace   {traced.counts.get('traced', 0)} facts traced; layers {traced.layers} ({traced.rule})")
+    echo(f"trace   heatmaps: {join(traced.uri, 'heatmaps')}")
     with lineage.stage("prepare") as run:
         run.log_params(
             {
@@ -82,4 +86,9 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     if not keep_stack and not was_running:
         stack.down(settings.home)
         echo("stack   stopped")
-    return {"demo": demo.model_dump(), "split": split.model_dump(), "parent_run_id": lineage.parent_run_id()}
+    return {
+        "demo": demo.model_dump(),
+        "split": split.model_dump(),
+        "trace": traced.model_dump(),
+        "parent_run_id": lineage.parent_run_id(),
+    }

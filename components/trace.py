@@ -1,0 +1,30 @@
+"""Stage 2 component: causal tracing of the forget facts and the choice of layers to unlearn."""
+
+from kfp import dsl
+
+from components import amnesia_component
+
+
+@amnesia_component
+def trace(
+    config_json: str,
+    pipeline_run_id: str,
+    store_root: str,
+    model_uri: str,
+    split_json: str,
+    trace_out: dsl.Output[dsl.Artifact],
+) -> str:
+    """Runs amnesia.trace.run_trace on the split's forget facts; returns the TraceResult JSON."""
+    from amnesia.config import TraceConfig
+    from amnesia.context import RunContext
+    from amnesia.handoff import describe
+    from amnesia.split import SplitResult
+    from amnesia.trace import run_trace
+
+    result = run_trace(
+        TraceConfig.model_validate_json(config_json),
+        RunContext.create(pipeline_run_id, store_root),
+        model_uri,
+        SplitResult.model_validate_json(split_json),
+    )
+    return describe(trace_out, result, result.uri, result.digest)
