@@ -14,19 +14,32 @@ from amnesia.tracing import Fact
 
 
 @torch.no_grad()
-def reference_trace(model: torch.nn.Module, layout: Layout, fact: Fact, kinds: tuple[str, ...], samples: int,
-                    noise_std: float, window: int, seed: int) -> tuple[float, dict[str, np.ndarray]]:
+def reference_trace(
+    model: torch.nn.Module,
+    layout: Layout,
+    fact: Fact,
+    kinds: tuple[str, ...],
+    samples: int,
+    noise_std: float,
+    window: int,
+    seed: int,
+) -> tuple[float, dict[str, np.ndarray]]:
     s, e = fact.subject
     ids = torch.tensor([fact.ids])
-    parts = {"hidden": lambda i: layout.layers[i], "mlp": lambda i: getattr(layout.layers[i], layout.mlp_name),
-             "attn": lambda i: getattr(layout.layers[i], layout.attn_name)}
+    parts = {
+        "hidden": lambda i: layout.layers[i],
+        "mlp": lambda i: getattr(layout.layers[i], layout.mlp_name),
+        "attn": lambda i: getattr(layout.layers[i], layout.attn_name),
+    }
 
     clean: dict[tuple[str, int], torch.Tensor] = {}
     hooks = []
     for kind in ("hidden", "mlp", "attn"):
         for i in range(layout.num_layers):
+
             def keep(_m, _inp, out, key=(kind, i)):  # type: ignore[no-untyped-def]
                 clean[key] = (out[0] if isinstance(out, tuple) else out)[0].clone()
+
             hooks.append(parts[kind](i).register_forward_hook(keep))
     model(input_ids=ids)
     for h in hooks:
@@ -43,10 +56,12 @@ def reference_trace(model: torch.nn.Module, layout: Layout, fact: Fact, kinds: t
 
         hs = [layout.embeddings.register_forward_hook(corrupt)]
         for kind, layer, token in patches:
+
             def patch(_m, _inp, out, key=(kind, layer), token=token):  # type: ignore[no-untyped-def]
                 h = (out[0] if isinstance(out, tuple) else out).clone()
                 h[:, token] = clean[key][token]
                 return (h, *out[1:]) if isinstance(out, tuple) else h
+
             hs.append(parts[kind](layer).register_forward_hook(patch))
         logits = model(input_ids=ids.repeat(samples, 1)).logits[:, -1]
         for h in hs:
@@ -62,7 +77,9 @@ def reference_trace(model: torch.nn.Module, layout: Layout, fact: Fact, kinds: t
                 if kind == "hidden":
                     window_layers = [layer]
                 else:
-                    window_layers = range(max(0, layer - window // 2), min(layout.num_layers, layer + window - window // 2))
+                    window_layers = range(
+                        max(0, layer - window // 2), min(layout.num_layers, layer + window - window // 2)
+                    )
                 grid[token, layer] = run([(kind, w, token) for w in window_layers])
         scores[kind] = grid
     return low, scores

@@ -24,9 +24,12 @@ def test_demo_walkthrough_records_digests_and_no_forget_text(
     client = MlflowClient(stack_settings.mlflow_tracking_uri)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags[Tag.STATUS] == "succeeded"
-    stages = {r.data.tags[Tag.STAGE]: r for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
-    assert set(stages) == {"prepare", "split"}
+    stages = {
+        r.data.tags[Tag.STAGE]: r
+        for r in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    }
+    assert set(stages) == {"prepare", "split", "trace"}
+    assert stages["trace"].data.tags[Tag.LAYERS] == ",".join(map(str, result["trace"]["layers"]))
     assert stages["prepare"].data.params["base_model_digest"] == demo_build.model_digest
     assert stages["prepare"].data.metrics["base_forget_qa_em"] >= 0.95
     assert stages["split"].data.tags[Tag.SPLIT_DIGEST] == result["split"]["digest"]
