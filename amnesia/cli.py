@@ -216,26 +216,49 @@ def _run_id(run_id: str | None) -> str:
     return run_id or f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def _stage_options(section: str) -> Any:
+    """The options every stage command shares: its run config section, run id, store root, tracking."""
+
+    def wrap(func: Any) -> Any:
+        for option in reversed(
+            [
+                click.option(
+                    "--config",
+                    "config_path",
+                    type=click.Path(exists=True, path_type=Path),
+                    required=True,
+                    help=f"Run config YAML; its `{section}:` section is used.",
+                ),
+                click.option("--run-id", help="Pipeline run id (default: a new one)."),
+                click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>)."),
+                click.option("--no-track", is_flag=True, help="Do not record lineage in MLflow."),
+            ]
+        ):
+            func = option(func)
+        return func
+
+    return wrap
+
+
+def _stage_setup(
+    section: str, model: Any, config_path: Path, run_id: str | None, root: str | None, no_track: bool
+) -> tuple[Any, Any]:
+    """The validated config section and a RunContext (lineage on unless --no-track)."""
+    from amnesia.config import load_yaml, parse_model
+    from amnesia.context import RunContext
+
+    cfg = parse_model(model, load_yaml(config_path).get(section, {}), f"{config_path}: {section}")
+    return cfg, RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+
+
 @cli.command("split")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    help="Run config YAML; its `split:` section is used.",
-)
-@click.option("--run-id", help="Pipeline run id (default: a new one).")
-@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
-@click.option("--no-track", is_flag=True, help="Do not record lineage in MLflow.")
+@_stage_options("split")
 def split_cmd(config_path: Path, run_id: str | None, root: str | None, no_track: bool) -> None:
     """Stage 1: erasure requests (or SemEval files) into validated forget / retain / MIA sets."""
-    from amnesia.config import SplitConfig, load_yaml, parse_model
-    from amnesia.context import RunContext
+    from amnesia.config import SplitConfig
     from amnesia.split import run_split
 
-    data = load_yaml(config_path)
-    cfg = parse_model(SplitConfig, data.get("split", data), f"{config_path}: split")
-    ctx = RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    cfg, ctx = _stage_setup("split", SplitConfig, config_path, run_id, root, no_track)
     result = run_split(cfg, ctx)
     click.echo(f"split {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     for name, info in result.sets.items():
@@ -247,37 +270,23 @@ def split_cmd(config_path: Path, run_id: str | None, root: str | None, no_track:
 
 
 @cli.command("trace")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    help="Run config YAML; its `trace:` section is used (defaults when absent).",
-)
+@_stage_options("trace")
 @click.option("--model", "model_uri", required=True, help="Base model: local folder, s3:// URI or hub id.")
 @click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
-@click.option("--run-id", help="Pipeline run id (default: a new one).")
-@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
-@click.option("--no-track", is_flag=True, help="Do not record lineage in MLflow.")
 def trace_cmd(
-    config_path: Path, model_uri: str, split_uri: str, run_id: str | None, root: str | None, no_track: bool
+    config_path: Path, run_id: str | None, root: str | None, no_track: bool, model_uri: str, split_uri: str
 ) -> None:
     """Stage 2: causal tracing of the forget facts; prints the chosen layers and where the heatmaps are."""
-    from amnesia.config import TraceConfig, load_yaml, parse_model
-    from amnesia.context import RunContext
+    from amnesia.config import TraceConfig
     from amnesia.split import load_split_result
     from amnesia.trace import run_trace
 
-    data = load_yaml(config_path)
-    cfg = parse_model(TraceConfig, data.get("trace", {}), f"{config_path}: trace")
-    ctx = RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    cfg, ctx = _stage_setup("trace", TraceConfig, config_path, run_id, root, no_track)
     result = run_trace(cfg, ctx, model_uri, load_split_result(ctx.store, split_uri))
     click.echo(f"trace {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     click.echo("  facts     " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
-    click.echo(
-        "  effect    MLP at the last subject token, per layer: "
-        + " ".join(f"{x:.3f}" for x in result.mlp_last_subject_effect)
-    )
+    effects = " ".join(f"{x:.3f}" for x in result.mlp_last_subject_effect)
+    click.echo(f"  effect    MLP at the last subject token, per layer: {effects}")
     click.echo(f"  layers    {result.layers} ({result.rule})")
     for uri in result.heatmaps:
         click.echo(f"  heatmap   {uri}")
