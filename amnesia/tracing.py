@@ -13,6 +13,7 @@ clean run's cached states. The plain one-restoration-per-forward reference lives
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,26 +104,129 @@ def trace_fact(
     window: int = 10,
     seed: int = 0,
     max_rows: int = 2048,
+    prefix_cache: bool = True,
 ) -> FactTrace:
-    """Every (token, layer) restoration of every kind for one fact, batched."""
+    """Every (token, layer) restoration of every kind for one fact, batched.
+
+    Exact savings: restorations before the subject are not computed (the noise has not reached those
+    positions under a causal mask, so they equal the corrupted run); with prefix_cache, the corrupted
+    prefix before each restored token is run once and its KV cache shared, so each restoration only
+    recomputes the positions from its token on.
+    """
     states, clean = clean_run(model, layout, fact)
     tokens, layers = len(fact.ids), layout.num_layers
-    # Before the subject, clean and corrupted states are equal (the noise has not reached them under a
-    # causal mask): restoring there is exactly the corrupted run, so those rows are not computed.
-    first = fact.subject[0]
-    todo = [Restoration(None, 0, 0)] + [
-        Restoration(k, t, layer) for k in kinds for t in range(first, tokens) for layer in range(layers)
-    ]
     noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed)
+    low = float(_patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window).mean())
+    scores = {k: np.full((tokens, layers), low) for k in kinds}
+    todo = [Restoration(k, t, layer) for t in range(fact.subject[0], tokens) for k in kinds for layer in range(layers)]
     per_chunk = max(1, max_rows // samples)
-    probs: list[torch.Tensor] = []
-    for start in range(0, len(todo), per_chunk):
-        probs.append(_patched_forward(model, layout, fact, todo[start : start + per_chunk], states, noise, window))
-    p = torch.cat(probs).view(len(todo), samples).mean(1).numpy()
-    scores = {k: np.full((tokens, layers), float(p[0])) for k in kinds}
-    for r, value in zip(todo[1:], p[1:], strict=True):
-        scores[r.kind][r.token, r.layer] = value  # type: ignore[index]
-    return FactTrace(fact=fact, clean=clean, corrupted=float(p[0]), scores=scores)
+    if prefix_cache:
+        for t in range(fact.subject[0], tokens):
+            at_t = [r for r in todo if r.token == t]
+            prefix = _corrupted_prefix(model, layout, fact, t, noise)
+            for start in range(0, len(at_t), per_chunk):
+                chunk = at_t[start : start + per_chunk]
+                probs = _patched_suffix(model, layout, fact, t, chunk, states, noise, window, prefix)
+                for r, value in zip(chunk, probs.tolist(), strict=True):
+                    scores[r.kind][t, r.layer] = value  # type: ignore[index]
+    else:
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start : start + per_chunk]
+            probs = _patched_forward(model, layout, fact, chunk, states, noise, window).view(len(chunk), samples)
+            for r, value in zip(chunk, probs.mean(1).tolist(), strict=True):
+                scores[r.kind][r.token, r.layer] = value  # type: ignore[index]
+    return FactTrace(fact=fact, clean=clean, corrupted=low, scores=scores)
+
+
+def _restore_plan(
+    todo: list[Restoration], layout: Layout, window: int, row_of: Callable[[int, int], int], samples: int
+) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+    """(kind, layer) -> (batch rows, their restored token) for every restoration covering that layer."""
+    plan: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for r, res in enumerate(todo):
+        if res.kind is not None:
+            for layer in layer_window(res.layer, res.kind, layout.num_layers, window):
+                rows, tokens = plan[(res.kind, layer)]
+                rows.extend(row_of(r, j) for j in range(samples))
+                tokens.extend([res.token] * samples)
+    return {key: (torch.tensor(rows), torch.tensor(tokens)) for key, (rows, tokens) in plan.items()}
+
+
+def _restore_hook(rows: torch.Tensor, positions: torch.Tensor, clean: torch.Tensor) -> Callable[..., object]:
+    """Put clean states back at (rows, positions) of a module's output."""
+
+    def restore(_m: object, _i: object, out: object) -> object:
+        h = _first(out).clone()
+        h[rows, positions] = clean.to(h.dtype)
+        return _replace_first(out, h)
+
+    return restore
+
+
+def _noise_hook(noise: torch.Tensor, lo: int, hi: int) -> Callable[..., torch.Tensor]:
+    def corrupt(_m: object, _i: object, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, lo:hi] += noise.to(out.dtype)
+        return out
+
+    return corrupt
+
+
+def _corrupted_prefix(model: torch.nn.Module, layout: Layout, fact: Fact, t: int, noise: torch.Tensor) -> object:
+    """The KV cache of the corrupted prompt's first t tokens (one entry per noise sample), or None."""
+    if t == 0:
+        return None
+    s, e = fact.subject
+    hi = min(e, t)
+    hooks = [layout.embeddings.register_forward_hook(_noise_hook(noise[:, : hi - s], s, hi))] if s < hi else []
+    try:
+        ids = torch.tensor([fact.ids[:t]]).expand(noise.shape[0], -1)
+        return model(input_ids=ids, use_cache=True).past_key_values
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _patched_suffix(
+    model: torch.nn.Module,
+    layout: Layout,
+    fact: Fact,
+    t: int,
+    todo: list[Restoration],
+    states: dict[str, list[torch.Tensor]],
+    noise: torch.Tensor,
+    window: int,
+    prefix: object,
+) -> torch.Tensor:
+    """Restorations at token t, run from t on over the shared corrupted prefix; mean p(target) each."""
+    import copy
+
+    samples, n = noise.shape[0], len(todo)
+    s, e = fact.subject
+    # Rows are sample-major (row = sample * n + r): the layout batch_repeat_interleave gives the cache.
+    plan = _restore_plan(todo, layout, window, lambda r, j: j * n + r, samples)
+    lo, hi = max(s, t), max(e, t)
+    hooks = []
+    if lo < hi:
+        part = noise[:, lo - s : hi - s].repeat_interleave(n, dim=0)
+        hooks.append(layout.embeddings.register_forward_hook(_noise_hook(part, lo - t, hi - t)))
+    for (kind, layer), (rows, _tokens) in plan.items():
+        # Every row here restores token t, which is position 0 of the suffix.
+        clean = states[kind][layer][t].expand(len(rows), -1)
+        hooks.append(
+            layout.module(kind, layer).register_forward_hook(_restore_hook(rows, torch.zeros_like(rows), clean))
+        )
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(n)  # type: ignore[attr-defined]
+    try:
+        ids = torch.tensor([fact.ids[t:]]).expand(samples * n, -1)
+        logits = _last_logits(model, ids, past_key_values=cache, use_cache=cache is not None)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.softmax(logits.float(), -1)[:, fact.target].view(samples, n).mean(0)
 
 
 def _patched_forward(
@@ -134,46 +238,18 @@ def _patched_forward(
     noise: torch.Tensor,
     window: int,
 ) -> torch.Tensor:
-    """One forward of len(todo) × samples corrupted rows; row group r gets restoration todo[r]."""
-    samples = noise.shape[0]
-    rows = len(todo) * samples
+    """One forward of the whole prompt, len(todo) × samples corrupted rows (row = r * samples + sample);
+    row group r gets restoration todo[r]. Returns p(target) per row."""
+    samples, n = noise.shape[0], len(todo)
     s, e = fact.subject
-    # (kind, layer) -> rows and tokens to restore there
-    plan: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for r, res in enumerate(todo):
-        if res.kind is None:
-            continue
-        for layer in layer_window(res.layer, res.kind, layout.num_layers, window):
-            group_rows, group_tokens = plan[(res.kind, layer)]
-            group_rows.extend(range(r * samples, (r + 1) * samples))
-            group_tokens.extend([res.token] * samples)
-
-    def corrupt(_m: object, _i: object, out: torch.Tensor) -> torch.Tensor:
-        out = out.clone()
-        out[:, s:e] += noise.repeat(len(todo), 1, 1).to(out.dtype)
-        return out
-
-    hooks = [layout.embeddings.register_forward_hook(corrupt)]
-    for (kind, layer), (group_rows, group_tokens) in plan.items():
-        idx_rows, idx_tokens = torch.tensor(group_rows), torch.tensor(group_tokens)
-        clean = states[kind][layer][idx_tokens]
-
-        def restore(
-            _m: object,
-            _i: object,
-            out: object,
-            r: torch.Tensor = idx_rows,
-            t: torch.Tensor = idx_tokens,
-            c: torch.Tensor = clean,
-        ) -> object:
-            h = _first(out).clone()
-            h[r, t] = c.to(h.dtype)
-            return _replace_first(out, h)
-
-        hooks.append(layout.module(kind, layer).register_forward_hook(restore))  # type: ignore[arg-type]
+    plan = _restore_plan(todo, layout, window, lambda r, j: r * samples + j, samples)
+    hooks = [layout.embeddings.register_forward_hook(_noise_hook(noise.repeat(n, 1, 1), s, e))]
+    for (kind, layer), (rows, tokens) in plan.items():
+        hooks.append(
+            layout.module(kind, layer).register_forward_hook(_restore_hook(rows, tokens, states[kind][layer][tokens]))
+        )
     try:
-        ids = torch.tensor([fact.ids]).expand(rows, -1)
-        logits = _last_logits(model, ids)
+        logits = _last_logits(model, torch.tensor([fact.ids]).expand(n * samples, -1))
     finally:
         for h in hooks:
             h.remove()
@@ -191,13 +267,13 @@ def corrupted_score(
     return clean, float(low.mean())
 
 
-def _last_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def _last_logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
     """Logits at the last position only: the LM head over every position is wasted work here."""
     import inspect
 
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(input_ids=ids, logits_to_keep=1).logits[:, -1]
-    return model(input_ids=ids).logits[:, -1]
+        kwargs["logits_to_keep"] = 1
+    return model(input_ids=ids, **kwargs).logits[:, -1]
 
 
 @torch.no_grad()

@@ -60,15 +60,17 @@ def _tiny(family: str) -> nn.Module:
     return T.AutoModelForCausalLM.from_config(FAMILIES[family]()).eval()
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_traces_equal_to_the_reference(family: str) -> None:
+def test_every_family_traces_equal_to_the_reference(family: str, prefix_cache: bool) -> None:
     model = _tiny(family)
     layout = inspect_model(model)
     ids = (5, 17, 33, 40, 41, 8, 70, 12)
     with torch.no_grad():
         target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     fact = Fact("f", ids, (2, 5), target)
-    fast = trace_fact(model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40)
+    fast = trace_fact(model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40,
+                      prefix_cache=prefix_cache)
     low, ref = reference_trace(model, layout, fact, ("hidden", "mlp", "attn"), 4, 0.5, 3, 7)
     assert abs(fast.corrupted - low) < 1e-5
     for kind in ("hidden", "mlp", "attn"):
