@@ -52,13 +52,14 @@ def _folder_digest(folder: Path) -> str | None:
     return None
 
 
-def resolve_model(source: str, cache_root: Path | None = None) -> tuple[Path | None, str | None]:
-    """(local folder, digest) for a path or s3:// URI; (None, None) for a hub id."""
+def resolve_model(source: str, cache_root: Path | None = None, store: Any = None) -> tuple[Path | None, str | None]:
+    """(local folder, digest) for a path or s3:// URI; (None, None) for a hub id. Pass the run's store:
+    the default one reads its endpoint and keys from the environment."""
     if source.startswith("s3://"):
         from amnesia.storage import ArtifactStore
 
         cache = Path(cache_root or Path.home() / ".cache" / "amnesia" / "models")
-        folder = ArtifactStore().fetch_dir(source, cache)
+        folder = (store or ArtifactStore()).fetch_dir(source, cache)
         return folder, folder.name
     path = Path(source)
     if path.exists():
@@ -75,11 +76,12 @@ def load_model(
     dtype: Any = None,
     device: str = "cpu",
     cache_root: Path | None = None,
+    store: Any = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer (pad token set to EOS when the tokenizer has none)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, digest = resolve_model(source, cache_root)
+    folder, digest = resolve_model(source, cache_root, store)
     if folder is not None:
         check_weights(folder)
     where = str(folder) if folder is not None else source

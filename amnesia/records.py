@@ -13,11 +13,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from amnesia.errors import AmnesiaError
+
+if TYPE_CHECKING:
+    from amnesia.storage import ArtifactStore
 
 # "<document id>sc<n>" (sentence completion) or "<document id>qa<n>" (question answering).
 ID_PATTERN = re.compile(r"^(?P<doc>.+)(?P<kind>sc|qa)(?P<n>\d+)$")
@@ -173,12 +176,13 @@ class Source:
     name: str
 
 
-def resolve(uri: str, cache_root: Path | None = None) -> Source:
-    """An s3:// file or folder is fetched (verified) into the cache; a local path is used as it is."""
+def resolve(uri: str, cache_root: Path | None = None, store: ArtifactStore | None = None) -> Source:
+    """An s3:// file or folder is fetched (verified) into the cache; a local path is used as it is.
+    Pass the run's store: the default one reads its endpoint and keys from the environment."""
     if uri.startswith("s3://"):
         from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
 
-        store = ArtifactStore()
+        store = store or ArtifactStore()
         cache = Path(cache_root or Path.home() / ".cache" / "amnesia" / "data")
         if store.exists(join(uri, MANIFEST_NAME)):
             return Source(store.fetch_dir(uri, cache), uri)
@@ -201,13 +205,14 @@ def iter_records(
     split: str | None = None,  # type: ignore[assignment]
     cache_root: Path | None = None,
     allow_empty: bool = False,
+    store: ArtifactStore | None = None,
 ) -> Iterator[R]:
     """Stream validated rows from a file, folder, s3:// URI or hub id. An empty file is an error (a user's
     input with nothing in it is a mistake) unless allow_empty: a stage's own empty set is legitimate."""
     if _looks_like_hub_id(uri):
         yield from _iter_hub(uri, schema, split)
         return
-    src = resolve(uri, cache_root)
+    src = resolve(uri, cache_root, store)
     path = src.path
     if not path.exists():
         raise RecordError(f"{src.name}: no such file or folder")
@@ -252,8 +257,9 @@ def load_records(
     split: str | None = None,  # type: ignore[assignment]
     cache_root: Path | None = None,
     allow_empty: bool = False,
+    store: ArtifactStore | None = None,
 ) -> list[R]:
-    return list(iter_records(uri, schema, split, cache_root, allow_empty))
+    return list(iter_records(uri, schema, split, cache_root, allow_empty, store))
 
 
 # ---------------------------------------------------------------- writing
@@ -293,7 +299,11 @@ def write_parquet(records: Iterable[BaseModel], path: Path, schema: type[BaseMod
 
 
 def load_mmlu(
-    uri: str, split: str = "test", subjects: Iterable[str] | None = None, cache_root: Path | None = None
+    uri: str,
+    split: str = "test",
+    subjects: Iterable[str] | None = None,
+    cache_root: Path | None = None,
+    store: ArtifactStore | None = None,
 ) -> list[MMLUQuestion]:
     """MMLU in the cais/mmlu layout: a hub id (online), or a local / s3:// folder holding
     `<split>.jsonl`, `<split>.parquet`, `all/<split>-*.parquet` or `<subject>/<split>-*.parquet`."""
@@ -301,7 +311,7 @@ def load_mmlu(
     if _looks_like_hub_id(uri):
         rows: Iterable[MMLUQuestion] = _iter_hub(uri, MMLUQuestion, split, name="all")
     else:
-        src = resolve(uri, cache_root)
+        src = resolve(uri, cache_root, store)
         root = src.path
         candidates = [root / f"{split}.jsonl", root / f"{split}.parquet"]
         files = [p for p in candidates if p.exists()] or sorted((root / "all").glob(f"{split}-*.parquet"))

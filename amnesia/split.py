@@ -207,17 +207,18 @@ def _mia(
     trained_docs: set[str],
     holdout: dict[str, list[UnlearningRecord]],
     warnings: Counter[str],
+    store: ArtifactStore,
 ) -> dict[str, list[MIADocument]]:
     members: dict[str, MIADocument] = {}
     if cfg.mia_members:
-        members = {d.id: d for d in load_records(cfg.mia_members, MIADocument) if d.id in forget_docs}
+        members = {d.id: d for d in load_records(cfg.mia_members, MIADocument, store=store) if d.id in forget_docs}
     missing = sorted(set(forget_docs) - set(members))
     if cfg.mia_members and missing:
         warnings["mia_member_rebuilt_from_records"] += len(missing)
     members |= {d: MIADocument(id=d, document=document_text(forget_docs[d])) for d in missing}
 
     if cfg.mia_nonmembers:
-        nonmembers = load_records(cfg.mia_nonmembers, MIADocument)
+        nonmembers = load_records(cfg.mia_nonmembers, MIADocument, store=store)
     else:
         nonmembers = [MIADocument(id=d, document=document_text(rs)) for d, rs in holdout.items()]
     trained = sorted({d.id for d in nonmembers} & trained_docs)
@@ -250,7 +251,7 @@ def build_sets(
     warnings: Counter[str] = Counter()
     requests: list[ErasureRequest] = []
     if cfg.corpus is not None:
-        corpus = load_records(cfg.corpus)
+        corpus = load_records(cfg.corpus, store=ctx.store)
         _unique_ids(corpus, cfg.corpus)
         holdout = _by_document(r for r in corpus if r.split == HOLDOUT)
         docs = _by_document(r for r in corpus if r.split != HOLDOUT)
@@ -262,7 +263,8 @@ def build_sets(
         forget = [r for d in forget_ids for r in docs[d]]
         retain = [r for d, rs in docs.items() if d not in forget_ids for r in rs]
     else:
-        forget, retain = load_records(cfg.forget or ""), load_records(cfg.retain or "")
+        forget = load_records(cfg.forget or "", store=ctx.store)
+        retain = load_records(cfg.retain or "", store=ctx.store)
         _unique_ids(forget, cfg.forget or "forget")
         _unique_ids(retain, cfg.retain or "retain")
         holdout = {}
@@ -286,7 +288,7 @@ def build_sets(
         )
     forget_docs = _by_document(forget)
     trained = set(forget_docs) | {r.document_id for r in retain}
-    mia = _mia(cfg, forget_docs, trained, holdout, warnings)
+    mia = _mia(cfg, forget_docs, trained, holdout, warnings, ctx.store)
     return sets, mia, requests, warnings
 
 

@@ -116,7 +116,7 @@ def _facts(
     records = [
         r
         for name in ("forget_train", "forget_eval")
-        for r in load_records(split.sets[name].uri, allow_empty=True)
+        for r in load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)
         if r.kind == "qa"
     ]
     records.sort(key=lambda r: r.id)
@@ -150,7 +150,7 @@ def _sensitive(
 
 
 def run_trace(cfg: TraceConfig, ctx: RunContext, model_uri: str, split: SplitResult) -> TraceResult:
-    loaded = load_model(model_uri)
+    loaded = load_model(model_uri, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
     layout = inspect_model(model)
     counts: Counter[str] = Counter()

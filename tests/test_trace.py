@@ -69,8 +69,9 @@ def test_every_family_traces_equal_to_the_reference(family: str, prefix_cache: b
     with torch.no_grad():
         target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     fact = Fact("f", ids, (2, 5), target)
-    fast = trace_fact(model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40,
-                      prefix_cache=prefix_cache)
+    fast = trace_fact(
+        model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40, prefix_cache=prefix_cache
+    )
     low, ref = reference_trace(model, layout, fact, ("hidden", "mlp", "attn"), 4, 0.5, 3, 7)
     assert abs(fast.corrupted - low) < 1e-5
     for kind in ("hidden", "mlp", "attn"):

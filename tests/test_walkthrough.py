@@ -41,3 +41,19 @@ def test_demo_walkthrough_records_digests_and_no_forget_text(
     logged = json.dumps([r.data.to_dictionary() for r in runs]) + "\n".join(lines)
     logged += json.dumps([[d.dataset.source, d.dataset.profile] for r in runs for d in r.inputs.dataset_inputs])
     assert not [s for s in secrets if s.lower() in logged.lower()]
+
+
+def test_amnesia_demo_needs_no_environment_beyond_its_home(stack_state, demo_build: DemoArtifacts) -> None:  # type: ignore[no-untyped-def]
+    """What `make demo` runs: the CLI, with no S3 or MLflow variables set; it must find the stack from
+    its home folder and pass that stack's store to every stage (a default store would have no keys)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "AMNESIA_"))}
+    env["AMNESIA_HOME"] = stack_state.home
+    out = subprocess.run(
+        [sys.executable, "-m", "amnesia.cli", "demo"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "reused demo" in out.stdout and "trace   " in out.stdout and "mlflow  run" in out.stdout
