@@ -58,7 +58,7 @@ def stack_up(owner_pid: int | None, ttl: float | None) -> None:
 
     settings = load_settings()
     state = stk.up(settings, owner_pid=owner_pid, ttl_s=ttl)
-    store = ArtifactStore(load_settings(**_stack_overrides(state)))
+    store = ArtifactStore(state.client_settings())
     buckets = [b["Name"] for b in store.s3.list_buckets()["Buckets"]]
     click.echo(f"S3      {state.s3_endpoint}  buckets: {', '.join(buckets)}")
     click.echo(f"MLflow  {state.tracking_uri}  (UI and /health)")
@@ -102,16 +102,6 @@ def stack_env() -> None:
         raise click.ClickException("the local stack is not running (`amnesia stack up`)")
     for key, value in state.env().items():
         click.echo(f"export {key}={value}")
-
-
-def _stack_overrides(state: Any) -> dict[str, Any]:
-    env = state.env()
-    return {
-        "s3_endpoint_url": env["AMNESIA_S3_ENDPOINT_URL"],
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-        "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"],
-    }
 
 
 # ---------------------------------------------------------------- store

@@ -13,6 +13,10 @@ class StoreError(AmnesiaError):
     """The artifact store could not do what was asked (S3 or local)."""
 
 
+class MissingError(StoreError):
+    """The object or file asked for does not exist."""
+
+
 class IntegrityError(StoreError):
     """Stored bytes do not match their recorded digest, or an object is missing."""
 

@@ -63,6 +63,20 @@ class StackState(BaseModel):
     def tracking_uri(self) -> str:
         return f"http://{HOST}:{self.mlflow.port}"
 
+    def client_settings(self, base: Settings | None = None, **overrides: object) -> Settings:
+        """Settings that reach this stack: its endpoints and key over `base` (home, bucket, ...)."""
+        from amnesia.settings import load_settings
+
+        values: dict[str, object] = (base.model_dump() if base else {}) | {
+            "home": self.home,
+            "bucket": self.buckets[0],
+            "s3_endpoint_url": self.s3_endpoint,
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "mlflow_tracking_uri": self.tracking_uri,
+        }
+        return load_settings(**(values | overrides))
+
     def env(self) -> dict[str, str]:
         """The variables a client (CLI, component, test) needs to use this stack."""
         return {

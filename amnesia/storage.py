@@ -22,12 +22,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from amnesia.errors import IntegrityError, StoreError
+from amnesia.errors import IntegrityError, MissingError, StoreError
 from amnesia.settings import Settings
 from amnesia.settings import settings as default_settings
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT = "amnesia-manifest/1"
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 _CHUNK = 1 << 20
 
 
@@ -247,7 +248,8 @@ class ArtifactStore:
             yield
         except (ClientError, BotoCoreError, Boto3Error) as err:
             msg = _describe(err, loc.uri, loc.bucket, self.endpoint, self.settings.s3_max_attempts)
-            raise StoreError(f"{action} failed: {msg}") from None
+            missing = isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in _NOT_FOUND
+            raise (MissingError if missing else StoreError)(f"{action} failed: {msg}") from None
 
     # -------------------------------------------------------- bytes and small objects
 
@@ -274,7 +276,7 @@ class ArtifactStore:
             try:
                 data = loc.path.read_bytes()
             except FileNotFoundError:
-                raise StoreError(f"reading {loc.uri} failed: it does not exist") from None
+                raise MissingError(f"reading {loc.uri} failed: it does not exist") from None
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
         return data
@@ -296,7 +298,7 @@ class ArtifactStore:
             try:
                 self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
             except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if err.response.get("Error", {}).get("Code") in _NOT_FOUND:
                     return False
                 raise
         return True
@@ -353,7 +355,7 @@ class ArtifactStore:
                     self.s3.download_file(loc.bucket, loc.key, str(tmp), Config=self._transfer_config())
             else:
                 if not loc.path.is_file():
-                    raise StoreError(f"downloading {loc.uri} failed: it does not exist")
+                    raise MissingError(f"downloading {loc.uri} failed: it does not exist")
                 shutil.copyfile(loc.path, tmp)
             if sha256 and sha256_file(tmp) != sha256:
                 raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
@@ -450,28 +452,20 @@ class ArtifactStore:
         child = loc.child(entry.path)
         try:
             self.get_file(child.uri, dst, sha256=entry.sha256)
-        except IntegrityError:
-            raise
-        except StoreError as err:
-            if "does not exist" in str(err):
-                raise IntegrityError(f"{child.uri}: listed in the manifest but missing") from None
-            raise
+        except MissingError:
+            raise IntegrityError(f"{child.uri}: listed in the manifest but missing") from None
 
     def _hash_remote(self, loc: Location) -> tuple[int, str] | None:
         h, size = hashlib.sha256(), 0
         if loc.is_s3:
-            from botocore.exceptions import ClientError
-
-            with self._s3_errors(loc, f"verifying {loc.uri}"):
-                try:
+            try:
+                with self._s3_errors(loc, f"verifying {loc.uri}"):
                     body = self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
-                except ClientError as err:
-                    if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                        raise IntegrityError(f"{loc.uri}: listed in the manifest but missing") from None
-                    raise
-                for block in body.iter_chunks(_CHUNK):
-                    h.update(block)
-                    size += len(block)
+                    for block in body.iter_chunks(_CHUNK):
+                        h.update(block)
+                        size += len(block)
+            except MissingError:
+                raise IntegrityError(f"{loc.uri}: listed in the manifest but missing") from None
             return size, h.hexdigest()
         if not loc.path.is_file():
             raise IntegrityError(f"{loc.uri}: listed in the manifest but missing")

@@ -39,16 +39,7 @@ def stack_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Stac
 
 
 def settings_for(state: stack.StackState, **overrides: object) -> Settings:
-    env = state.env()
-    values: dict[str, object] = {
-        "home": state.home,
-        "s3_endpoint_url": env["AMNESIA_S3_ENDPOINT_URL"],
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-        "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"],
-        "bucket": env["AMNESIA_BUCKET"],
-    }
-    return load_settings(**(values | overrides))
+    return state.client_settings(**overrides)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoConfig, demo_split_config, demo_trace_config, prepare, print_summary
 from amnesia.lineage import Lineage
 from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.settings import Settings, load_settings
+from amnesia.settings import Settings
 from amnesia.split import run_split
 from amnesia.storage import ArtifactStore, join
 from amnesia.trace import run_trace
@@ -25,25 +25,12 @@ from amnesia.trace import run_trace
 Echo = Callable[[str], None]
 
 
-def _stack_settings(settings: Settings, state: stack.StackState) -> Settings:
-    env = state.env()
-    return load_settings(
-        home=settings.home,
-        bucket=settings.bucket,
-        experiment=settings.experiment,
-        s3_endpoint_url=env["AMNESIA_S3_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"],
-    )
-
-
 def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) -> dict[str, object]:
     was_running = stack.running(settings.home) is not None
     t0 = time.monotonic()
     state = stack.up(settings)
     echo(f"stack   S3 {state.s3_endpoint}, MLflow {state.tracking_uri} ({time.monotonic() - t0:.1f}s)")
-    cfg = _stack_settings(settings, state)
+    cfg = state.client_settings(settings)
     store = ArtifactStore(cfg)
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
