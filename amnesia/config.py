@@ -109,7 +109,8 @@ def describe_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(root)"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {field}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {field}: {message}{more}"
 
 
 def parse_model(model: type[M], data: Any, source: str) -> M:

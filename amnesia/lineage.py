@@ -49,6 +49,10 @@ class Tag(StrEnum):
     TRACE_DIGEST = "amnesia.trace_digest"
     LAYERS = "amnesia.layers"  # comma list of the layers chosen for unlearning
     LAYER_RULE = "amnesia.layer_rule"  # "explicit" or "max-mlp-last-subject-window-k<k>"
+    METHOD = "amnesia.method"  # the unlearning method's registered name
+    MODEL_URI = "amnesia.model_uri"  # the unlearned (candidate) model folder
+    MODEL_DIGEST = "amnesia.model_digest"
+    RESUMED_FROM = "amnesia.resumed_from"  # checkpoint step a retried unlearn stage resumed from
 
 
 # Ids, numbers, URIs, hashes, comma lists: no spaces, so no sentences.
@@ -141,6 +145,18 @@ class StageRun:
                 raise LineageError(f"refusing to log metric {k!r}: not a number")
             items.append(Metric(k, float(v), now, step or 0))
         self.client.log_batch(self.run_id, metrics=items)
+
+    def log_series(self, rows: Iterable[Mapping[str, float]], keys: Iterable[str], prefix: str = "") -> None:
+        """Curves: each row holds a 'step' and values; the given keys are logged at that step, in batches."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        keys = list(keys)
+        for k in keys:
+            self.guard.check("metric", prefix + k, 0)
+        items = [Metric(prefix + k, float(row[k]), now, int(row["step"])) for row in rows for k in keys if k in row]
+        for start in range(0, len(items), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

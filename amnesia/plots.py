@@ -1,8 +1,9 @@
-"""ROME-style causal-trace heatmaps (tokens × layers), rendered headless with matplotlib."""
+"""Plots, rendered headless with matplotlib: ROME-style causal-trace heatmaps (tokens × layers) and
+training curves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,50 @@ def heatmap(
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(img, ax=ax)
     bar.ax.set_title(colorbar, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def curves(
+    history: Sequence[Mapping[str, float]], evals: Sequence[Mapping[str, float]], title: str, path: Path
+) -> Path:
+    """Training curves, one panel each: forget/retain loss per step, the held-out evaluation (loss and the
+    share of forget/retain items still reproduced), and the schedule (lr, and m or eta when the method has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=120)
+    steps = [h["step"] for h in history]
+    for key, color in (("forget_loss", "tab:red"), ("retain_loss", "tab:blue")):
+        if any(key in h for h in history):
+            axes[0].plot(steps, [h.get(key, np.nan) for h in history], color=color, label=key.replace("_", " "))
+    axes[0].set_title("training losses", fontsize=9)
+    e_steps = [e["step"] for e in evals]
+    axes[1].plot(e_steps, [e["forget_exact"] for e in evals], "o-", color="tab:red", label="forget reproduced")
+    axes[1].plot(e_steps, [e["retain_exact"] for e in evals], "o-", color="tab:blue", label="retain reproduced")
+    axes[1].set_ylim(-0.05, 1.05)
+    twin = axes[1].twinx()
+    twin.plot(e_steps, [e["eval_loss"] for e in evals], "s--", color="grey", label="held-out joint loss")
+    twin.tick_params(labelsize=7)
+    axes[1].set_title("held-out evaluation", fontsize=9)
+    axes[2].plot(steps, [h["lr"] for h in history], color="black", label="lr")
+    for key, color in (("m", "tab:green"), ("eta", "tab:purple")):
+        if any(key in h for h in history):
+            other = axes[2].twinx()
+            other.plot(steps, [h.get(key, np.nan) for h in history], color=color, label=key)
+            other.legend(fontsize=7, loc="lower right")
+            other.tick_params(labelsize=7)
+    axes[2].set_title("schedule", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

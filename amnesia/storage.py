@@ -319,6 +319,15 @@ class ArtifactStore:
     def delete(self, uri: str) -> None:
         self._delete(parse_uri(uri))
 
+    def delete_dir(self, uri: str) -> None:
+        """Remove a stored folder: its manifest first, so a half-deleted folder reads as incomplete."""
+        loc = parse_uri(uri)
+        self._delete(loc.child(MANIFEST_NAME))
+        for child in self.list(loc.uri):
+            self._delete(parse_uri(child))
+        if not loc.is_s3 and loc.path.is_dir():
+            shutil.rmtree(loc.path, ignore_errors=True)
+
     # -------------------------------------------------------- single files
 
     def put_file(self, src: Path, uri: str, progress: Progress | None = None) -> ArtifactRef:

@@ -52,37 +52,53 @@ def main() -> None:
     subjects = [q["subject"] for q in world.requests]
     counts: Counter[str] = Counter()
     facts = [f for r in world.forget if r.kind == "qa" and (f := make_fact(tok, r, subjects, counts))][: args.facts]
-    print(f"model {type(model).__name__} ({layout.num_layers} layers) on {args.device}; {len(facts)} facts, "
-          f"{args.samples} samples, window {args.window}; torch threads {torch.get_num_threads()}")
+    print(
+        f"model {type(model).__name__} ({layout.num_layers} layers) on {args.device}; {len(facts)} facts, "
+        f"{args.samples} samples, window {args.window}; torch threads {torch.get_num_threads()}"
+    )
 
     def sync() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
     def batched(prefix_cache: bool) -> tuple[float, list]:  # type: ignore[type-arg]
-        trace_fact(model, layout, facts[0], samples=args.samples, noise_std=0.2, window=args.window,
-                   prefix_cache=prefix_cache)  # warm-up
+        trace_fact(
+            model, layout, facts[0], samples=args.samples, noise_std=0.2, window=args.window, prefix_cache=prefix_cache
+        )  # warm-up
         sync()
         t0 = time.perf_counter()
-        out = [trace_fact(model, layout, f, samples=args.samples, noise_std=0.2, window=args.window,
-                          prefix_cache=prefix_cache) for f in facts]
+        out = [
+            trace_fact(
+                model, layout, f, samples=args.samples, noise_std=0.2, window=args.window, prefix_cache=prefix_cache
+            )
+            for f in facts
+        ]
         sync()
         return time.perf_counter() - t0, out
 
     t_fast, fast = batched(prefix_cache=True)
     t_plain, plain = batched(prefix_cache=False)
     t0 = time.perf_counter()
-    ref = [reference_trace(model, layout, f, ("hidden", "mlp", "attn"), args.samples, 0.2, args.window, 0)
-           for f in facts]
+    ref = [
+        reference_trace(model, layout, f, ("hidden", "mlp", "attn"), args.samples, 0.2, args.window, 0) for f in facts
+    ]
     sync()
     t_ref = time.perf_counter() - t0
-    diff = max(float(np.abs(a.scores[k] - b[1][k]).max()) for run in (fast, plain)
-               for a, b in zip(run, ref, strict=True) for k in b[1])
+    diff = max(
+        float(np.abs(a.scores[k] - b[1][k]).max())
+        for run in (fast, plain)
+        for a, b in zip(run, ref, strict=True)
+        for k in b[1]
+    )
     print(f"reference (one restoration per forward): {t_ref:8.2f} s  ({t_ref / len(facts):.3f} s/fact)")
-    print(f"batched, whole prompt per row:           {t_plain:8.2f} s  ({t_plain / len(facts):.3f} s/fact)"
-          f"  {t_ref / t_plain:5.1f}x")
-    print(f"batched + shared prefix KV cache:        {t_fast:8.2f} s  ({t_fast / len(facts):.3f} s/fact)"
-          f"  {t_ref / t_fast:5.1f}x")
+    print(
+        f"batched, whole prompt per row:           {t_plain:8.2f} s  ({t_plain / len(facts):.3f} s/fact)"
+        f"  {t_ref / t_plain:5.1f}x"
+    )
+    print(
+        f"batched + shared prefix KV cache:        {t_fast:8.2f} s  ({t_fast / len(facts):.3f} s/fact)"
+        f"  {t_ref / t_fast:5.1f}x"
+    )
     print(f"speed-up: {t_ref / t_fast:.1f}x   max |score difference|: {diff:.2e}")
     if diff > 1e-5:
         raise SystemExit("the two methods disagree beyond 1e-5")

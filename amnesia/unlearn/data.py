@@ -1,0 +1,132 @@
+"""Training data: records -> token ids whose labels cover the output only (prompt and padding -100).
+
+Prompts are raw by default, as the official scorer generates from them; `chat` wraps the input in the
+tokenizer's chat template. Batches are drawn in an order fixed by (seed, epoch), so a resumed run sees
+exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from amnesia.errors import AmnesiaError
+from amnesia.records import UnlearningRecord
+
+
+class DataError(AmnesiaError):
+    """A record cannot be turned into training data; the message names its id."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    id: str
+    ids: tuple[int, ...]
+    prompt_len: int  # labels start here
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 on prompt and padding
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def _prompt_ids(tokenizer: Any, text: str, prompt_format: str) -> list[int]:
+    if prompt_format == "raw":
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("unlearn.prompt_format: chat: the tokenizer has no chat template")
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+
+
+def encode(
+    tokenizer: Any, record: UnlearningRecord, prompt_format: str = "raw", max_length: int = 512, eos: bool = True
+) -> Encoded:
+    """Prompt + ' ' + output (+ EOS). Tokenised whole when the prompt's tokens are a prefix of the whole
+    (so the ids are the ones the model saw in training); otherwise prompt and output separately."""
+    prompt = _prompt_ids(tokenizer, record.input, prompt_format)
+    full = list(tokenizer(f"{record.input} {record.output}", add_special_tokens=True)["input_ids"])
+    if prompt_format != "raw" or full[: len(prompt)] != prompt or len(full) == len(prompt):
+        full = prompt + list(tokenizer(f" {record.output}", add_special_tokens=False)["input_ids"])
+    if eos and tokenizer.eos_token_id is not None:
+        full.append(tokenizer.eos_token_id)
+    if len(full) > max_length:
+        raise DataError(f"record {record.id}: {len(full)} tokens, above unlearn.max_length {max_length}")
+    if len(full) == len(prompt):
+        raise DataError(f"record {record.id}: its output encodes to no tokens")
+    return Encoded(record.id, tuple(full), len(prompt))
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
+    """Right-padded batch; labels are the ids on output tokens, -100 elsewhere."""
+    width = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for i, e in enumerate(items):
+        row = torch.tensor(e.ids)
+        ids[i, : len(e.ids)] = row
+        mask[i, : len(e.ids)] = 1
+        labels[i, e.prompt_len : len(e.ids)] = row[e.prompt_len :]
+    return Batch(ids, mask, labels)
+
+
+def epoch_order(n: int, seed: int, epoch: int, stream: str) -> list[int]:
+    """A permutation of range(n) that depends only on (seed, epoch, stream)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}:{stream}").shuffle(order)
+    return order
+
+
+@dataclass
+class PairedBatches:
+    """One step's micro-batches: forget batches walk the forget set once per epoch; retain batches (of
+    retain_size items, default the forget batch size) cycle through the retain set on their own."""
+
+    forget: list[Encoded]
+    retain: list[Encoded]
+    batch_size: int
+    seed: int
+    pad_id: int
+    retain_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.forget:
+            raise DataError("no forget records to unlearn")
+        if not self.retain:
+            raise DataError("no retain records: every method here keeps the model on the retain set")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.forget) // self.batch_size)
+
+    def micro_batch(self, index: int) -> tuple[Batch, Batch]:
+        """The index-th micro-batch of the run (0-based, across epochs): a pure function of index."""
+        epoch, within = divmod(index, self.batches_per_epoch)
+        order = epoch_order(len(self.forget), self.seed, epoch, "forget")
+        forget = [self.forget[i] for i in order[within * self.batch_size : (within + 1) * self.batch_size]]
+        want = self.retain_size or self.batch_size
+        cycle, offset = divmod(index * want, len(self.retain))
+        retain: list[Encoded] = []
+        while len(retain) < want:
+            r_order = epoch_order(len(self.retain), self.seed, cycle, "retain")
+            take = r_order[offset : offset + want - len(retain)]
+            retain += [self.retain[i] for i in take]
+            cycle, offset = cycle + 1, 0
+        return collate(forget, self.pad_id), collate(retain, self.pad_id)
+
+
+def chunks(items: Sequence[Encoded], size: int, pad_id: int) -> list[Batch]:
+    return [collate(items[i : i + size], pad_id) for i in range(0, len(items), size)]

@@ -1,0 +1,153 @@
+"""What every unlearning method is: a small class that turns a forget and a retain batch into a loss
+(or, for the gradient-surgery methods, into gradients), registered by name.
+
+The trainer owns everything else: which parameters train, batching, the optimizer, checkpoints.
+A method keeps any state it needs across steps in `state_dict()`, so a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from amnesia.unlearn.config import MethodConfig
+from amnesia.unlearn.data import Batch
+
+
+@dataclass
+class StepInfo:
+    step: int  # optimizer steps done before this one
+    epoch: int  # 0-based; epoch 0 is the first pass over the forget set
+    lr: float
+
+
+@dataclass
+class LossOut:
+    total: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Subclasses set `name` and `config_cls` and override `loss` (or `backward`)."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_reference: ClassVar[bool] = False  # a frozen copy of the base model
+    owns_update: ClassVar[bool] = False  # applies its own parameter update (no optimizer step)
+
+    def __init__(
+        self,
+        cfg: MethodConfig,
+        model: torch.nn.Module,
+        trainable: Sequence[torch.nn.Parameter],
+        reference: torch.nn.Module | None = None,
+        layers: Sequence[int] = (),
+    ) -> None:
+        self.cfg, self.model, self.trainable, self.reference, self.layers = (
+            cfg,
+            model,
+            list(trainable),
+            reference,
+            layers,
+        )
+
+    @classmethod
+    def wants_reference(cls, cfg: MethodConfig) -> bool:
+        return cls.needs_reference
+
+    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+        raise NotImplementedError
+
+    def backward(self, micro: Sequence[tuple[Batch, Batch]], info: StepInfo) -> dict[str, float]:
+        """Accumulate the gradient of the mean loss over the micro-batches into .grad."""
+        logs: list[dict[str, float]] = []
+        for forget, retain in micro:
+            out = self.loss(forget, retain, info)
+            (out.total / len(micro)).backward()
+            logs.append(out.logs | {"loss": float(out.total.detach())})
+        return mean_logs(logs)
+
+    def after_step(self, logs: dict[str, float], info: StepInfo) -> None:
+        """Called once per optimizer step with the step's logs (e.g. to update an adaptive weight)."""
+
+    @torch.no_grad()
+    def eval_loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+        """The objective on held-out batches, no gradients."""
+        return self.loss(forget, retain, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.name} keeps no state, got {sorted(state)}")
+
+
+def mean_logs(logs: Sequence[dict[str, float]]) -> dict[str, float]:
+    keys = {k for d in logs for k in d}
+    return {k: sum(d[k] for d in logs if k in d) / sum(1 for d in logs if k in d) for k in sorted(keys)}
+
+
+# ---------------------------------------------------------------- shared pieces of losses
+
+
+def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def token_logprobs(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each next label token, and the mask of the positions that count (output tokens)."""
+    labels = batch.labels[:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the batch's output tokens (what `labels=` gives in transformers)."""
+    logits = logits_of(model, batch)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def sequence_logprob(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item: sum of output-token log-probs, and the number of output tokens."""
+    picked, mask = token_logprobs(logits_of(model, batch), batch)
+    return picked.sum(-1), mask.sum(-1)
+
+
+def kl_to_reference(model: torch.nn.Module, reference: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """KL(p_reference || p_model) per output token, averaged over output tokens."""
+    logp = torch.log_softmax(logits_of(model, batch)[:, :-1].float(), dim=-1)
+    with torch.no_grad():
+        ref_logp = torch.log_softmax(logits_of(reference, batch)[:, :-1].float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    mask = batch.labels[:, 1:] != -100
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def retain_term(kind: str, model: torch.nn.Module, reference: torch.nn.Module | None, batch: Batch) -> torch.Tensor:
+    if kind == "nll":
+        return nll(model, batch)
+    assert reference is not None, "kl needs the reference model"
+    return kl_to_reference(model, reference, batch)
+
+
+# ---------------------------------------------------------------- registry
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    def add(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"unlearning method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add

@@ -1,0 +1,253 @@
+"""Stage 3 — unlearn: train only the traced layers' parts on the forget and retain sets with the chosen
+method, and store the whole model folder (safetensors, tokenizer, config) as the candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from amnesia.arch import inspect_model
+from amnesia.config import config_hash
+from amnesia.context import RunContext
+from amnesia.errors import AmnesiaError
+from amnesia.lineage import Tag
+from amnesia.models import load_model
+from amnesia.plots import curves
+from amnesia.records import load_records
+from amnesia.split import SplitResult
+from amnesia.storage import join
+from amnesia.unlearn.checkpoint import CheckpointStore
+from amnesia.unlearn.config import UnlearnConfig
+from amnesia.unlearn.data import PairedBatches, encode
+from amnesia.unlearn.methods import method_class
+from amnesia.unlearn.params import count, freeze_all_but, trainable_names
+from amnesia.unlearn.trainer import Trainer, TrainState, held_out_batches, pick_device
+
+
+class UnlearnError(AmnesiaError):
+    """The stage cannot run as configured; the message says why."""
+
+
+class UnlearnResult(BaseModel):
+    uri: str  # the candidate model folder
+    digest: str
+    report_uri: str  # curves and the run summary (no record text)
+    method: str
+    layers: list[int]
+    target: str
+    trainable_params: int
+    total_params: int
+    steps: int
+    stopped: str
+    best_step: int
+    resumed_from: int | None
+    before: dict[str, float]  # the first held-out evaluation (the base model)
+    after: dict[str, float]  # the same evaluation of the stored weights
+    config_hash: str
+
+
+def choose_layers(cfg: UnlearnConfig, trace_layers: list[int] | None) -> list[int]:
+    if cfg.target == "regex":
+        return sorted(set(cfg.layers or trace_layers or []))
+    layers = cfg.layers if cfg.layers is not None else trace_layers
+    if not layers:
+        raise UnlearnError("no layers to unlearn: give unlearn.layers, or the trace stage's result")
+    return sorted(set(layers))
+
+
+def _encode_set(ctx: RunContext, split: SplitResult, name: str, tokenizer: Any, cfg: UnlearnConfig) -> list[Any]:
+    records = load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)
+    eos = cfg.forget_eos or not name.startswith("forget")
+    return [encode(tokenizer, r, cfg.prompt_format, cfg.max_length, eos=eos) for r in records]
+
+
+def fingerprint(cfg: UnlearnConfig, base_digest: str | None, split_digest: str, names: list[str]) -> str:
+    canonical = json.dumps([config_hash(cfg), base_digest, split_digest, names], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def run_unlearn(
+    cfg: UnlearnConfig, ctx: RunContext, model_uri: str, split: SplitResult, trace_layers: list[int] | None = None
+) -> UnlearnResult:
+    layers = choose_layers(cfg, trace_layers)
+    device = pick_device(cfg.device)
+    loaded = load_model(model_uri, store=ctx.store, device=str(device))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layout = inspect_model(model)
+    names = trainable_names(model, layout, cfg.target, layers, cfg.param_regex)
+    params = freeze_all_but(model, names)
+    sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
+    pad = tokenizer.pad_token_id
+    data = PairedBatches(
+        sets["forget_train"], sets["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size
+    )
+    held_out = held_out_batches(
+        sets["forget_eval"], sets["retain_eval"] or sets["retain_train"], sets["forget_train"], cfg.batch_size, pad
+    )
+    mcfg, cls = cfg.method_config(), method_class(cfg.method)
+    reference = _frozen_copy(model) if cls.wants_reference(mcfg) else None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # frozen early layers would otherwise cut the graph
+    method = cls(mcfg, model, params, reference=reference, layers=layers)
+    ctx.log.info(
+        "unlearn: %s on %s of layers %s: %d of %d parameters train (%d tensors)",
+        cfg.method,
+        cfg.target,
+        layers,
+        count(params),
+        count(list(model.parameters())),
+        len(names),
+    )
+    ckpts = CheckpointStore(
+        ctx.store,
+        join(ctx.root, "unlearn", "checkpoints"),
+        fingerprint(cfg, loaded.digest, split.digest, names),
+        cfg.keep_checkpoints,
+    )
+    trainer = Trainer(
+        cfg,
+        method,
+        model,
+        names,
+        data,
+        held_out,
+        ckpts,
+        on_checkpoint=lambda step, uri: ctx.log.info("unlearn: checkpoint at step %d: %s", step, uri),
+    )
+    state = trainer.train()
+    after = trainer.evaluate(state.step)
+    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_uri)
+    if ctx.lineage is not None:
+        _record_lineage(cfg, ctx, result, state, model_uri, loaded.digest, names)
+    ctx.log.info(
+        "unlearn: %d steps (%s); forget reproduced %.3f -> %.3f, retain %.3f -> %.3f",
+        state.step, state.stopped, result.before["forget_exact"], after["forget_exact"],
+        result.before["retain_exact"], after["retain_exact"],
+    )  # fmt: skip
+    return result
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _store(
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: TrainState,
+    after: dict[str, float],
+    layers: list[int],
+    names: list[str],
+    base_digest: str | None,
+    base_uri: str,
+) -> UnlearnResult:
+    total = count(list(model.parameters()))
+    trainable = count([p for n, p in model.named_parameters() if n in set(names)])
+    summary = {
+        "method": cfg.method,
+        "method_args": cfg.method_config().model_dump(mode="json"),
+        "config_hash": config_hash(cfg),
+        "layers": layers,
+        "target": cfg.target,
+        "trainable_tensors": names,
+        "trainable_params": trainable,
+        "total_params": total,
+        "steps": state.step,
+        "stopped": state.stopped,
+        "best_step": state.best_step,
+        "resumed_from": state.resumed_from,
+        "base_model_uri": base_uri,
+        "base_model_digest": base_digest,
+        "before": state.evals[0],
+        "after": after,
+    }
+    model_uri, report_uri = join(ctx.root, "unlearn", "model"), join(ctx.root, "unlearn", "report")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        model.save_pretrained(folder)  # safetensors
+        tokenizer.save_pretrained(folder)
+        (folder / "amnesia_unlearn.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        ref = ctx.store.put_dir(folder, model_uri)
+        report = Path(tmp) / "report"
+        report.mkdir()
+        (report / "summary.json").write_text(json.dumps(summary | {"model_digest": ref.digest}, indent=1))
+        (report / "curves.json").write_text(json.dumps({"history": state.history, "evals": state.evals}))
+        curves(state.history, state.evals, f"{cfg.method} on {cfg.target} of layers {layers}", report / "curves.png")
+        ctx.store.put_dir(report, report_uri)
+    return UnlearnResult(
+        uri=model_uri,
+        digest=ref.digest,
+        report_uri=report_uri,
+        method=cfg.method,
+        layers=layers,
+        target=cfg.target,
+        trainable_params=trainable,
+        total_params=total,
+        steps=state.step,
+        stopped=state.stopped,
+        best_step=state.best_step,
+        resumed_from=state.resumed_from,
+        before=state.evals[0],
+        after=after,
+        config_hash=config_hash(cfg),
+    )
+
+
+def _flat(prefix: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in obj.items() if v is not None}
+
+
+def _record_lineage(
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    result: UnlearnResult,
+    state: TrainState,
+    model_uri: str,
+    base_digest: str | None,
+    names: list[str],
+) -> None:
+    assert ctx.lineage is not None
+    with ctx.lineage.stage("unlearn") as run:
+        general = cfg.model_dump(exclude={"method_args", "layers"})
+        run.log_params(
+            _flat("", general)
+            | _flat("method_args.", cfg.method_config().model_dump(mode="json"))
+            | {"layers": ",".join(map(str, result.layers)) or "none", "trainable_tensors": len(names)}
+        )
+        tags = {
+            Tag.CONFIG_HASH: result.config_hash,
+            Tag.METHOD: cfg.method,
+            Tag.LAYERS: ",".join(map(str, result.layers)),
+            Tag.BASE_MODEL_URI: model_uri,
+            Tag.MODEL_URI: result.uri,
+            Tag.MODEL_DIGEST: result.digest,
+        }
+        if base_digest:
+            tags[Tag.BASE_MODEL_DIGEST] = base_digest
+        if state.resumed_from is not None:
+            tags[Tag.RESUMED_FROM] = state.resumed_from
+        run.set_tags(tags)
+        run.log_metrics(
+            {"trainable_params": result.trainable_params, "total_params": result.total_params, "steps": result.steps}
+            | {f"before_{k}": v for k, v in result.before.items() if k != "step"}
+            | {f"after_{k}": v for k, v in result.after.items() if k != "step"}
+        )
+        run.log_series(state.history, keys=("forget_loss", "retain_loss", "loss", "m", "eta", "lr", "grad_norm"))
+        run.log_series(state.evals, keys=("eval_loss", "forget_exact", "retain_exact"), prefix="eval_")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = ctx.store.get_file(join(result.report_uri, "curves.png"), Path(tmp) / "curves.png")
+            run.log_artifact(png, "unlearn")

@@ -1,0 +1,248 @@
+"""Each registered method on a tiny model: its loss is the formula it documents, one step moves that
+loss the way the formula says, and only the trainable parameters (and their optimizer state) change."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from amnesia.arch import inspect_model
+from amnesia.models import load_model
+from amnesia.records import UnlearningRecord
+from amnesia.unlearn.config import UnlearnConfig
+from amnesia.unlearn.data import Batch, PairedBatches, chunks, collate, encode
+from amnesia.unlearn.methods import METHODS, StepInfo, method_class
+from amnesia.unlearn.methods.rmu import hidden_at
+from amnesia.unlearn.methods.surgery import flat_grad
+from amnesia.unlearn.params import freeze_all_but, trainable_names
+from amnesia.unlearn.stage import _frozen_copy
+from amnesia.unlearn.trainer import HeldOut, Trainer
+
+FORGET = [("Ada Quill was born in", "Porto."), ("What is Ada Quill's phone?", "555-0101")]
+RETAIN = [("Bo Reyes was born in", "Lima."), ("What is Bo Reyes's phone?", "555-0199")]
+LAYERS = [1]
+
+
+def _records(pairs: list[tuple[str, str]], doc: str) -> list[UnlearningRecord]:
+    return [UnlearningRecord(id=f"{doc}qa{i}", input=i_, output=o, task="t") for i, (i_, o) in enumerate(pairs)]
+
+
+@pytest.fixture
+def setup(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    loaded = load_model(str(tiny_model_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    torch.manual_seed(0)
+    names = trainable_names(model, inspect_model(model), "mlp", LAYERS)
+    params = freeze_all_but(model, names)
+    forget = [encode(tok, r) for r in _records(FORGET, "f")]
+    retain = [encode(tok, r) for r in _records(RETAIN, "r")]
+    return (
+        model,
+        tok,
+        names,
+        params,
+        collate(forget, tok.pad_token_id),
+        collate(retain, tok.pad_token_id),
+        forget,
+        retain,
+    )
+
+
+def _method(name: str, model, params, **args):  # type: ignore[no-untyped-def]
+    cls = method_class(name)
+    cfg = cls.config_cls(**args)
+    ref = _frozen_copy(model) if cls.wants_reference(cfg) else None
+    return cls(cfg, model, params, reference=ref, layers=LAYERS)
+
+
+def _ce(model, batch: Batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """transformers' own loss: the reference the methods' NLL must equal."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+
+
+def _seq_logp(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Per item, independently: sum of log p over its output tokens (one item at a time)."""
+    out, lens = [], []
+    for i in range(batch.size):
+        n = int(batch.attention_mask[i].sum())
+        ids, labels = batch.input_ids[i : i + 1, :n], batch.labels[i : i + 1, :n]
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+        keep = labels[0, 1:] != -100
+        out.append(logp[keep].gather(-1, labels[0, 1:][keep].unsqueeze(-1)).sum())
+        lens.append(keep.sum())
+    return torch.stack(out), torch.stack(lens)
+
+
+def _sgd_step(method, forget: Batch, retain: Batch, lr: float) -> None:  # type: ignore[no-untyped-def]
+    for p in method.trainable:
+        p.grad = None
+    method.backward([(forget, retain)], StepInfo(step=0, epoch=0, lr=lr))
+    if not method.owns_update:
+        with torch.no_grad():
+            for p in method.trainable:
+                p -= lr * p.grad
+
+
+def _objective(method, forget: Batch, retain: Batch, epoch: int = 0) -> float:  # type: ignore[no-untyped-def]
+    return float(method.eval_loss(forget, retain, StepInfo(step=0, epoch=epoch, lr=0.0)).total)
+
+
+INFO = StepInfo(step=0, epoch=0, lr=1e-3)
+
+
+def test_registry_lists_every_method() -> None:
+    assert set(METHODS) == {"sha256", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "ngdiff", "blur"}
+    with pytest.raises(ValueError, match="unknown method 'nope'; registered: blur"):
+        method_class("nope")
+
+
+def test_method_args_are_validated_by_the_methods_config() -> None:
+    from amnesia.config import ConfigError, parse_model
+
+    with pytest.raises(ConfigError, match=r"unlearn: method_args: beta: Input should be greater than 0"):
+        parse_model(UnlearnConfig, {"method": "npo", "method_args": {"beta": 0}}, "unlearn")
+    with pytest.raises(ConfigError, match=r"method_args: bogus: Extra inputs are not permitted"):
+        parse_model(UnlearnConfig, {"method_args": {"bogus": 1}}, "unlearn")
+    with pytest.raises(ConfigError, match="unknown method 'rome'"):
+        parse_model(UnlearnConfig, {"method": "rome"}, "unlearn")
+
+
+def test_sha256_loss_and_adaptive_weight(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("sha256", model, params)
+    out = m.loss(fb, rb, INFO)
+    ce_f, ce_r = _ce(model, fb), _ce(model, rb)
+    assert out.logs["m"] == 1.2  # m_min during the first epoch
+    assert float(out.total) == pytest.approx(float(-ce_f + 1.2 * ce_r), rel=1e-5)
+    # The baseline is the first epoch's mean retain loss; afterwards m = clip(0.3 * 6**dL + 0.8, 1.2, 2.8).
+    for value in (1.0, 2.0):
+        m.after_step({"retain_loss": value}, INFO)
+    epoch1 = StepInfo(step=2, epoch=1, lr=1e-3)
+    assert m.weight(1.5 + 0.5, epoch1) == pytest.approx(0.3 * 6**0.5 + 0.8)
+    assert m.weight(1.5 - 1.0, epoch1) == 1.2 and m.weight(1.5 + 3.0, epoch1) == 2.8
+    assert m.state_dict() == {"baseline": 1.5, "sum": 3.0, "n": 2}
+    before = _objective(m, fb, rb)
+    _sgd_step(m, fb, rb, 1e-2)
+    assert _objective(m, fb, rb) < before
+
+
+def test_grad_ascent_raises_forget_loss(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("grad_ascent", model, params)
+    before = float(_ce(model, fb))
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(-before, rel=1e-5)
+    _sgd_step(m, fb, rb, 1e-2)
+    assert float(_ce(model, fb)) > before
+
+
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+def test_grad_diff(setup, retain_loss: str) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("grad_diff", model, params, gamma=0.5, alpha=2.0, retain_loss=retain_loss)
+    ce_f, ce_r = float(_ce(model, fb)), float(_ce(model, rb))
+    retain_term = ce_r if retain_loss == "nll" else 0.0  # KL to itself is 0 before any step
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(-0.5 * ce_f + 2.0 * retain_term, rel=1e-5, abs=1e-6)
+    before = _objective(m, fb, rb)
+    _sgd_step(m, fb, rb, 1e-2)
+    assert _objective(m, fb, rb) < before
+    if retain_loss == "kl":
+        assert float(m.loss(fb, rb, INFO).logs["retain_loss"]) > 0
+
+
+def test_npo_starts_at_two_over_beta_log_two(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("npo", model, params, beta=0.1, alpha=0.0)
+    # With the model equal to its reference, log-ratio 0: -(2/beta) log sigmoid(0) = (2/beta) log 2.
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(20 * math.log(2), rel=1e-5)
+    before = _objective(m, fb, rb)
+    logp_before, _ = _seq_logp(model, fb)
+    _sgd_step(m, fb, rb, 1e-2)
+    assert _objective(m, fb, rb) < before
+    assert (_seq_logp(model, fb)[0] < logp_before).all()
+
+
+def test_simnpo_formula(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("simnpo", model, params, beta=2.5, delta=0.5, gamma=1.0, alpha=1.5)
+    logp, length = _seq_logp(model, fb)
+    expected = -(2 / 2.5) * F.logsigmoid(-(2.5 / length) * logp - 0.5).mean() + 1.5 * _ce(model, rb)
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(float(expected), rel=1e-4)
+    before = _objective(m, fb, rb)
+    _sgd_step(m, fb, rb, 1e-2)
+    assert _objective(m, fb, rb) < before
+
+
+def test_rmu_steers_forget_activations_and_holds_retain(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("rmu", model, params, alpha=10.0, coef_scale=2.0)
+    out = m.loss(fb, rb, INFO)
+    h = hidden_at(model, fb, 1)
+    real = fb.attention_mask.bool()
+    coef = 2.0 * float(h.norm(dim=-1)[real].mean())
+    assert m.coef == pytest.approx(coef, rel=1e-5)
+    expected = ((h - coef * m.u) ** 2)[real].mean()  # retain term is 0: the model is its reference
+    assert float(out.total) == pytest.approx(float(expected), rel=1e-5)
+    assert out.logs["retain_loss"] == pytest.approx(0.0, abs=1e-10)
+    before = _objective(m, fb, rb)
+    _sgd_step(m, fb, rb, 1e-3)
+    assert _objective(m, fb, rb) < before
+    assert m.state_dict() == {"coef": m.coef}
+
+
+def test_ngdiff_normalised_direction_and_automatic_step(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("ngdiff", model, params, max_lr_factor=10.0)
+    g_f, _ = flat_grad(lambda f, r: _ce(model, f), params, [(fb, rb)])
+    g_r, _ = flat_grad(lambda f, r: _ce(model, r), params, [(fb, rb)])
+    d, _, _ = m.direction([(fb, rb)])
+    torch.testing.assert_close(d, g_r / g_r.norm() - g_f / g_f.norm())
+    before_obj = float(_ce(model, rb) - _ce(model, fb))
+    logs = m.backward([(fb, rb)], StepInfo(step=0, epoch=0, lr=1e-3))
+    assert 0 < logs["eta"] <= 1e-2 and logs["loss"] == pytest.approx(before_obj, rel=1e-4)
+    assert float(_ce(model, rb) - _ce(model, fb)) < before_obj
+
+
+def test_blur_projects_retain_gradient_off_the_forget_gradient(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("blur", model, params, gamma=0.7)
+    g_f, _ = flat_grad(lambda f, r: -_ce(model, f), params, [(fb, rb)])
+    g_r, _ = flat_grad(lambda f, r: _ce(model, r), params, [(fb, rb)])
+    m.backward([(fb, rb)], INFO)
+    d = torch.cat([p.grad.flatten() for p in params])
+    torch.testing.assert_close(d, g_r - (g_r @ g_f) / (g_f @ g_f) * g_f + 0.7 * g_f)
+    assert float((d - 0.7 * g_f) @ g_f) == pytest.approx(0.0, abs=1e-6 * float(g_f.norm() * g_r.norm()))
+    ce_f = float(_ce(model, fb))
+    with torch.no_grad():
+        for p in params:
+            p -= 1e-2 * p.grad
+    assert float(_ce(model, fb)) > ce_f  # the forget objective -CE_F went down
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_one_trainer_step_touches_only_trainable_parameters(setup, name: str) -> None:  # type: ignore[no-untyped-def]
+    model, tok, names, params, _, _, forget, retain = setup
+    cfg = UnlearnConfig(method=name, layers=LAYERS, batch_size=2, eval_every=100, checkpoint_every=100)
+    cls = method_class(name)
+    mcfg = cfg.method_config()
+    method = cls(
+        mcfg, model, params, reference=_frozen_copy(model) if cls.wants_reference(mcfg) else None, layers=LAYERS
+    )
+    data = PairedBatches(forget, retain, 2, 0, tok.pad_token_id)
+    held = HeldOut(chunks(forget, 2, tok.pad_token_id), chunks(retain, 2, tok.pad_token_id), [])
+    trainer = Trainer(cfg, method, model, names, data, held)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train_step(0)
+    for n, p in model.named_parameters():
+        if n in names:
+            assert not torch.equal(p, before[n]), f"{name}: trainable {n} did not change"
+        else:
+            assert torch.equal(p, before[n]), f"{name}: frozen {n} changed"
+            assert p.grad is None
+    state_params = {id(p) for p in trainer.optimizer.state}
+    assert state_params <= {id(p) for p in params}
+    if not cls.owns_update:
+        assert state_params == {id(p) for p in params}
