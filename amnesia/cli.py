@@ -282,6 +282,41 @@ def trace_cmd(
         click.echo(f"  heatmap   {uri}")
 
 
+@cli.command("unlearn")
+@_stage_options("unlearn")
+@click.option("--model", "model_uri", required=True, help="Base model: local folder, s3:// URI or hub id.")
+@click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
+@click.option("--trace", "trace_uri", help="The trace stage's folder: its layers (unless unlearn.layers is set).")
+def unlearn_cmd(
+    config_path: Path,
+    run_id: str | None,
+    root: str | None,
+    no_track: bool,
+    model_uri: str,
+    split_uri: str,
+    trace_uri: str | None,
+) -> None:
+    """Stage 3: train only the selected layers to forget; resumes from the run's last checkpoint."""
+    from amnesia.split import load_split_result
+    from amnesia.storage import join
+    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.unlearn.stage import run_unlearn
+
+    cfg, ctx = _stage_setup("unlearn", UnlearnConfig, config_path, run_id, root, no_track)
+    layers = ctx.store.get_json(join(trace_uri, "aggregate.json"))["layers"] if trace_uri else None
+    result = run_unlearn(cfg, ctx, model_uri, load_split_result(ctx.store, split_uri), layers)
+    click.echo(f"unlearn {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
+    click.echo(
+        f"  method    {result.method} on {result.target} of layers {result.layers}: "
+        f"{result.trainable_params:,} of {result.total_params:,} parameters trained"
+    )
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
+    click.echo(f"  steps     {result.steps} ({result.stopped}; kept step {result.best_step}{resumed})")
+    for key in ("forget_exact", "retain_exact"):
+        click.echo(f"  {key:<13} {result.before[key]:.3f} -> {result.after[key]:.3f}")
+    click.echo(f"  curves    {join(result.report_uri, 'curves.png')}")
+
+
 @cli.group(cls=_Group)
 def requests() -> None:
     """The erasure-request queue (pending -> fulfilled on approval)."""
@@ -314,7 +349,13 @@ def requests_list(state: str, root: str | None) -> None:
 
 
 def main() -> None:
+    import logging
+
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow imports GitPython
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger("amnesia").addHandler(handler)
+    logging.getLogger("amnesia").setLevel(logging.INFO)
     cli(prog_name="amnesia")
 
 

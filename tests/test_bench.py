@@ -17,3 +17,17 @@ def test_trace_bench_runs_and_methods_agree() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "speed-up:" in out.stdout and "max |score difference|" in out.stdout
+
+
+def test_unlearn_bench_runs_and_compares() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "unlearn.py"), "--layers", "2", "--hidden", "64", "--select", "1",
+         "--steps", "2", "--batch", "4"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ratios = out.stdout.strip().splitlines()[-1]
+    assert ratios.startswith("ratios (layer-selected / full): trainable 0.")
+    trainable = float(ratios.split("trainable ")[1].split(",")[0])
+    optimizer = float(ratios.split("optimizer state ")[1].split(",")[0])
+    assert 0 < trainable < 0.5 and optimizer == trainable  # AdamW keeps two fp32 moments per trainable value

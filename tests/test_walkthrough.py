@@ -28,7 +28,10 @@ def test_demo_walkthrough_records_digests_and_no_forget_text(
         r.data.tags[Tag.STAGE]: r
         for r in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     }
-    assert set(stages) == {"prepare", "split", "trace"}
+    assert set(stages) == {"prepare", "split", "trace", "unlearn"}
+    assert stages["unlearn"].data.tags[Tag.MODEL_DIGEST] == result["unlearn"]["digest"]
+    assert stages["unlearn"].data.tags[Tag.LAYERS] == stages["trace"].data.tags[Tag.LAYERS]
+    assert result["unlearn"]["after"]["forget_exact"] <= 0.05 < result["unlearn"]["before"]["forget_exact"]
     assert stages["trace"].data.tags[Tag.LAYERS] == ",".join(map(str, result["trace"]["layers"]))
     assert stages["prepare"].data.params["base_model_digest"] == demo_build.model_digest
     assert stages["prepare"].data.metrics["base_forget_qa_em"] >= 0.95
@@ -57,3 +60,4 @@ def test_amnesia_demo_needs_no_environment_beyond_its_home(stack_state, demo_bui
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "reused demo" in out.stdout and "trace   " in out.stdout and "mlflow  run" in out.stdout
+    assert "unlearn candidate model: s3://" in out.stdout

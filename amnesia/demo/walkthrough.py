@@ -2,7 +2,8 @@
 
 Today: stack up; the demo world and its memorising base model into S3 (reused when unchanged),
 with every stored object re-hashed against its manifest; the world's erasure requests queued and
-split into forget / retain / MIA sets; a lineage run in MLflow that records all of it by digest.
+split into forget / retain / MIA sets; causal tracing picks the layers; SHA256 unlearning trains
+their MLPs into a candidate model; a lineage run in MLflow that records all of it by digest.
 Each stage issue extends this walkthrough.
 """
 
@@ -14,13 +15,21 @@ from collections.abc import Callable
 
 from amnesia import stack
 from amnesia.context import RunContext
-from amnesia.demo.prepare import DemoConfig, demo_split_config, demo_trace_config, prepare, print_summary
+from amnesia.demo.prepare import (
+    DemoConfig,
+    demo_split_config,
+    demo_trace_config,
+    demo_unlearn_config,
+    prepare,
+    print_summary,
+)
 from amnesia.lineage import Lineage
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
 from amnesia.split import run_split
 from amnesia.storage import ArtifactStore, join
 from amnesia.trace import run_trace
+from amnesia.unlearn.stage import run_unlearn
 
 Echo = Callable[[str], None]
 
@@ -52,6 +61,17 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     traced = run_trace(demo_trace_config(), ctx, demo.model_uri, split)
     echo(f"trace   {traced.counts.get('traced', 0)} facts traced; layers {traced.layers} ({traced.rule})")
     echo(f"trace   heatmaps: {join(traced.uri, 'heatmaps')}")
+    unlearned = run_unlearn(demo_unlearn_config(), ctx, demo.model_uri, split, traced.layers)
+    echo(
+        f"unlearn {unlearned.method} on the MLPs of layers {unlearned.layers}: {unlearned.trainable_params:,} of "
+        f"{unlearned.total_params:,} parameters, {unlearned.steps} steps ({unlearned.stopped})"
+    )
+    b, a = unlearned.before, unlearned.after
+    echo(
+        f"unlearn forget items reproduced {b['forget_exact']:.0%} -> {a['forget_exact']:.0%}; "
+        f"held-out retain items {b['retain_exact']:.0%} -> {a['retain_exact']:.0%}"
+    )
+    echo(f"unlearn candidate model: {unlearned.uri}; curves: {join(unlearned.report_uri, 'curves.png')}")
     with lineage.stage("prepare") as run:
         run.log_params(
             {
@@ -77,5 +97,6 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
         "demo": demo.model_dump(),
         "split": split.model_dump(),
         "trace": traced.model_dump(),
+        "unlearn": unlearned.model_dump(),
         "parent_run_id": lineage.parent_run_id(),
     }

@@ -1,0 +1,35 @@
+"""Stage 3 component: train the selected layers with the configured unlearning method; outputs the candidate model."""
+
+from kfp import dsl
+
+from components import amnesia_component
+
+
+@amnesia_component
+def unlearn(
+    config_json: str,
+    pipeline_run_id: str,
+    store_root: str,
+    model_uri: str,
+    split_json: str,
+    trace_json: str,
+    model_out: dsl.Output[dsl.Model],
+) -> str:
+    """Runs amnesia.unlearn.stage.run_unlearn on the split, with the trace's layers unless the config names
+    layers (trace_json may then be empty). A retried task resumes from the run's last S3 checkpoint."""
+    from amnesia.context import RunContext
+    from amnesia.handoff import describe
+    from amnesia.split import SplitResult
+    from amnesia.trace import TraceResult
+    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.unlearn.stage import run_unlearn
+
+    layers = TraceResult.model_validate_json(trace_json).layers if trace_json else None
+    result = run_unlearn(
+        UnlearnConfig.model_validate_json(config_json),
+        RunContext.create(pipeline_run_id, store_root),
+        model_uri,
+        SplitResult.model_validate_json(split_json),
+        layers,
+    )
+    return describe(model_out, result, result.uri, result.digest)
