@@ -198,3 +198,30 @@ def test_labels_cover_the_output_only_and_batches_are_a_function_of_the_index(ti
     assert all(torch.equal(a, again.micro_batch(i)[0].input_ids) for i, a in enumerate(first))
     epoch0 = sorted(int(x) for i in range(3) for x in data.micro_batch(i)[0].input_ids[:, 1])
     assert len(epoch0) == 5  # each forget item once per epoch
+
+
+def test_chat_prompt_format_uses_the_template_or_says_there_is_none(tiny_model_dir: Path) -> None:
+    tok = load_model(str(tiny_model_dir)).tokenizer
+    rec = UnlearningRecord(id="dqa0", input="Where was Ada born?", output="Porto", task="t")
+    with pytest.raises(DataError, match="unlearn.prompt_format: chat: the tokenizer has no chat template"):
+        encode(tok, rec, prompt_format="chat")
+    tok.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<bot>"
+    enc = encode(tok, rec, prompt_format="chat")
+    assert tok.decode(enc.ids[: enc.prompt_len]) == "<user>Where was Ada born?</user><bot>"
+    assert tok.decode(enc.ids[enc.prompt_len : -1]).strip() == "Porto"
+
+
+def test_gradient_checkpointing_changes_memory_not_results(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from amnesia.unlearn.config import UnlearnConfig
+
+    split = _split(store, demo_build, s3_prefix, n=1)
+    weights = []
+    for i, checkpointing in enumerate((False, True)):
+        cfg = UnlearnConfig(layers=[0], max_steps=3, batch_size=4, early_stop_forget_exact=None,
+                            gradient_checkpointing=checkpointing)  # fmt: skip
+        result = run_unlearn(cfg, RunContext(f"gc{i}", f"{s3_prefix}/runs/gc{i}", store), str(tiny_model_dir), split)
+        weights.append(load_file(store.fetch_dir(result.uri, tmp_path / "cache") / "model.safetensors"))
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-6, atol=1e-7)

@@ -48,7 +48,8 @@ def _prompt_ids(tokenizer: Any, text: str, prompt_format: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("unlearn.prompt_format: chat: the tokenizer has no chat template")
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns an encoding
 
 
 def encode(

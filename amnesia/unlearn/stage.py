@@ -249,5 +249,5 @@ def _record_lineage(
         run.log_series(state.history, keys=("forget_loss", "retain_loss", "loss", "m", "eta", "lr", "grad_norm"))
         run.log_series(state.evals, keys=("eval_loss", "forget_exact", "retain_exact"), prefix="eval_")
         with tempfile.TemporaryDirectory() as tmp:
-            png = ctx.store.get_file(join(result.report_uri, "curves.png"), Path(tmp) / "curves.png")
-            run.log_artifact(png, "unlearn")
+            for name in ("curves.png", "summary.json"):  # summary: which tensors trained, counts, digests
+                run.log_artifact(ctx.store.get_file(join(result.report_uri, name), Path(tmp) / name), "unlearn")
