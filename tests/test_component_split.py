@@ -76,5 +76,5 @@ def test_cli_split(tmp_path: Path, s3_prefix: str) -> None:
         timeout=60,
     )
     assert (
-        bad.returncode == 1 and "split: (root): Value error, request mode needs both corpus and requests" in bad.stderr
+        bad.returncode == 1 and "split: (root): request mode needs both corpus and requests" in bad.stderr
     )
