@@ -95,6 +95,58 @@ class TraceConfig(StrictModel):
     )
 
 
+class MMLUConfig(StrictModel):
+    """The utility benchmark: MMLU (cais/mmlu layout) or any set in its columns."""
+
+    uri: str = Field("cais/mmlu", description="Hub id (online), local folder or s3:// folder.")
+    split: str = "test"
+    dev_split: str = Field("dev", description="Where the k shots come from (the first k of the subject).")
+    shots: int = Field(5, ge=0, le=10)
+    subjects: list[str] | None = None
+    per_subject: int | None = Field(None, ge=1, description="Sample this many questions per subject (seeded).")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class EvaluateConfig(StrictModel):
+    """Stage 4: the official scorer's metrics on a model; the base model's results are cached."""
+
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1)
+    mia: bool = Field(True, description="Membership inference on the split's MIA sets.")
+    mmlu: MMLUConfig | None = Field(MMLUConfig(), description="None: no utility benchmark (no final score).")
+    cache: bool = Field(True, description="Reuse a stored result for the same model, data and config.")
+
+
+class GateConfig(StrictModel):
+    """Stage 5: floors a candidate must clear; each in [0, 1], None turns a check off."""
+
+    forget_floor: float | None = Field(
+        0.6, ge=0, le=1, description="Overall forget score: harmonic mean of 1 - each forget metric."
+    )
+    forget_task_floor: float | None = Field(None, ge=0, le=1, description="The same, per task.")
+    retain_floor: float | None = Field(0.6, ge=0, le=1, description="Harmonic mean of the retain metrics.")
+    held_out_retain_floor: float | None = Field(
+        None, ge=0, le=1, description="The same for retain documents the unlearning never trained on."
+    )
+    mmlu_floor: float | None = Field(None, ge=0, le=1, description="MMLU accuracy, absolute.")
+    mmlu_relative_floor: float | None = Field(
+        0.75, ge=0, le=1, description="MMLU accuracy as a share of the base model's (SemEval's 0.75)."
+    )
+    mia_floor: float | None = Field(None, ge=0, le=1, description="MIA score (1 = attack at chance).")
+    floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Further floors on any reported metric by name (e.g. robustness metrics added later).",
+    )
+
+    @model_validator(mode="after")
+    def _floors_in_range(self) -> GateConfig:
+        bad = {k: v for k, v in self.floors.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"floors must lie in [0, 1]: {bad}")
+        return self
+
+
 class RunConfig(StrictModel):
     """Top level of the run config. Stage sections are added by the stages."""
 

@@ -52,6 +52,12 @@ class Tag(StrEnum):
     METHOD = "amnesia.method"  # the unlearning method's registered name
     MODEL_URI = "amnesia.model_uri"  # the unlearned (candidate) model folder
     MODEL_DIGEST = "amnesia.model_digest"
+    EVALUATION_URI = "amnesia.evaluation_uri"  # the stored per-item results
+    EVALUATION_DIGEST = "amnesia.evaluation_digest"
+    EVALUATION_CACHED = "amnesia.evaluation_cached"  # "true" when a stored result was reused
+    GATE_PASSED = "amnesia.gate_passed"  # "true" / "false"
+    GATE_REASONS = "amnesia.gate_reasons"  # the failed checks, as name<floor codes (text stays in the report)
+    REPORT_URI = "amnesia.report_uri"
     RESUMED_FROM = "amnesia.resumed_from"  # checkpoint step a retried unlearn stage resumed from
 
 

@@ -89,3 +89,36 @@ def curves(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def tradeoff(points: Mapping[str, tuple[float, float]], floors: tuple[float | None, float | None], path: Path) -> Path:
+    """Forget score (x) against retain score (y) per model, an arrow from the first to the last, and the
+    gate's floors as dashed lines: the top-right corner is where a candidate should land."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=120)
+    names = list(points)
+    xs, ys = zip(*points.values(), strict=True)
+    if len(names) >= 2:
+        ax.annotate("", xy=points[names[-1]], xytext=points[names[0]], arrowprops={"arrowstyle": "->", "color": "grey"})
+    for (name, (x, y)), color in zip(points.items(), ("tab:blue", "tab:red", "tab:green"), strict=False):
+        ax.scatter([x], [y], s=60, color=color, zorder=3, label=f"{name} ({x:.2f}, {y:.2f})")
+    if floors[0] is not None:
+        ax.axvline(floors[0], ls="--", color="black", lw=0.8, label="gate floors")
+    if floors[1] is not None:
+        ax.axhline(floors[1], ls="--", color="black", lw=0.8)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("forget score (harmonic mean of 1 - forget metrics)", fontsize=8)
+    ax.set_ylabel("retain score (harmonic mean of retain metrics)", fontsize=8)
+    ax.set_title("forget / retain trade-off", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.config import SplitConfig, StrictModel, TraceConfig
+from amnesia.config import EvaluateConfig, MMLUConfig, SplitConfig, StrictModel, TraceConfig
 from amnesia.demo.base_model import TrainConfig, train_base_model
 from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
 from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
@@ -122,6 +122,12 @@ def demo_unlearn_config() -> UnlearnConfig:
     return UnlearnConfig(
         method="sha256", method_args={"m_min": 5.0, "m_max": 20.0}, retain_batch_size=32, epochs=60, lr=1e-3
     )
+
+
+def demo_evaluate_config(world_uri: str) -> EvaluateConfig:
+    """The demo model answers in under 64 tokens and its context is 160 positions; its utility set
+    (MMLU columns) was trained zero-shot, so it is asked zero-shot."""
+    return EvaluateConfig(max_new_tokens=64, mmlu=MMLUConfig(uri=join(world_uri, "utility"), shots=0))
 
 
 def demo_trace_config() -> TraceConfig:

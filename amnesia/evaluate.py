@@ -1,0 +1,271 @@
+"""Stage 4 — evaluate: the SemEval-2025 Task 4 scorer's metrics on one model, plus MIA and MMLU.
+
+Sets scored: forget (the split's forget_train + forget_eval), retain (retain_train) and retain held out
+(retain_eval: documents the unlearning never trained on, reported beside the official figures).
+Per-item scores and generations go to the artifact store only: generations of forget prompts are the
+very text the run must forget, so MLflow sees aggregates, ids and digests and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from amnesia.config import EvaluateConfig, config_hash
+from amnesia.context import RunContext
+from amnesia.generation import greedy_generate
+from amnesia.lineage import Tag
+from amnesia.metrics import item_score
+from amnesia.mmlu import sample, score_mmlu
+from amnesia.models import load_model, resolve_model
+from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, load_mmlu, load_records
+from amnesia.scoring import final_score, mia_auc, mia_score, per_task, task_aggregate
+from amnesia.split import SplitResult
+from amnesia.storage import MANIFEST_NAME, join
+
+SETS = {"forget": ("forget_train", "forget_eval"), "retain": ("retain_train",), "retain_held_out": ("retain_eval",)}
+
+
+class Evaluation(BaseModel):
+    role: str  # "base" or "candidate"
+    model_uri: str
+    model_digest: str | None
+    uri: str  # the stored per-item results
+    digest: str
+    key: str | None  # cache key (None: the model has no digest, so nothing is cached)
+    cached: bool
+    forget: dict[str, dict[str, float]]  # task -> {regurgitation, knowledge}
+    retain: dict[str, dict[str, float]]
+    retain_held_out: dict[str, dict[str, float]]
+    task_aggregate: float
+    mia_auc: float | None
+    mia_score: float | None
+    mmlu: float | None
+    mmlu_macro: float | None
+    mmlu_subjects: dict[str, float]
+    mmlu_questions: int
+    mmlu_sampling: str
+    final: float | None
+    counts: dict[str, int]
+    seconds: float
+
+    def flat(self) -> dict[str, float]:
+        """Every figure under one dotted name: the gate's and MLflow's view."""
+        out: dict[str, float] = {"task_aggregate": self.task_aggregate}
+        for group in ("forget", "retain", "retain_held_out"):
+            for task, metrics in getattr(self, group).items():
+                out.update({f"{group}.{task}.{m}": v for m, v in metrics.items()})
+        for name in ("mia_auc", "mia_score", "mmlu", "mmlu_macro", "final"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+# ---------------------------------------------------------------- pieces
+
+
+@torch.inference_mode()
+def document_losses(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 16) -> list[float]:
+    """Mean next-token NLL of each whole document (the MIA signal), batched with right padding."""
+    device = next(model.parameters()).device
+    limit = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+    encoded = [tokenizer(d, add_special_tokens=True)["input_ids"][:limit] for d in docs]
+    out: list[float] = [0.0] * len(docs)
+    order = sorted(range(len(docs)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(chunk):
+            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, : len(encoded[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+        target, keep = ids[:, 1:].to(device), mask[:, 1:].to(device).bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        per_doc = (nll * keep).sum(-1) / keep.sum(-1).clamp(min=1)
+        for row, i in enumerate(chunk):
+            out[i] = float(per_doc[row])
+    return out
+
+
+def score_items(
+    model: Any, tokenizer: Any, records: Sequence[UnlearningRecord], cfg: EvaluateConfig
+) -> tuple[list[str], list[float]]:
+    gens = greedy_generate(model, tokenizer, [r.input for r in records], cfg.max_new_tokens, cfg.batch_size)
+    return gens, [item_score(r.kind, g, r.output) for r, g in zip(records, gens, strict=True)]
+
+
+def _canonical_digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _load_sets(ctx: RunContext, split: SplitResult) -> dict[str, list[UnlearningRecord]]:
+    return {
+        group: [r for name in names for r in load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)]
+        for group, names in SETS.items()
+    }
+
+
+def _load_mmlu(cfg: EvaluateConfig, ctx: RunContext) -> tuple[list[MMLUQuestion], list[MMLUQuestion]]:
+    if cfg.mmlu is None:
+        return [], []
+    m = cfg.mmlu
+    questions = sample(load_mmlu(m.uri, m.split, m.subjects, store=ctx.store), m.per_subject, m.seed)
+    dev = load_mmlu(m.uri, m.dev_split, m.subjects, store=ctx.store) if m.shots else []
+    return questions, dev
+
+
+def run_evaluate(cfg: EvaluateConfig, ctx: RunContext, model_uri: str, split: SplitResult, role: str) -> Evaluation:
+    """Score one model; a stored result for the same (model, data, config) is reused when cfg.cache."""
+    t0 = time.monotonic()
+    sets = _load_sets(ctx, split)
+    questions, dev = _load_mmlu(cfg, ctx)
+    _folder, model_digest = resolve_model(model_uri, store=ctx.store)
+    data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]])
+    key = _canonical_digest([model_digest, data_digest, config_hash(cfg)]) if model_digest else None
+    base = ctx.root.rsplit("/runs/", 1)[0]
+    uri = join(base, "cache", "evaluations", key) if key else join(ctx.root, "evaluate", role)
+    if key and cfg.cache and ctx.store.exists(join(uri, MANIFEST_NAME)):
+        found = Evaluation.model_validate_json(ctx.store.get_bytes(join(uri, "result.json")))
+        update = {"role": role, "model_uri": model_uri, "cached": True, "digest": ctx.store.ref(uri).digest}
+        result = found.model_copy(update=update)
+        ctx.log.info("evaluate %s: reused the stored result %s", role, uri)
+    else:
+        result = _evaluate(cfg, ctx, model_uri, model_digest, split, sets, questions, dev, role, uri, key, t0)
+    if ctx.lineage is not None:
+        _record_lineage(ctx, result, cfg)
+    return result
+
+
+def _evaluate(
+    cfg: EvaluateConfig,
+    ctx: RunContext,
+    model_uri: str,
+    model_digest: str | None,
+    split: SplitResult,
+    sets: dict[str, list[UnlearningRecord]],
+    questions: list[MMLUQuestion],
+    dev: list[MMLUQuestion],
+    role: str,
+    uri: str,
+    key: str | None,
+    t0: float,
+) -> Evaluation:
+    loaded = load_model(model_uri, store=ctx.store, device="cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    items, gens, scores = [], {}, {}
+    for group, records in sets.items():
+        g, s = score_items(model, tok, records, cfg) if records else ([], [])
+        scores[group] = per_task((r.task, r.kind, x) for r, x in zip(records, s, strict=True))
+        for r, text, x in zip(records, g, s, strict=True):
+            items.append({"id": r.id, "set": group, "task": r.task, "kind": r.kind, "score": x})
+            gens[r.id] = text
+    if not scores["forget"] or not scores["retain"]:
+        raise ValueError("evaluation needs forget and retain items")
+    mia = _mia(cfg, ctx, split, model, tok)
+    mmlu = score_mmlu(model, tok, questions, dev, cfg.mmlu.shots, cfg.mmlu.batch_size) if cfg.mmlu else None
+    agg = task_aggregate(scores["forget"], scores["retain"])
+    auc = mia_auc(*mia[:2]) if mia else None
+    mscore = mia_score(auc) if auc is not None else None
+    result = Evaluation(
+        role=role,
+        model_uri=model_uri,
+        model_digest=model_digest,
+        uri=uri,
+        digest="",
+        key=key,
+        cached=False,
+        forget=scores["forget"],
+        retain=scores["retain"],
+        retain_held_out=scores["retain_held_out"],
+        task_aggregate=agg,
+        mia_auc=auc,
+        mia_score=mscore,
+        mmlu=mmlu.accuracy if mmlu else None,
+        mmlu_macro=mmlu.macro if mmlu else None,
+        mmlu_subjects=mmlu.subjects if mmlu else {},
+        mmlu_questions=mmlu.questions if mmlu else 0,
+        mmlu_sampling=_sampling(cfg),
+        final=final_score(agg, mscore, mmlu.accuracy) if mmlu and mscore is not None else None,
+        counts={g: len(r) for g, r in sets.items()}
+        | {"mia_members": len(mia[0]) if mia else 0, "mia_nonmembers": len(mia[1]) if mia else 0}
+        | {"mmlu_shots_reduced": mmlu.shots_reduced if mmlu else 0},
+        seconds=round(time.monotonic() - t0, 1),
+    )
+    return _store(ctx, result, items, gens, mia)
+
+
+def _sampling(cfg: EvaluateConfig) -> str:
+    if cfg.mmlu is None:
+        return "none"
+    m = cfg.mmlu
+    which = "all subjects" if m.subjects is None else f"{len(m.subjects)} subjects"
+    each = "all questions" if m.per_subject is None else f"{m.per_subject} per subject (seed {m.seed})"
+    return f"{m.split}, {which}, {each}, {m.shots}-shot"
+
+
+def _mia(
+    cfg: EvaluateConfig, ctx: RunContext, split: SplitResult, model: Any, tok: Any
+) -> tuple[list[float], list[float], list[str], list[str]] | None:
+    if not cfg.mia:
+        return None
+    docs = {
+        name: load_records(split.sets[name].uri, MIADocument, allow_empty=True, store=ctx.store)
+        for name in ("mia_members", "mia_nonmembers")
+    }
+    if not docs["mia_members"] or not docs["mia_nonmembers"]:
+        ctx.log.warning("evaluate: no MIA members or non-members in the split; MIA skipped")
+        return None
+    losses = [document_losses(model, tok, [d.document for d in docs[n]], cfg.batch_size) for n in docs]
+    return losses[0], losses[1], [d.id for d in docs["mia_members"]], [d.id for d in docs["mia_nonmembers"]]
+
+
+def _store(
+    ctx: RunContext,
+    result: Evaluation,
+    items: list[dict[str, Any]],
+    gens: dict[str, str],
+    mia: tuple[list[float], list[float], list[str], list[str]] | None,
+) -> Evaluation:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "result.json").write_text(result.model_dump_json(indent=1))
+        (folder / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+        (folder / "generations.jsonl").write_text(
+            "".join(json.dumps({"id": k, "generation": v}) + "\n" for k, v in gens.items())
+        )
+        if mia:
+            rows = [{"id": i, "member": True, "loss": x} for i, x in zip(mia[2], mia[0], strict=True)]
+            rows += [{"id": i, "member": False, "loss": x} for i, x in zip(mia[3], mia[1], strict=True)]
+            (folder / "mia.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ref = ctx.store.put_dir(folder, result.uri)
+    return result.model_copy(update={"digest": ref.digest})
+
+
+def _record_lineage(ctx: RunContext, result: Evaluation, cfg: EvaluateConfig) -> None:
+    assert ctx.lineage is not None
+    with ctx.lineage.stage(f"evaluate-{result.role}") as run:
+        m = cfg.mmlu
+        run.log_params(
+            {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "mia": cfg.mia}
+            | ({"mmlu_uri": m.uri, "mmlu_split": m.split, "mmlu_shots": m.shots, "mmlu_seed": m.seed,
+                "mmlu_per_subject": m.per_subject or "all", "mmlu_questions": result.mmlu_questions} if m else {})
+        )  # fmt: skip
+        tags = {Tag.CONFIG_HASH: config_hash(cfg), Tag.EVALUATION_URI: result.uri, Tag.EVALUATION_DIGEST: result.digest,
+                Tag.EVALUATION_CACHED: str(result.cached).lower(), Tag.MODEL_URI: result.model_uri}  # fmt: skip
+        if result.model_digest:
+            tags[Tag.MODEL_DIGEST] = result.model_digest
+        run.set_tags(tags)
+        run.log_metrics(result.flat() | {f"count_{k}": v for k, v in result.counts.items()})
