@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # fetch a multi-GB CUDA build. The Dockerfile has its own (GPU) path.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test lint stack-up stack-down clean
+.PHONY: venv browser demo test lint stack-up stack-down clean
 
 venv: $(VENV)/.installed
 
@@ -20,7 +20,14 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/amnesia demo
 
-test: venv
+# The report tests render HTML in headless Chromium: Debian's package, installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium is missing and this is not root: install it (apt-get install chromium) for the report tests"
+
+test: venv browser
 	$(BIN)/python -m pytest
 
 lint: venv

@@ -317,6 +317,64 @@ def unlearn_cmd(
     click.echo(f"  curves    {join(result.report_uri, 'curves.png')}")
 
 
+@cli.command("evaluate")
+@_stage_options("evaluate")
+@click.option("--model", "model_uri", required=True, help="The base model: local folder, s3:// URI or hub id.")
+@click.option("--candidate", "candidate_uri", help="The unlearned model; given, the gate runs on the pair.")
+@click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
+@click.option("--trace", "trace_uri", help="The trace stage's folder (its heatmaps go into the report).")
+def evaluate_cmd(
+    config_path: Path,
+    run_id: str | None,
+    root: str | None,
+    no_track: bool,
+    model_uri: str,
+    candidate_uri: str | None,
+    split_uri: str,
+    trace_uri: str | None,
+) -> None:
+    """Stage 4 (and 5): the SemEval scorer's metrics, MIA and MMLU; with --candidate, the gate and the
+    report. Exit status 3 when the candidate fails the gate."""
+    from amnesia.config import EvaluateConfig, GateConfig, load_yaml, parse_model
+    from amnesia.evaluate import run_evaluate
+    from amnesia.gate import run_gate, scores
+    from amnesia.split import load_split_result
+    from amnesia.storage import join
+    from amnesia.trace import TraceResult
+
+    cfg, ctx = _stage_setup("evaluate", EvaluateConfig, config_path, run_id, root, no_track)
+    split = load_split_result(ctx.store, split_uri)
+    evals = [run_evaluate(cfg, ctx, model_uri, split, "base")]
+    if candidate_uri:
+        evals.append(run_evaluate(cfg, ctx, candidate_uri, split, "candidate"))
+    click.echo(
+        f"evaluate {ctx.pipeline_run_id}: "
+        + "  ".join(f"{e.role} {e.uri}{' (reused)' if e.cached else ''}" for e in evals)
+    )
+    table = [scores(e) for e in evals]
+    click.echo(f"  {'metric':<38}" + "".join(f"{e.role:>11}" for e in evals))
+    for name in table[0]:
+        cells = "".join("        –  " if t.get(name) is None else f"{t[name]:>11.3f}" for t in table)
+        click.echo(f"  {name:<38}{cells}")
+    if not candidate_uri:
+        return
+    gate_cfg = parse_model(GateConfig, load_yaml(config_path).get("gate", {}), f"{config_path}: gate")
+    trace = None
+    if trace_uri:
+        agg = ctx.store.get_json(join(trace_uri, "aggregate.json"))
+        heatmaps = [u for u in ctx.store.list(join(trace_uri, "heatmaps")) if "/aggregate_" in u]
+        trace = TraceResult(uri=trace_uri, digest=ctx.store.ref(trace_uri).digest, layers=agg["layers"],
+                            rule=agg["rule"], counts=agg["counts"], mlp_last_subject_effect=[], heatmaps=heatmaps,
+                            noise_std=agg["noise_std"])  # fmt: skip
+    verdict = run_gate(gate_cfg, ctx, evals[0], evals[1], trace)
+    click.echo(f"gate    {'PASS' if verdict.passed else 'FAIL'}")
+    for reason in verdict.reasons:
+        click.echo(f"  {reason}")
+    click.echo(f"report  {join(verdict.report_uri, 'report.html')}")
+    if not verdict.passed:
+        sys.exit(3)
+
+
 @cli.group(cls=_Group)
 def requests() -> None:
     """The erasure-request queue (pending -> fulfilled on approval)."""

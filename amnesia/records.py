@@ -187,6 +187,15 @@ def resolve(uri: str, cache_root: Path | None = None, store: ArtifactStore | Non
         if store.exists(join(uri, MANIFEST_NAME)):
             return Source(store.fetch_dir(uri, cache), uri)
         if not store.exists(uri):
+            # A folder inside a stored folder (e.g. <world>/utility): fetch the enclosing one, verified.
+            parts = uri.rstrip("/").split("/")
+            for up in range(1, min(4, len(parts) - 3) + 1):
+                parent = "/".join(parts[:-up])
+                if store.exists(join(parent, MANIFEST_NAME)):
+                    inner = store.fetch_dir(parent, cache).joinpath(*parts[-up:])
+                    if inner.exists():
+                        return Source(inner, uri)
+                    break
             raise RecordError(f"{uri}: no such object or folder")
         name = uri.rsplit("/", 1)[-1]
         local = cache / "files" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name

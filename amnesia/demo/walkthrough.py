@@ -3,7 +3,9 @@
 Today: stack up; the demo world and its memorising base model into S3 (reused when unchanged),
 with every stored object re-hashed against its manifest; the world's erasure requests queued and
 split into forget / retain / MIA sets; causal tracing picks the layers; SHA256 unlearning trains
-their MLPs into a candidate model; a lineage run in MLflow that records all of it by digest.
+their MLPs into a candidate model; base and candidate are scored with the SemEval metrics (the base
+from the cache after the first run), gated, and reported in HTML and Markdown; a lineage run in
+MLflow that records all of it by digest.
 Each stage issue extends this walkthrough.
 """
 
@@ -14,15 +16,19 @@ import uuid
 from collections.abc import Callable
 
 from amnesia import stack
+from amnesia.config import GateConfig
 from amnesia.context import RunContext
 from amnesia.demo.prepare import (
     DemoConfig,
+    demo_evaluate_config,
     demo_split_config,
     demo_trace_config,
     demo_unlearn_config,
     prepare,
     print_summary,
 )
+from amnesia.evaluate import run_evaluate
+from amnesia.gate import run_gate, scores
 from amnesia.lineage import Lineage
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
@@ -72,6 +78,26 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
         f"held-out retain items {b['retain_exact']:.0%} -> {a['retain_exact']:.0%}"
     )
     echo(f"unlearn candidate model: {unlearned.uri}; curves: {join(unlearned.report_uri, 'curves.png')}")
+    eval_cfg = demo_evaluate_config(demo.world_uri)
+    base = run_evaluate(eval_cfg, ctx, demo.model_uri, split, "base")
+    candidate = run_evaluate(eval_cfg, ctx, unlearned.uri, split, "candidate")
+    echo(
+        f"eval    base {'reused from ' + base.uri if base.cached else 'scored'} ({base.seconds:.0f}s); candidate scored"
+    )
+    b_scores, c_scores = scores(base), scores(candidate)
+    for name in (
+        "forget_score",
+        "retain_score",
+        "held_out_retain_score",
+        "task_aggregate",
+        "mia_score",
+        "mmlu",
+        "final",
+    ):
+        echo(f"eval    {name:<22} {b_scores[name]:.3f} -> {c_scores[name]:.3f}")
+    verdict = run_gate(GateConfig(), ctx, base, candidate, traced, unlearned)
+    echo(f"gate    {'PASS' if verdict.passed else 'FAIL'}: " + "; ".join(verdict.reasons))
+    echo(f"report  {join(verdict.report_uri, 'report.html')}")
     with lineage.stage("prepare") as run:
         run.log_params(
             {
@@ -98,5 +124,8 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
         "split": split.model_dump(),
         "trace": traced.model_dump(),
         "unlearn": unlearned.model_dump(),
+        "base": base.model_dump(),
+        "candidate": candidate.model_dump(),
+        "gate": verdict.model_dump(),
         "parent_run_id": lineage.parent_run_id(),
     }

@@ -1,0 +1,35 @@
+"""Stage 4 component: the official scorer's metrics, MIA and MMLU for one model (base or candidate)."""
+
+from kfp import dsl
+
+from components import amnesia_component
+
+
+@amnesia_component
+def evaluate(
+    config_json: str,
+    pipeline_run_id: str,
+    store_root: str,
+    model_uri: str,
+    split_json: str,
+    role: str,
+    evaluation_out: dsl.Output[dsl.Metrics],
+) -> str:
+    """Runs amnesia.evaluate.run_evaluate; the base model's result is reused from the store when its
+    (model digest, data, config) was scored before. Returns the Evaluation JSON."""
+    from amnesia.config import EvaluateConfig
+    from amnesia.context import RunContext
+    from amnesia.evaluate import run_evaluate
+    from amnesia.split import SplitResult
+
+    result = run_evaluate(
+        EvaluateConfig.model_validate_json(config_json),
+        RunContext.create(pipeline_run_id, store_root),
+        model_uri,
+        SplitResult.model_validate_json(split_json),
+        role,
+    )
+    for name, value in result.flat().items():  # KFP's metrics view (aggregates only)
+        evaluation_out.log_metric(name, value)
+    evaluation_out.metadata.update({"store_uri": result.uri, "digest": result.digest})
+    return result.model_dump_json()

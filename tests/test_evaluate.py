@@ -1,0 +1,123 @@
+"""Stage 4 on real models: batched generation and losses equal their one-by-one versions, MMLU through
+the loader on the shared data, and a scored, cached, lineage-recorded evaluation of the demo model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from amnesia.config import EvaluateConfig, MMLUConfig
+from amnesia.context import RunContext
+from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
+from amnesia.demo.prepare import DemoArtifacts, demo_evaluate_config, demo_split_config
+from amnesia.demo.prompts import mmlu_prompt
+from amnesia.evaluate import document_losses, run_evaluate
+from amnesia.generation import greedy_generate
+from amnesia.lineage import Lineage, Tag
+from amnesia.mmlu import letter_ids, sample, score_mmlu
+from amnesia.models import load_model
+from amnesia.records import MIADocument, load_mmlu, load_records
+from amnesia.requests import RequestQueue, load_requests_uri
+from amnesia.split import SplitResult, run_split
+from amnesia.storage import ArtifactStore, join
+
+
+def _split(store: ArtifactStore, demo: DemoArtifacts, prefix: str) -> SplitResult:
+    RequestQueue(store, prefix).submit(load_requests_uri(store, join(demo.world_uri, "requests.jsonl")))
+    return run_split(demo_split_config(demo.world_uri), RunContext("p", f"{prefix}/runs/p", store))
+
+
+def test_batched_generation_and_losses_equal_one_by_one(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str
+) -> None:
+    split = _split(store, demo_build, s3_prefix)
+    m = load_model(demo_build.model_uri, store=store)
+    records = [r for name in ("forget_train", "retain_eval") for r in load_records(split.sets[name].uri, store=store)]
+    records = records[::6]  # sc and qa items of both sets, prompts of many lengths
+    prompts = [r.input for r in records]
+    batched = greedy_generate(m.model, m.tokenizer, prompts, max_new_tokens=64, batch_size=32)
+    single = greedy_generate(m.model, m.tokenizer, prompts, max_new_tokens=64, batch_size=1)
+    assert len(records) >= 40 and batched == single
+    docs = [d.document for d in load_records(split.sets["mia_members"].uri, MIADocument, store=store)]
+    together = document_losses(m.model, m.tokenizer, docs, batch_size=16)
+    alone = []
+    for d in docs:
+        ids = torch.tensor([m.tokenizer(d)["input_ids"]])
+        with torch.no_grad():
+            alone.append(float(m.model(input_ids=ids, labels=ids).loss))
+    assert together == pytest.approx(alone, abs=2e-5)  # padded batches differ in float rounding only
+
+
+def test_mmlu_k_shot_on_the_shared_data(shared_data: Path) -> None:
+    subjects = ["astronomy", "virology", "world_religions"]
+    questions = sample(load_mmlu(str(shared_data / "mmlu"), "test", subjects), per_subject=4, seed=1)
+    dev = load_mmlu(str(shared_data / "mmlu"), "dev", subjects)
+    assert len(questions) == 12 and {q.subject for q in questions} == set(subjects)
+    assert sample(load_mmlu(str(shared_data / "mmlu"), "test", subjects), 4, 1) == questions  # seeded
+    tok = train_tokenizer([mmlu_prompt(q, dev[:5]) for q in questions], vocab_size=400)
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(layers=2, hidden=32, heads=2, intermediate=64, vocab_size=400, max_len=4096), tok)
+    model.eval()
+    result = score_mmlu(model, tok, questions, dev, shots=5, batch=5)
+    # Independently: one question at a time, the argmax over " A".." D" after its 5-shot prompt.
+    letters = letter_ids(tok)
+    right = []
+    for q in questions:
+        shots = [d for d in dev if d.subject == q.subject][:5]
+        prompt = mmlu_prompt(q, shots)
+        assert prompt.startswith(
+            f"The following are multiple choice questions (with answers) about {q.subject.replace('_', ' ')}."
+        )
+        assert prompt.endswith("Answer:") and prompt.count("Answer:") == 6
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1]
+        right.append(int(logits[letters].argmax()) == q.answer)
+    assert result.accuracy == pytest.approx(sum(right) / len(right))
+    assert result.questions == 12 and set(result.subjects) == set(subjects) and result.shots_reduced == 0
+
+
+def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
+    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings, s3_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    split = _split(store, demo_build, s3_prefix)
+    lineage = Lineage("eval-1", settings=stack_settings)
+    ctx = RunContext("eval-1", f"{s3_prefix}/runs/eval-1", store, lineage)
+    cfg = demo_evaluate_config(demo_build.world_uri)
+    first = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
+    assert not first.cached and first.model_digest == demo_build.model_digest
+    assert first.forget["Task2"]["knowledge"] >= 0.95 and first.task_aggregate < 0.1  # it remembers everything
+    assert first.mia_auc is not None and first.mia_auc > 0.9 and first.mmlu is not None and first.mmlu >= 0.9
+    assert first.counts["forget"] == 128 and first.mmlu_sampling == "test, all subjects, all questions, 0-shot"
+    again = run_evaluate(
+        cfg, RunContext("eval-2", f"{s3_prefix}/runs/eval-2", store), demo_build.model_uri, split, "base"
+    )
+    assert again.cached and again.flat() == first.flat() and again.digest == first.digest
+    other = cfg.model_copy(update={"max_new_tokens": 63})  # another config: another key
+    assert (
+        run_evaluate(other, RunContext("e3", f"{s3_prefix}/runs/e3", store), demo_build.model_uri, split, "base").key
+        != first.key
+    )
+
+    items = [json.loads(line) for line in store.get_bytes(join(first.uri, "items.jsonl")).splitlines()]
+    assert {i["set"] for i in items} == {"forget", "retain", "retain_held_out"}
+    run = lineage.client.search_runs([lineage.experiment_id], f"tags.`{Tag.PIPELINE_RUN_ID}` = 'eval-1'")
+    stage = next(r for r in run if r.data.tags.get(Tag.STAGE) == "evaluate-base")
+    assert stage.data.metrics["forget.Task2.knowledge"] == first.forget["Task2"]["knowledge"]
+    assert stage.data.tags[Tag.EVALUATION_DIGEST] == first.digest
+    gens = [
+        json.loads(line)["generation"] for line in store.get_bytes(join(first.uri, "generations.jsonl")).splitlines()
+    ]
+    logged = json.dumps([stage.data.params, stage.data.tags, list(stage.data.metrics)])
+    assert not [g for g in gens if len(g.strip()) >= 5 and g.strip() in logged]
+
+
+def test_mmlu_config_validates() -> None:
+    from amnesia.config import ConfigError, parse_model
+
+    with pytest.raises(ConfigError, match=r"evaluate: mmlu.shots: Input should be less than or equal to 10"):
+        parse_model(EvaluateConfig, {"mmlu": {"shots": 11}}, "evaluate")
+    assert parse_model(EvaluateConfig, {"mmlu": None}, "e").mmlu is None
+    assert MMLUConfig().uri == "cais/mmlu" and MMLUConfig().shots == 5

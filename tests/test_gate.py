@@ -1,0 +1,113 @@
+"""The gate's checks and reasons on hand-made evaluations, and the report as a person sees it: rendered
+by headless Chromium (Debian's package; `make test` installs it) to a screenshot that is checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amnesia.config import ConfigError, GateConfig, parse_model
+from amnesia.context import RunContext
+from amnesia.evaluate import Evaluation
+from amnesia.gate import decide, forget_score, run_gate
+from amnesia.storage import ArtifactStore
+
+
+def _ev(
+    role: str, forget: tuple[float, float], retain: tuple[float, float], mmlu: float | None, auc: float
+) -> Evaluation:
+    return Evaluation(
+        role=role, model_uri=f"/models/{role}", model_digest="d" * 64, uri=f"/evals/{role}", digest="e" * 64,
+        key=None, cached=False,
+        forget={"Task2": {"knowledge": forget[0], "regurgitation": forget[1]}},
+        retain={"Task2": {"knowledge": retain[0], "regurgitation": retain[1]}},
+        retain_held_out={"Task2": {"knowledge": retain[0] - 0.1, "regurgitation": retain[1] - 0.1}},
+        task_aggregate=0.5, mia_auc=auc, mia_score=1 - 2 * abs(auc - 0.5), mmlu=mmlu, mmlu_macro=mmlu,
+        mmlu_subjects={"astronomy": mmlu or 0.0}, mmlu_questions=10, mmlu_sampling="test, 1 subjects, 0-shot",
+        final=None, counts={}, seconds=1.0,
+    )  # fmt: skip
+
+
+BASE = _ev("base", (1.0, 1.0), (1.0, 0.95), 0.60, 1.0)
+
+
+def test_a_good_candidate_passes_with_every_check_listed() -> None:
+    cand = _ev("candidate", (0.05, 0.3), (0.95, 0.9), 0.55, 0.7)
+    verdict = decide(GateConfig(), BASE, cand)
+    assert verdict.passed
+    assert forget_score(cand.forget) == pytest.approx(2 / (1 / 0.95 + 1 / 0.7))
+    assert [c.name for c in verdict.checks] == ["forget_score", "retain_score", "mmlu_relative_to_base"]
+    assert verdict.reasons[2] == "mmlu_relative_to_base 0.917 >= floor 0.750"
+
+
+def test_failures_name_the_check_and_the_numbers() -> None:
+    cand = _ev("candidate", (0.5, 0.9), (0.95, 0.9), 0.40, 0.99)
+    cfg = GateConfig(forget_task_floor=0.5, mia_floor=0.2, floors={"retain.Task2.knowledge": 0.97})
+    verdict = decide(cfg, BASE, cand)
+    assert not verdict.passed
+    assert verdict.reasons == [
+        "forget_score 0.167 < floor 0.600",
+        "forget_score.Task2 0.167 < floor 0.500",
+        "mmlu_relative_to_base 0.667 < floor 0.750",
+        "mia_score 0.020 < floor 0.200",
+        "retain.Task2.knowledge 0.950 < floor 0.970",
+    ]
+    assert [c.code() for c in verdict.checks if not c.passed][0] == "forget_score=0.167/0.600"  # hmean(1 - 0.5, 1 - 0.9) = 2 / 12
+
+
+def test_an_unmeasured_floor_fails() -> None:
+    verdict = decide(GateConfig(mmlu_floor=0.3), BASE, _ev("candidate", (0.0, 0.0), (1.0, 1.0), None, 0.5))
+    assert not verdict.passed and "mmlu: not measured (floor 0.300)" in verdict.reasons
+
+
+def test_thresholds_must_lie_in_0_1() -> None:
+    with pytest.raises(ConfigError, match="gate: mmlu_relative_floor: Input should be less than or equal to 1"):
+        parse_model(GateConfig, {"mmlu_relative_floor": 1.5}, "gate")
+    with pytest.raises(ConfigError, match=r"floors must lie in \[0, 1\]"):
+        parse_model(GateConfig, {"floors": {"x": 2}}, "gate")
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("chromium not found: `make test` installs Debian's chromium package (apt-get install chromium)")
+    return found
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_report_renders_in_a_headless_browser(tmp_path: Path, good: bool) -> None:
+    store = ArtifactStore()
+    ctx = RunContext("report-run", str(tmp_path / "runs" / "report-run"), store)
+    cand = (
+        _ev("candidate", (0.05, 0.3), (0.95, 0.9), 0.55, 0.7)
+        if good
+        else _ev("candidate", (0.9, 0.9), (0.5, 0.5), 0.2, 1.0)
+    )
+    result = run_gate(GateConfig(), ctx, BASE, cand)
+    assert result.passed is good
+    folder = Path(result.report_uri)
+    html = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    assert ("Gate: PASS" if good else "Gate: FAIL") in html and ("**Gate: PASS**" if good else "**Gate: FAIL**") in md
+    assert "| forget.Task2.knowledge | 1.000 | " in md and "![Forget / retain trade-off](figure0_tradeoff.png)" in md
+    assert store.verify(result.report_uri).digest == result.report_digest
+
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1800",
+         f"--screenshot={shot}", (folder / "report.html").as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert img.shape[:2] == (1800, 1200) and img.std() > 20
+    # The verdict banner is drawn: green (#1f8a4c) for a pass, red (#c0392b) for a fail, near the top.
+    colour = np.array([0x1F, 0x8A, 0x4C] if good else [0xC0, 0x39, 0x2B])
+    banner = (np.abs(img[:200] - colour).sum(-1) < 30).sum()
+    assert banner > 1000
+    # The trade-off figure is inline (decoded by the browser): its blue and red markers are on the page.
+    assert (np.abs(img - np.array([0x1F, 0x77, 0xB4])).sum(-1) < 30).sum() > 50  # tab:blue, the base model
