@@ -31,3 +31,12 @@ def test_unlearn_bench_runs_and_compares() -> None:
     trainable = float(ratios.split("trainable ")[1].split(",")[0])
     optimizer = float(ratios.split("optimizer state ")[1].split(",")[0])
     assert 0 < trainable < 0.5 and optimizer == trainable  # AdamW keeps two fp32 moments per trainable value
+
+
+def test_evaluate_bench_runs_and_metrics_agree() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "evaluate.py"), "--items", "8", "--max-new-tokens", "6", "--batch", "4"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "speed-up:" in out.stdout and out.stdout.strip().endswith("every metric equal: True")

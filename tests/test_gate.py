@@ -57,7 +57,9 @@ def test_failures_name_the_check_and_the_numbers() -> None:
         "mia_score 0.020 < floor 0.200",
         "retain.Task2.knowledge 0.950 < floor 0.970",
     ]
-    assert [c.code() for c in verdict.checks if not c.passed][0] == "forget_score=0.167/0.600"  # hmean(1 - 0.5, 1 - 0.9) = 2 / 12
+    assert [c.code() for c in verdict.checks if not c.passed][
+        0
+    ] == "forget_score=0.167/0.600"  # hmean(1 - 0.5, 1 - 0.9) = 2 / 12
 
 
 def test_an_unmeasured_floor_fails() -> None:

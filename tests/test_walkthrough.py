@@ -28,7 +28,9 @@ def test_demo_walkthrough_records_digests_and_no_forget_text(
         r.data.tags[Tag.STAGE]: r
         for r in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     }
-    assert set(stages) == {"prepare", "split", "trace", "unlearn"}
+    assert set(stages) == {"prepare", "split", "trace", "unlearn", "evaluate-base", "evaluate-candidate", "gate"}
+    assert stages["gate"].data.tags[Tag.GATE_PASSED] == str(result["gate"]["passed"]).lower()
+    assert result["gate"]["passed"] and result["candidate"]["forget"]["Task2"]["knowledge"] <= 0.10
     assert stages["unlearn"].data.tags[Tag.MODEL_DIGEST] == result["unlearn"]["digest"]
     assert stages["unlearn"].data.tags[Tag.LAYERS] == stages["trace"].data.tags[Tag.LAYERS]
     assert result["unlearn"]["after"]["forget_exact"] <= 0.05 < result["unlearn"]["before"]["forget_exact"]
@@ -60,4 +62,5 @@ def test_amnesia_demo_needs_no_environment_beyond_its_home(stack_state, demo_bui
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "reused demo" in out.stdout and "trace   " in out.stdout and "mlflow  run" in out.stdout
-    assert "unlearn candidate model: s3://" in out.stdout
+    assert "unlearn candidate model: s3://" in out.stdout and "gate    PASS" in out.stdout
+    assert "eval    base reused from s3://" in out.stdout  # the first demo run scored it; this one reuses it
