@@ -141,6 +141,18 @@ def store_get(uri: str, dst: Path, is_file: bool) -> None:
         click.echo(f"{dst}: {len(manifest.files)} files, digest {manifest.digest}")
 
 
+@store.command("init-bucket")
+@click.option("--bucket", help="Bucket name (default AMNESIA_BUCKET).")
+def store_init_bucket(bucket: str | None) -> None:
+    """Create the project's bucket if it does not exist (idempotent; the cluster's bucket-init Job)."""
+    from amnesia.storage import ArtifactStore
+
+    settings = load_settings()
+    name = bucket or settings.bucket
+    created = ArtifactStore(settings).ensure_bucket(name)
+    click.echo(f"bucket {name}: {'created' if created else 'already there'}")
+
+
 @store.command("verify")
 @click.argument("uri")
 def store_verify(uri: str) -> None:
@@ -373,6 +385,172 @@ def evaluate_cmd(
     click.echo(f"report  {join(verdict.report_uri, 'report.html')}")
     if not verdict.passed:
         sys.exit(3)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def _pipeline_config(config_path: Path) -> Any:
+    from amnesia.config import load_run_config
+    from amnesia.pipeline_config import PipelineConfig
+
+    return load_run_config(config_path, PipelineConfig)
+
+
+@cli.command("run")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Pipeline config YAML (amnesia.pipeline_config.PipelineConfig).")  # fmt: skip
+@click.option("--run-id", help="Pipeline run id (default: <name>-<time>-<random>).")
+def run_cmd(config_path: Path, run_id: str | None) -> None:
+    """Run the whole DAG in kfp.local against the local stack (or the S3/MLflow the environment names)."""
+    import time
+    import uuid
+
+    from amnesia.summary import summarize
+    from pipelines.local import run_local
+
+    cfg = _pipeline_config(config_path)
+    settings = client_settings()
+    rid = run_id or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    workdir = Path(settings.home) / "kfp-local"
+    click.echo(f"run     {rid}: split → trace → unlearn → evaluate → gate → register (kfp.local)")
+    try:
+        run_local(cfg, settings, rid, workdir)
+    finally:
+        for line in summarize(cfg, settings, rid):
+            click.echo(line)
+
+
+@cli.command("compile")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Pipeline config YAML: its `cluster:` section (secrets, GPUs, node selectors, tolerations).",
+)
+@click.option("--image", help="REPO:TAG of the project image for every component (default: the package version).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True)  # fmt: skip
+def compile_cmd(config_path: Path | None, image: str | None, out: Path) -> None:
+    """Write the pipeline YAML for a cluster (KFP v2)."""
+    from amnesia.config import ClusterConfig, load_yaml, parse_model
+    from pipelines.compile import compile_pipeline
+
+    data = load_yaml(config_path).get("cluster", {}) if config_path else {}
+    cluster = parse_model(ClusterConfig, data, f"{config_path}: cluster")
+    if image:
+        cluster = cluster.model_copy(update={"image": image})
+    compile_pipeline(cluster, out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command("submit")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--host", required=True, help="The KFP API address, e.g. https://kubeflow.example/pipeline.")
+@click.option("--run-id", help="Pipeline run id (default: <name>-<time>-<random>).")
+def submit_cmd(config_path: Path, host: str, run_id: str | None) -> None:
+    """Compile and start one run on a Kubeflow Pipelines server, for the requests pending now."""
+    import time
+    import uuid
+
+    from amnesia.storage import ArtifactStore
+    from pipelines.local import queue_digest
+    from pipelines.remote import submit
+
+    cfg = _pipeline_config(config_path)
+    settings = client_settings()
+    root = cfg.store_root(settings.bucket)
+    digest = queue_digest(ArtifactStore(settings), root) if cfg.split.requests == "queue" else ""
+    rid = run_id or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    result = submit(cfg, host, rid, root, digest)
+    click.echo(f"submitted {rid}: KFP run {result.run_id}")
+
+
+@cli.command("schedule")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--host", required=True, help="The KFP API address.")
+@click.option("--cron", required=True, help="Six fields, seconds first: '0 0 3 * * *' = 03:00 daily.")
+@click.option("--name", "job_name", default="amnesia-scheduled", show_default=True)
+def schedule_cmd(config_path: Path, host: str, cron: str, job_name: str) -> None:
+    """A recurring run (one at a time, no catch-up) that works through the request queue on a schedule."""
+    from pipelines.remote import check_cron, schedule
+
+    check_cron(cron)
+    cfg = _pipeline_config(config_path)
+    settings = load_settings()
+    job = schedule(cfg, host, cron, cfg.store_root(settings.bucket), job_name)
+    click.echo(f"scheduled {job_name} ({cron}): recurring run {job.recurring_run_id}")
+
+
+@cli.command("approve")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reviewer", required=True, help="Who decides (must not be the identity that ran the pipeline).")
+@click.option("--note", required=True, help="What was checked (kept in the artifact store, not in MLflow).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def approve_cmd(name: str, version: str, reviewer: str, note: str, root: str | None) -> None:
+    """Promote a gate-passed candidate to `champion`; its requests move to fulfilled."""
+    from amnesia.registry import approve
+    from amnesia.storage import ArtifactStore
+
+    settings = client_settings()
+    store_root = root or f"s3://{settings.bucket}"
+    tags = approve(settings, ArtifactStore(settings), store_root, name, version, reviewer, note)
+    previous = tags["amnesia.previous_champion"]
+    click.echo(f"{name} v{version} is champion (previous: {previous}); note stored at {tags['amnesia.note_uri']}")
+
+
+@cli.command("reject")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reviewer", required=True)
+@click.option("--note", required=True)
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def reject_cmd(name: str, version: str, reviewer: str, note: str, root: str | None) -> None:
+    """Reject a candidate; its requests stay pending for the next run."""
+    from amnesia.registry import reject
+    from amnesia.storage import ArtifactStore
+
+    settings = client_settings()
+    reject(settings, ArtifactStore(settings), root or f"s3://{settings.bucket}", name, version, reviewer, note)
+    click.echo(f"{name} v{version} rejected")
+
+
+@cli.command("history")
+@click.argument("name")
+def history_cmd(name: str) -> None:
+    """Every approval and rejection of the model's versions, oldest first."""
+    from amnesia.registry import history
+
+    rows = history(client_settings(), name)
+    if not rows:
+        click.echo("no decisions yet")
+    for r in rows:
+        who = f"by {r['reviewer']:<16}"
+        click.echo(f"{r['at']}  v{r['version']:<4} {r['status']:<9} {who} previous champion {r['previous_champion']}")
+
+
+@cli.command("audit")
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="The whole chain as JSON.")
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Also write an HTML page here.")
+def audit_cmd(name: str, version: str, as_json: bool, html_out: Path | None) -> None:
+    """Rebuild a model version's chain and re-hash every artifact it names; exit 1 if anything fails."""
+    from amnesia.audit import audit, to_html
+    from amnesia.storage import ArtifactStore
+
+    settings = client_settings()
+    result = audit(settings, ArtifactStore(settings), name, version)
+    if html_out:
+        html_out.write_text(to_html(result))
+    if as_json:
+        click.echo(result.model_dump_json(indent=1))
+    else:
+        click.echo(f"audit {name} v{version} ({result.status}): {'OK' if result.ok else 'FAILED'}")
+        for link in result.links:
+            click.echo(f"  {'ok  ' if link.ok else 'FAIL'} {link.step:<18} {link.what}  {link.uri or ''}")
+    if not result.ok:
+        sys.exit(1)
 
 
 @cli.group(cls=_Group)

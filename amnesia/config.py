@@ -26,9 +26,10 @@ class StrictModel(BaseModel):
 
 
 class StoreConfig(StrictModel):
-    """Where a run writes its artifacts: s3://<bucket>/<prefix>/... or a local folder."""
+    """Where a run writes: runs under <root>/runs/<id>, the request queue under <root>/requests, cached
+    evaluations under <root>/cache. s3://bucket[/prefix] or a local folder; default s3://<AMNESIA_BUCKET>."""
 
-    root: str = Field("s3://amnesia/runs", description="s3://bucket/prefix or a local folder.")
+    root: str | None = Field(None, description="s3://bucket[/prefix] or a local folder.")
 
 
 class SplitConfig(StrictModel):
@@ -145,6 +146,31 @@ class GateConfig(StrictModel):
         if bad:
             raise ValueError(f"floors must lie in [0, 1]: {bad}")
         return self
+
+
+class Toleration(StrictModel):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ClusterConfig(StrictModel):
+    """What compiled YAML carries for a Kubernetes cluster (ignored by local runs)."""
+
+    image: str | None = Field(None, description="REPO:TAG for every component (default: the package version).")
+    s3_secret: str = Field(
+        "amnesia-s3", description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3."
+    )
+    mlflow_secret: str = Field("amnesia-mlflow", description="Secret with MLFLOW_TRACKING_URI (+ username/password).")
+    accelerator: str | None = Field(
+        "nvidia.com/gpu", description="GPU resource for trace, unlearn and evaluate; None: CPU only."
+    )
+    gpus: int = Field(1, ge=0, le=16)
+    cpu: str = "4"
+    memory: str = "32Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
 
 
 class RunConfig(StrictModel):

@@ -8,6 +8,7 @@ Scores the gate reads (all in [0, 1], higher is better):
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,6 +139,8 @@ def run_gate(
             ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn)
         )
         report.write(inputs, folder / "report")
+        verdict_json = {"passed": verdict.passed, "codes": [c.code() for c in verdict.checks if not c.passed]}
+        (folder / "report" / "verdict.json").write_text(json.dumps(verdict_json))  # read by the exit handler
         ref = ctx.store.put_dir(folder / "report", uri)
         result = GateResult(
             passed=verdict.passed,

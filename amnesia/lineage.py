@@ -281,3 +281,31 @@ class Lineage:
         parent = StageRun(self.client, self.parent_run_id(), self.guard)
         parent.set_tags({Tag.STATUS: status, **tags})
         self.client.set_terminated(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")
+
+
+PIPELINE_STAGES = ("split", "trace", "unlearn", "evaluate-base", "evaluate-candidate", "gate")
+
+
+def finish_run(pipeline_run_id: str, store_root: str | None, state: str, settings: Settings | None = None) -> str:
+    """The exit handler's work: close the parent run with the final status, the gate's verdict (read from
+    the stored report) and the stage the run stopped at (a failed stage run, else the first one missing)."""
+    from amnesia.storage import ArtifactStore, join
+
+    s = settings or default_settings()
+    lineage = Lineage(pipeline_run_id, settings=s)
+    parent = lineage.parent_run_id()
+    runs = lineage.client.search_runs([lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    seen = {r.data.tags.get(Tag.STAGE): r.info.status for r in runs}
+    failed_stage = next((n for n in PIPELINE_STAGES if seen.get(n) == "FAILED"), None)
+    missing = next((n for n in PIPELINE_STAGES if n not in seen), None)
+    ok = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE", "COMPLETED")
+    tags: dict[str, Any] = {Tag.STOPPED_AT: "end" if ok and not failed_stage else failed_stage or missing or "register"}
+    base = store_root or f"s3://{s.bucket}"
+    verdict_uri = join(base, "runs", pipeline_run_id, "report", "verdict.json")
+    store = ArtifactStore(s)
+    if store.exists(verdict_uri):
+        verdict = store.get_json(verdict_uri)
+        tags[Tag.GATE_PASSED] = str(verdict["passed"]).lower()
+        tags[Tag.GATE_REASONS] = ",".join(verdict["codes"]) or "none"
+    lineage.close("succeeded" if ok else "failed", **tags)
+    return "succeeded" if ok else "failed"

@@ -319,6 +319,23 @@ class ArtifactStore:
     def delete(self, uri: str) -> None:
         self._delete(parse_uri(uri))
 
+    def ensure_bucket(self, bucket: str) -> bool:
+        """Create the bucket unless it exists (a cluster's bucket-init Job); True when it was created."""
+        from botocore.exceptions import ClientError
+
+        loc = parse_uri(f"s3://{bucket}")
+        with self._s3_errors(loc, f"creating bucket {bucket}"):
+            try:
+                self.s3.head_bucket(Bucket=bucket)
+                return False
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+            region = self.settings.aws_region
+            extra = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            self.s3.create_bucket(Bucket=bucket, **extra)
+        return True
+
     def delete_dir(self, uri: str) -> None:
         """Remove a stored folder: its manifest first, so a half-deleted folder reads as incomplete."""
         loc = parse_uri(uri)

@@ -1,5 +1,7 @@
 """Stage 3 component: train the selected layers with the configured unlearning method; outputs the candidate model."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 
 from components import amnesia_component
@@ -14,7 +16,7 @@ def unlearn(
     split_json: str,
     trace_json: str,
     model_out: dsl.Output[dsl.Model],
-) -> str:
+) -> NamedTuple("UnlearnOutputs", [("model_uri", str), ("result", str)]):  # noqa: F821
     """Runs amnesia.unlearn.stage.run_unlearn on the split, with the trace's layers unless the config names
     layers (trace_json may then be empty). A retried task resumes from the run's last S3 checkpoint."""
     from amnesia.context import RunContext
@@ -32,4 +34,7 @@ def unlearn(
         SplitResult.model_validate_json(split_json),
         layers,
     )
-    return describe(model_out, result, result.uri, result.digest)
+    from collections import namedtuple
+
+    payload = describe(model_out, result, result.uri, result.digest)
+    return namedtuple("UnlearnOutputs", ["model_uri", "result"])(result.uri, payload)

@@ -18,7 +18,7 @@ from components.split import split
 
 def test_spec() -> None:
     spec = split.component_spec
-    assert set(spec.inputs) == {"config_json", "pipeline_run_id", "store_root"}
+    assert set(spec.inputs) == {"config_json", "pipeline_run_id", "store_root", "request_digest"}
     assert set(spec.outputs) == {"splits", "Output"}
     assert spec.implementation.container.image == IMAGE
 

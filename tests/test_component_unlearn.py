@@ -52,7 +52,8 @@ def test_runs_in_kfp_local(
         split_json=split.model_dump_json(),
         trace_json=trace.model_dump_json(),
     )
-    result = json.loads(task.outputs["Output"])
+    result = json.loads(task.outputs["result"])
+    assert task.outputs["model_uri"] == result["uri"]
     assert result["layers"] == [1] and result["steps"] == 3 and result["method"] == "grad_diff"
     assert task.outputs["model_out"].metadata == {"store_uri": result["uri"], "digest": result["digest"]}
     assert store.verify(result["uri"]).digest == result["digest"]

@@ -1,0 +1,161 @@
+"""`amnesia audit NAME VERSION`: rebuild a model version's chain from MLflow and the store, and re-hash
+every stored artifact it names against the digest recorded when it was made.
+
+The chain: requests → split (data) → base model → trace (layers) → training config → candidate model →
+evaluations (before/after) → gate and report → approval. Any artifact that is missing or whose bytes no
+longer match its recorded digest makes the audit fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from amnesia.errors import AmnesiaError
+from amnesia.lineage import Tag
+from amnesia.registry import (
+    APPROVER,
+    BASE_EVALUATION,
+    CANDIDATE_EVALUATION,
+    DECIDED_AT,
+    NOTE_SHA256,
+    NOTE_URI,
+    REPORT_DIGEST,
+    _client,
+    _version,
+)
+from amnesia.requests import load_requests_uri, request_digest
+from amnesia.settings import Settings
+from amnesia.storage import ArtifactStore, join
+
+
+class Link(BaseModel):
+    step: str
+    what: str
+    uri: str | None
+    expected: str | None
+    actual: str | None
+    ok: bool
+    detail: dict[str, Any] = {}
+
+
+class Audit(BaseModel):
+    name: str
+    version: str
+    status: str
+    ok: bool
+    links: list[Link]
+    metrics: dict[str, str]
+
+
+def _folder(store: ArtifactStore, step: str, what: str, uri: str | None, expected: str | None) -> Link:
+    """Re-hash every object of a stored folder against its manifest, and the manifest against the record."""
+    if not uri or not expected:
+        return Link(
+            step=step, what=what, uri=uri, expected=expected, actual=None, ok=False, detail={"error": "not recorded"}
+        )
+    try:
+        actual = store.verify(uri).digest
+    except AmnesiaError as err:
+        return Link(step=step, what=what, uri=uri, expected=expected, actual=None, ok=False, detail={"error": str(err)})
+    return Link(step=step, what=what, uri=uri, expected=expected, actual=actual, ok=actual == expected)
+
+
+def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> Audit:
+    mv = _version(_client(settings), name, version)
+    t = mv.tags or {}
+    links = [_requests(store, t)]
+    links.append(
+        _folder(store, "data", "split sets (forget/retain/MIA)", t.get(Tag.SPLIT_URI), t.get(Tag.SPLIT_DIGEST))
+    )
+    links.append(
+        _folder(store, "base model", "base model folder", t.get(Tag.BASE_MODEL_URI), t.get(Tag.BASE_MODEL_DIGEST))
+    )
+    trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST))
+    if trace.ok:
+        layers = store.get_json(join(trace.uri or "", "aggregate.json"))["layers"]
+        trace.detail = {"layers": layers, "rule": t.get(Tag.LAYER_RULE), "unlearned_layers": t.get(Tag.LAYERS)}
+        trace.ok = ",".join(map(str, layers)) == t.get(Tag.LAYERS) or t.get(Tag.LAYER_RULE) == "explicit"
+    links.append(trace)
+    model = _folder(store, "candidate", "unlearned model folder", mv.source, t.get(Tag.MODEL_DIGEST))
+    if model.ok:
+        summary = store.get_json(join(mv.source, "amnesia_unlearn.json"))
+        model.detail = {
+            k: summary[k] for k in ("method", "config_hash", "layers", "steps", "stopped", "trainable_params")
+        }
+        model.ok = summary["config_hash"] == t.get(Tag.CONFIG_HASH) and summary["method"] == t.get(Tag.METHOD)
+    links.append(model)
+    for step, key in (("evaluation before", BASE_EVALUATION), ("evaluation after", CANDIDATE_EVALUATION)):
+        uri, _, digest = (t.get(key) or "#").partition("#")
+        link = _folder(store, step, "per-item results", uri or None, digest or None)
+        if link.ok:
+            result = store.get_json(join(uri, "result.json"))
+            link.detail = {k: result[k] for k in ("task_aggregate", "mia_score", "mmlu", "final")}
+        links.append(link)
+    gate = _folder(store, "gate", "report and verdict", t.get(Tag.REPORT_URI), t.get(REPORT_DIGEST))
+    if gate.ok:
+        verdict = store.get_json(join(gate.uri or "", "verdict.json"))
+        gate.detail = {
+            "passed": verdict["passed"],
+            "failed_checks": verdict["codes"],
+            "checks": t.get(Tag.GATE_REASONS),
+        }
+        gate.ok = str(verdict["passed"]).lower() == t.get(Tag.GATE_PASSED)
+    links.append(gate)
+    links.append(_decision(store, t))
+    metrics = {k.removeprefix("amnesia.metric."): v for k, v in t.items() if k.startswith("amnesia.metric.")}
+    status = t.get(Tag.STATUS, "unknown")
+    return Audit(
+        name=name, version=str(version), status=status, ok=all(link.ok for link in links), links=links, metrics=metrics
+    )
+
+
+def _requests(store: ArtifactStore, t: dict[str, str]) -> Link:
+    split = t.get(Tag.SPLIT_URI)
+    uri = join(split, "requests.jsonl") if split else None
+    expected = t.get(Tag.REQUEST_DIGEST)
+    if not uri or not store.exists(uri):  # a SemEval-mode run: the split digest is the request digest
+        ok = expected == t.get(Tag.SPLIT_DIGEST)
+        return Link(step="requests", what="no request file (data given directly)", uri=None, expected=expected,
+                    actual=t.get(Tag.SPLIT_DIGEST), ok=ok)  # fmt: skip
+    reqs = load_requests_uri(store, uri)
+    actual = request_digest(reqs)
+    detail = {"request_ids": [r.request_id for r in reqs], "count": len(reqs)}
+    return Link(step="requests", what="erasure requests snapshot", uri=uri, expected=expected, actual=actual,
+                ok=actual == expected, detail=detail)  # fmt: skip
+
+
+def _decision(store: ArtifactStore, t: dict[str, str]) -> Link:
+    status = t.get(Tag.STATUS)
+    if status not in ("approved", "rejected"):
+        return Link(step="approval", what=f"not decided yet ({status})", uri=None, expected=None, actual=None, ok=True)
+    uri, expected = t.get(NOTE_URI), t.get(NOTE_SHA256)
+    try:
+        actual = hashlib.sha256(store.get_bytes(uri or "")).hexdigest()
+    except AmnesiaError as err:
+        return Link(step="approval", what="decision record", uri=uri, expected=expected, actual=None, ok=False,
+                    detail={"error": str(err)})  # fmt: skip
+    detail = {"decision": status, "by": t.get(APPROVER), "at": t.get(DECIDED_AT)}
+    return Link(step="approval", what="decision record (reviewer's note)", uri=uri, expected=expected, actual=actual,
+                ok=actual == expected, detail=detail)  # fmt: skip
+
+
+def to_html(a: Audit) -> str:
+    def row(link: Link) -> str:
+        cells = [link.step, link.what, link.uri or "", (link.expected or "")[:16], "verified" if link.ok else "FAILED",
+                 json.dumps(link.detail)]  # fmt: skip
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        return f"<tr class={'ok' if link.ok else 'bad'}>{tds}</tr>"
+
+    css = "body{font-family:sans-serif;margin:2rem} td{border:1px solid #ccc;padding:.3rem;font-size:.85rem}"
+    css += " .bad{background:#fdecea}"
+    head = f"<h1>Audit of {html.escape(a.name)} v{html.escape(a.version)}: {'OK' if a.ok else 'FAILED'}</h1>"
+    ths = "".join(f"<th>{h}</th>" for h in ("step", "what", "uri", "digest", "check", "detail"))
+    table = f"<table><tr>{ths}</tr>{''.join(row(link) for link in a.links)}</table>"
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><style>{css}</style></head><body>{head}{table}</body></html>"
+    )

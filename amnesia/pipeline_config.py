@@ -1,0 +1,50 @@
+"""The run config of the whole pipeline: one YAML file with a section per stage (each validated by the
+stage's own model), the base model, the registered model's name, and the cluster settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from amnesia.config import (
+    ClusterConfig,
+    EvaluateConfig,
+    GateConfig,
+    SplitConfig,
+    StoreConfig,
+    StrictModel,
+    TraceConfig,
+)
+from amnesia.unlearn.config import UnlearnConfig
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field("amnesia", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", description="Run id prefix.")
+    experiment: str = Field("selective-amnesia", min_length=1)
+    model: str = Field(description="The base model: s3:// folder, local folder, or hub id.")
+    model_name: str = Field("amnesia-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,120}$",
+                            description="Registered model name in MLflow.")  # fmt: skip
+    store: StoreConfig = StoreConfig()
+    split: SplitConfig
+    trace: TraceConfig = TraceConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    def store_root(self, bucket: str) -> str:
+        return self.store.root or f"s3://{bucket}"
+
+    def arguments(self, pipeline_run_id: str, store_root: str, request_digest: str = "") -> dict[str, str]:
+        """The pipeline's parameters for one run (configs as JSON strings)."""
+        return {
+            "pipeline_run_id": pipeline_run_id,
+            "store_root": store_root,
+            "model_uri": self.model,
+            "model_name": self.model_name,
+            "split_config": self.split.model_dump_json(),
+            "trace_config": self.trace.model_dump_json(),
+            "unlearn_config": self.unlearn.model_dump_json(),
+            "evaluate_config": self.evaluate.model_dump_json(),
+            "gate_config": self.gate.model_dump_json(),
+            "request_digest": request_digest,
+        }

@@ -1,0 +1,254 @@
+"""Stage 6 — register, and the human steps after it: approve, reject, history.
+
+A passing candidate becomes an MLflow model version (source: its S3 folder) tagged with everything an
+auditor needs, under alias `candidate`, status `pending_approval`. Only a person other than the one who
+ran the pipeline can approve it: that moves alias `champion`, records the previous champion, and moves
+the fulfilled requests out of the queue. Reviewer notes are free text (they may name a person), so they
+live in the artifact store; MLflow holds their URI and sha256.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from amnesia import __version__
+from amnesia.errors import AmnesiaError
+from amnesia.lineage import Guard, Tag, code_version
+from amnesia.requests import RequestQueue, load_requests_uri
+from amnesia.settings import Settings
+from amnesia.storage import ArtifactStore, join
+
+if TYPE_CHECKING:  # the stage results; imported for types only (they pull in torch)
+    from amnesia.evaluate import Evaluation
+    from amnesia.gate import GateResult
+    from amnesia.split import SplitResult
+    from amnesia.trace import TraceResult
+    from amnesia.unlearn.stage import UnlearnResult
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+PENDING, APPROVED, REJECTED = "pending_approval", "approved", "rejected"
+
+# Registry tags beyond the lineage ones.
+RUNNER = "amnesia.runner"  # the identity that ran the pipeline (may not approve)
+APPROVER = "amnesia.approver"
+DECIDED_AT = "amnesia.decided_at"
+NOTE_URI = "amnesia.note_uri"
+NOTE_SHA256 = "amnesia.note_sha256"
+PREVIOUS_CHAMPION = "amnesia.previous_champion"
+METRIC_PREFIX = "amnesia.metric."
+REPORT_DIGEST = "amnesia.report_digest"
+BASE_EVALUATION = "amnesia.base_evaluation"  # uri#digest of the stored per-item results
+CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
+
+
+class RegistryError(AmnesiaError):
+    """A registration or a decision is refused; the message says why."""
+
+
+class Registration(BaseModel):
+    name: str
+    version: str
+    created: bool  # False: this request digest + base model already had a version
+    source: str
+
+
+def runner_identity() -> str:
+    return os.environ.get("AMNESIA_RUNNER") or getpass.getuser()
+
+
+def _client(settings: Settings) -> Any:
+    from mlflow import MlflowClient
+
+    if not settings.mlflow_tracking_uri:
+        raise RegistryError("MLFLOW_TRACKING_URI is not set (start the local stack: `amnesia stack up`)")
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+def find_version(client: Any, name: str, request_digest: str, base_digest: str) -> Any | None:
+    """The version already made for these requests on this base model (MLflow has no idempotency key)."""
+    for mv in client.search_model_versions(f"name='{name}'"):
+        tags = mv.tags or {}
+        if tags.get(Tag.REQUEST_DIGEST) == request_digest and tags.get(Tag.BASE_MODEL_DIGEST) == base_digest:
+            return mv
+    return None
+
+
+def register(
+    settings: Settings,
+    name: str,
+    source: str,
+    tags: dict[str, Any],
+    metrics: dict[str, float],
+    gate_passed: bool,
+    run_id: str | None = None,
+) -> Registration:
+    """Create the version (or find the existing one) and point alias `candidate` at it. `tags` must hold
+    the request digest and the base model digest: they are the idempotency key."""
+    if not gate_passed:
+        raise RegistryError(f"{name}: refusing to register a candidate that did not pass its gate")
+    for key in (Tag.REQUEST_DIGEST, Tag.BASE_MODEL_DIGEST):
+        if not tags.get(key):
+            raise RegistryError(f"{name}: registration needs tag {key}")
+    client = _client(settings)
+    guard = Guard()
+    safe = {k: guard.check("tag", k, v) for k, v in tags.items()}
+    safe |= {f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()}
+    safe |= {
+        Tag.STATUS: PENDING,
+        RUNNER: guard.check("tag", RUNNER, runner_identity()),
+        Tag.CODE_VERSION: code_version(),
+    }
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Selective Amnesia candidates and champions.")
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+            raise
+    existing = find_version(client, name, tags[Tag.REQUEST_DIGEST], tags[Tag.BASE_MODEL_DIGEST])
+    if existing is not None:
+        return Registration(name=name, version=str(existing.version), created=False, source=existing.source)
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=safe)
+    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    return Registration(name=name, version=str(mv.version), created=True, source=source)
+
+
+def _version(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(f"{name} version {version}: no such model version") from None
+
+
+def _decide(
+    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str, what: str
+) -> tuple[Any, Any, dict[str, str]]:
+    client = _client(settings)
+    mv = _version(client, name, version)
+    tags = mv.tags or {}
+    if not note.strip():
+        raise RegistryError("a decision needs a note (--note): say what was checked")
+    if not reviewer.strip():
+        raise RegistryError("a decision needs a reviewer (--reviewer)")
+    if tags.get(Tag.STATUS) != PENDING:
+        raise RegistryError(
+            f"{name} version {version} is {tags.get(Tag.STATUS, 'not registered by amnesia')}, not pending"
+        )
+    if what == APPROVED and tags.get(Tag.GATE_PASSED) != "true":
+        raise RegistryError(f"{name} version {version} did not pass its gate; it cannot be approved")
+    if reviewer == tags.get(RUNNER):
+        raise RegistryError(f"{reviewer} ran the pipeline that made version {version}; another person must decide")
+    Guard().check("tag", APPROVER, reviewer)
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record = {"name": name, "version": version, "decision": what, "reviewer": reviewer, "note": note, "at": when}
+    note_uri = join(root, "registry", name, f"v{version}", f"{what}.json")
+    ref = store.put_json(record, note_uri)
+    decided = {Tag.STATUS: what, APPROVER: reviewer, DECIDED_AT: when, NOTE_URI: note_uri, NOTE_SHA256: ref.digest}
+    return client, mv, decided
+
+
+def approve(
+    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str
+) -> dict[str, str]:
+    """Promote a pending, gate-passed version to `champion`; returns the tags set."""
+    client, mv, tags = _decide(settings, store, root, name, version, reviewer, note, APPROVED)
+    tags[PREVIOUS_CHAMPION] = _alias(client, name, CHAMPION) or "none"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    split_uri = (mv.tags or {}).get(Tag.SPLIT_URI)
+    if split_uri and store.exists(join(split_uri, "requests.jsonl")):
+        ids = [r.request_id for r in load_requests_uri(store, join(split_uri, "requests.jsonl"))]
+        pending = {r.request_id for r in RequestQueue(store, root).list("pending")}
+        RequestQueue(store, root).fulfil([i for i in ids if i in pending])
+    return tags
+
+
+def reject(
+    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str
+) -> dict[str, str]:
+    """Mark a pending version rejected; it loses alias `candidate` if it held it. Requests stay pending."""
+    client, _mv, tags = _decide(settings, store, root, name, version, reviewer, note, REJECTED)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if _alias(client, name, CANDIDATE) == str(version):
+        client.delete_registered_model_alias(name, CANDIDATE)
+    return tags
+
+
+def _alias(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None (aliases live on the registered model)."""
+    return client.get_registered_model(name).aliases.get(alias)
+
+
+def history(settings: Settings, name: str) -> list[dict[str, str]]:
+    """Every decision on the model's versions, oldest first: version, status, reviewer, time, previous champion."""
+    client = _client(settings)
+    rows = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        tags = mv.tags or {}
+        if tags.get(Tag.STATUS) in (APPROVED, REJECTED):
+            rows.append(
+                {
+                    "version": str(mv.version),
+                    "status": tags[Tag.STATUS],
+                    "reviewer": tags.get(APPROVER, ""),
+                    "at": tags.get(DECIDED_AT, ""),
+                    "previous_champion": tags.get(PREVIOUS_CHAMPION, ""),
+                    "note_sha256": tags.get(NOTE_SHA256, ""),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["at"], int(r["version"])))
+
+
+def register_candidate(
+    settings: Settings,
+    name: str,
+    pipeline_run_id: str,
+    split: SplitResult,
+    trace: TraceResult | None,
+    unlearn: UnlearnResult,
+    base: Evaluation,
+    candidate: Evaluation,
+    gate: GateResult,
+    parent_run_id: str | None = None,
+) -> Registration:
+    """Register a gated candidate with the whole chain as tags (what `amnesia audit` reads back)."""
+    from amnesia.gate import scores
+
+    request_digest = split.request_digest or split.digest  # SemEval-mode runs: the data is the request
+    tags: dict[str, Any] = {
+        Tag.PIPELINE_RUN_ID: pipeline_run_id,
+        Tag.REQUEST_DIGEST: request_digest,
+        Tag.REQUEST_IDS_DIGEST: hashlib.sha256("\n".join(split.request_ids).encode()).hexdigest(),
+        Tag.REQUEST_COUNT: len(split.request_ids),
+        Tag.SPLIT_URI: split.uri,
+        Tag.SPLIT_DIGEST: split.digest,
+        Tag.BASE_MODEL_URI: base.model_uri,
+        Tag.BASE_MODEL_DIGEST: base.model_digest or "none",
+        Tag.LAYERS: ",".join(map(str, unlearn.layers)),
+        Tag.METHOD: unlearn.method,
+        Tag.CONFIG_HASH: unlearn.config_hash,
+        Tag.MODEL_URI: unlearn.uri,
+        Tag.MODEL_DIGEST: unlearn.digest,
+        Tag.GATE_PASSED: str(gate.passed).lower(),
+        Tag.GATE_REASONS: ",".join(c.code() for c in gate.checks) or "none",
+        Tag.REPORT_URI: gate.report_uri,
+        REPORT_DIGEST: gate.report_digest,
+        BASE_EVALUATION: f"{base.uri}#{base.digest}",
+        CANDIDATE_EVALUATION: f"{candidate.uri}#{candidate.digest}",
+        Tag.IMAGE: os.environ.get("AMNESIA_IMAGE_REF", f"{settings.image}:{__version__}"),
+    }
+    if trace is not None:
+        tags |= {Tag.TRACE_URI: trace.uri, Tag.TRACE_DIGEST: trace.digest, Tag.LAYER_RULE: trace.rule}
+    metrics = {k: v for k, v in scores(candidate).items() if v is not None}
+    metrics |= {f"base.{k}": v for k, v in scores(base).items() if v is not None}
+    return register(settings, name, unlearn.uri, tags, metrics, gate.passed, parent_run_id)

@@ -1,0 +1,66 @@
+"""What a finished pipeline run left behind, read back from MLflow and the store: the lines `amnesia run`
+and `make demo` end with (verdict, before/after, model version, MLflow address, report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amnesia.lineage import Lineage, Tag
+from amnesia.settings import Settings
+from amnesia.storage import join
+
+SHOWN = ("forget_score", "retain_score", "held_out_retain_score", "task_aggregate", "mia_score", "mmlu", "final")
+
+
+def run_record(settings: Settings, experiment: str, run_id: str) -> dict[str, Any]:
+    """The parent run's tags and every stage run's tags and metrics, by stage name."""
+    lineage = Lineage(run_id, experiment=experiment, settings=settings)
+    parent = lineage.client.get_run(lineage.parent_run_id())
+    stages = {
+        r.data.tags.get(Tag.STAGE): r
+        for r in lineage.client.search_runs(
+            [lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+    }
+    return {"lineage": lineage, "parent": parent, "stages": stages}
+
+
+def registered_version(settings: Settings, name: str, request_digest: str | None, base_digest: str | None) -> Any:
+    from amnesia.registry import _client, find_version
+
+    if not request_digest or not base_digest:
+        return None
+    try:
+        return find_version(_client(settings), name, request_digest, base_digest)
+    except Exception:  # no such registered model yet
+        return None
+
+
+def summarize(cfg: Any, settings: Settings, run_id: str) -> list[str]:
+    rec = run_record(settings, cfg.experiment, run_id)
+    parent, stages, lineage = rec["parent"], rec["stages"], rec["lineage"]
+    tags = parent.data.tags
+    lines = [f"status  {tags.get(Tag.STATUS, 'running?')} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
+    gate = stages.get("gate")
+    if gate is not None:
+        passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"
+        reasons = gate.data.tags.get(Tag.GATE_REASONS, "none")
+        lines.append(f"gate    {'PASS' if passed else 'FAIL'}" + ("" if passed else f": {reasons}"))
+        m = gate.data.metrics
+        for name in SHOWN:
+            if name in m and f"base.{name}" in m:
+                lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
+        lines.append(f"report  {join(gate.data.tags[Tag.REPORT_URI], 'report.html')}")
+    split, unlearn = stages.get("split"), stages.get("unlearn")
+    request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None
+    base_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None
+    mv = registered_version(settings, cfg.model_name, request_digest, base_digest)
+    if mv is not None:
+        first = mv.tags.get(Tag.PIPELINE_RUN_ID) == run_id
+        again = "" if first else f"; already registered by run {mv.tags.get(Tag.PIPELINE_RUN_ID)}"
+        lines.append(f"model   {cfg.model_name} version {mv.version} ({mv.tags.get(Tag.STATUS)}){again}")
+        lines.append(f"        approve: amnesia approve {cfg.model_name} {mv.version} --reviewer YOU --note '…'")
+    lines.append(
+        f"mlflow  {settings.mlflow_tracking_uri}/#/experiments/{lineage.experiment_id}/runs/{parent.info.run_id}"
+    )
+    return lines

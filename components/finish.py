@@ -1,0 +1,14 @@
+"""The pipeline's exit handler: close the run's lineage with its final status, whatever happened."""
+
+from kfp import dsl
+
+from components import amnesia_component
+
+
+@amnesia_component
+def finish(pipeline_run_id: str, store_root: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """Sets the parent MLflow run's status, the gate's verdict when there was one, and the stage it
+    stopped at when it failed (the first stage whose output is missing from the store)."""
+    from amnesia.lineage import finish_run
+
+    return finish_run(pipeline_run_id, store_root, status.state)

@@ -1,0 +1,45 @@
+"""Stage 6 component: the gated candidate as an MLflow model version, alias `candidate` (idempotent)."""
+
+from kfp import dsl
+
+from components import amnesia_component
+
+
+@amnesia_component
+def register(
+    model_name: str,
+    pipeline_run_id: str,
+    split_json: str,
+    trace_json: str,
+    unlearn_json: str,
+    base_json: str,
+    candidate_json: str,
+    gate_json: str,
+    registered: dsl.Output[dsl.Artifact],
+) -> str:
+    """Runs amnesia.registry.register_candidate; a second run for the same requests and base model
+    returns the existing version. Returns the Registration JSON."""
+    from amnesia.evaluate import Evaluation
+    from amnesia.gate import GateResult
+    from amnesia.lineage import Lineage
+    from amnesia.registry import register_candidate
+    from amnesia.settings import settings
+    from amnesia.split import SplitResult
+    from amnesia.trace import TraceResult
+    from amnesia.unlearn.stage import UnlearnResult
+
+    s = settings()
+    result = register_candidate(
+        s,
+        model_name,
+        pipeline_run_id,
+        SplitResult.model_validate_json(split_json),
+        TraceResult.model_validate_json(trace_json) if trace_json else None,
+        UnlearnResult.model_validate_json(unlearn_json),
+        Evaluation.model_validate_json(base_json),
+        Evaluation.model_validate_json(candidate_json),
+        GateResult.model_validate_json(gate_json),
+        Lineage(pipeline_run_id, settings=s).parent_run_id(),
+    )
+    registered.metadata.update({"name": result.name, "version": result.version, "created": result.created})
+    return result.model_dump_json()

@@ -1,0 +1,55 @@
+"""Run the pipeline in kfp.local (SubprocessRunner, the current Python environment) against the stack
+the settings point at, and read back what it left: verdict, registration, report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from amnesia.pipeline_config import PipelineConfig
+from amnesia.requests import RequestQueue, request_digest
+from amnesia.settings import Settings
+from amnesia.storage import ArtifactStore
+from pipelines.unlearning import build
+
+
+def queue_digest(store: ArtifactStore, root: str) -> str:
+    """The digest of the pending requests now: the run is submitted for exactly these."""
+    pending = RequestQueue(store, root).list("pending")
+    return request_digest(pending) if pending else ""
+
+
+def run_local(cfg: PipelineConfig, settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
+    """Run the DAG; raises when a task fails (after the exit handler closed the lineage)."""
+    store = ArtifactStore(settings)
+    root = cfg.store_root(settings.bucket)
+    digest = queue_digest(store, root) if cfg.split.requests == "queue" else ""
+    env = settings_env(settings) | {"AMNESIA_EXPERIMENT": cfg.experiment}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the task subprocesses inherit the stack's address and keys
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir), raise_on_error=True)
+        build(None)(**cfg.arguments(run_id, root, digest))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"run_id": run_id, "store_root": root, "request_digest": digest}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {"AMNESIA_BUCKET": settings.bucket, "AMNESIA_EXPERIMENT": settings.experiment}
+    if settings.s3_endpoint_url:
+        env["AMNESIA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if settings.aws_access_key_id:
+        env["AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id
+    if settings.aws_secret_access_key:
+        env["AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    return env

@@ -1,0 +1,82 @@
+"""The compliance pipeline: split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
+→ register, inside an ExitHandler that closes the run's lineage whatever happens.
+
+Every stage is a thin component over the library; configs travel as JSON strings (kfp turns dict
+numbers into floats). `build(cluster)` adds the Kubernetes side (secrets as env, GPUs and resources,
+node selectors, tolerations) for compiled YAML; kfp.local runs the plain DAG (`build(None)`).
+"""
+
+from typing import Any
+
+from kfp import dsl
+
+from amnesia.config import ClusterConfig
+from components.evaluate import evaluate
+from components.finish import finish
+from components.gate import gate
+from components.register import register
+from components.split import split
+from components.trace import trace
+from components.unlearn import unlearn
+from pipelines.cluster import apply_cluster
+
+NAME = "selective-amnesia-unlearning"
+COMPUTE = ("trace", "unlearn", "evaluate-base", "evaluate-candidate")
+
+
+def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False) -> Any:
+    """The pipeline function; with a cluster config, its tasks carry the Kubernetes settings. With
+    run_id_from_job (recurring runs), each run's id is the KFP job's own id, not the parameter."""
+
+    def k8s(task: Any, name: str) -> Any:
+        if cluster is not None:
+            apply_cluster(task, cluster, compute=name in COMPUTE)
+        return task
+
+    @dsl.pipeline(name=NAME, description="Make a model forget erasure requests, prove it, register a candidate.")
+    def unlearning(
+        pipeline_run_id: str,
+        store_root: str,
+        model_uri: str,
+        model_name: str,
+        split_config: str,
+        trace_config: str,
+        unlearn_config: str,
+        evaluate_config: str,
+        gate_config: str,
+        request_digest: str = "",
+    ) -> None:
+        if run_id_from_job:
+            pipeline_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        closing = k8s(finish(pipeline_run_id=pipeline_run_id, store_root=store_root), "finish")
+        closing.set_caching_options(False)
+        with dsl.ExitHandler(closing, name="compliance-run"):
+            run = {"pipeline_run_id": pipeline_run_id, "store_root": store_root}
+            s = k8s(split(config_json=split_config, request_digest=request_digest, **run), "split")
+            sets = s.outputs["Output"]
+            t = k8s(trace(config_json=trace_config, model_uri=model_uri, split_json=sets, **run), "trace")
+            traced = t.outputs["Output"]
+            u = k8s(
+                unlearn(config_json=unlearn_config, model_uri=model_uri, split_json=sets, trace_json=traced, **run),
+                "unlearn",
+            )
+            scoring = {"config_json": evaluate_config, "split_json": sets, **run}
+            eb = k8s(evaluate(model_uri=model_uri, role="base", **scoring), "evaluate-base")
+            ec = k8s(evaluate(model_uri=u.outputs["model_uri"], role="candidate", **scoring), "evaluate-candidate")
+            results = {"trace_json": traced, "unlearn_json": u.outputs["result"]}
+            results |= {"base_json": eb.outputs["Output"], "candidate_json": ec.outputs["Output"]}
+            g = k8s(gate(config_json=gate_config, **results, **run), "gate")
+            for task, name in ((t, "trace"), (u, "unlearn"), (eb, "evaluate base"), (ec, "evaluate candidate")):
+                task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+                task.set_display_name(name)
+            with dsl.If(g.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  (a KFP condition)
+                r = register(
+                    model_name=model_name,
+                    pipeline_run_id=pipeline_run_id,
+                    split_json=sets,
+                    gate_json=g.outputs["result"],
+                    **results,
+                )
+                k8s(r, "register").set_caching_options(False)
+
+    return unlearning

@@ -1,0 +1,152 @@
+"""The whole DAG in kfp.local on a small configuration (the demo model, two requests), then the person's
+steps: approve through the CLI, history. Plus the compiled YAML: it loads back with kfp and holds the
+secrets, resources, retries and the image."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from amnesia.config import ClusterConfig, Toleration
+from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_unlearn_config
+from amnesia.lineage import Tag
+from amnesia.pipeline_config import PipelineConfig
+from amnesia.registry import CANDIDATE, CHAMPION
+from amnesia.requests import RequestQueue, load_requests_uri
+from amnesia.settings import Settings
+from amnesia.storage import ArtifactStore, join
+from amnesia.summary import summarize
+from pipelines.compile import compile_pipeline
+from pipelines.local import run_local
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(demo: DemoArtifacts, prefix: str, name: str) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "name": "e2e",
+            "model": demo.model_uri,
+            "model_name": name,
+            "store": {"root": prefix},
+            "split": demo_split_config(demo.world_uri).model_dump(),
+            "trace": {"window": 2, "k": 2, "max_facts": 6, "samples": 3},
+            "unlearn": demo_unlearn_config().model_dump(),
+            "evaluate": {"max_new_tokens": 48, "mmlu": {"uri": join(demo.world_uri, "utility"), "shots": 0}},
+        }
+    )
+
+
+def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
+    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings: Settings, s3_prefix: str, tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:  # fmt: skip
+    monkeypatch.setenv("AMNESIA_RUNNER", "pipeline-bot")
+    RequestQueue(store, s3_prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))[:2])
+    cfg = _config(demo_build, s3_prefix, "e2e-model")
+    run_local(cfg, stack_settings, "e2e-1", tmp_path / "kfp")
+
+    lines = summarize(cfg, stack_settings, "e2e-1")
+    text = "\n".join(lines)
+    assert "status  succeeded (stopped at: end)" in text and "gate    PASS" in text, text
+    client = MlflowClient(stack_settings.mlflow_tracking_uri)
+    mv = client.get_model_version_by_alias("e2e-model", CANDIDATE)
+    assert mv.tags[Tag.STATUS] == "pending_approval" and mv.tags[Tag.PIPELINE_RUN_ID] == "e2e-1"
+    assert mv.tags[Tag.MODEL_DIGEST] == store.verify(mv.source).digest  # the source is the S3 model folder
+    assert mv.tags[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest and mv.tags[Tag.REQUEST_COUNT] == "2"
+    assert f"model   e2e-model version {mv.version} (pending_approval)" in text
+
+    approve = subprocess.run(
+        [sys.executable, "-m", "amnesia.cli", "approve", "e2e-model", mv.version, "--reviewer", "alice",
+         "--note", "report read", "--root", s3_prefix],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert approve.returncode == 0, approve.stderr
+    assert client.get_model_version_by_alias("e2e-model", CHAMPION).version == mv.version
+    assert len(RequestQueue(store, s3_prefix).list("fulfilled")) == 2
+    hist = subprocess.run([sys.executable, "-m", "amnesia.cli", "history", "e2e-model"], capture_output=True, text=True)
+    assert f"v{mv.version}" in hist.stdout and "approved" in hist.stdout and "alice" in hist.stdout
+
+    # The auditor: the whole chain re-hashed; then one byte of the candidate changed, and it fails.
+    audit = [sys.executable, "-m", "amnesia.cli", "audit", "e2e-model", mv.version]
+    ok = subprocess.run([*audit, "--json", "--html", str(tmp_path / "audit.html")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    chain = json.loads(ok.stdout)
+    assert chain["ok"] and chain["status"] == "approved"
+    assert [link["step"] for link in chain["links"]] == [
+        "requests", "data", "base model", "trace", "candidate", "evaluation before", "evaluation after", "gate",
+        "approval",
+    ]  # fmt: skip
+    assert chain["links"][0]["detail"]["count"] == 2 and chain["links"][8]["detail"]["by"] == "alice"
+    assert "OK</h1>" in (tmp_path / "audit.html").read_text()
+    config = join(mv.source, "config.json")
+    store.put_bytes(store.get_bytes(config) + b" ", config)
+    bad = subprocess.run(audit, capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAIL candidate" in bad.stdout
+
+
+def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path) -> None:
+    from kfp import components
+
+    gpu_taint = Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    cluster = ClusterConfig(
+        image="registry.example/amnesia:9.9.9", node_selector={"pool": "gpu"}, tolerations=[gpu_taint]
+    )
+    out = compile_pipeline(cluster, tmp_path / "pipeline.yaml")
+    loaded = components.load_component_from_file(str(out))
+    assert loaded.name == "selective-amnesia-unlearning"
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec, platform = docs[0], docs[1]
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/amnesia:9.9.9"}
+    gpu = [e for e in executors.values() if "accelerator" in e["container"].get("resources", {})]
+    assert len(gpu) == 4  # trace, unlearn, evaluate base, evaluate candidate
+    assert all(e["container"]["resources"]["accelerator"]["resourceCount"] == "1" for e in gpu)
+    tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    inner = spec["components"][tasks]["dag"]["tasks"]
+    assert {n for n, t in inner.items() if "retryPolicy" in t} == {"trace", "unlearn", "evaluate", "evaluate-2"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all({s["secretName"] for s in e["secretAsEnv"]} == {"amnesia-s3", "amnesia-mlflow"} for e in k8s.values())
+    with_selector = [e for e in k8s.values() if "nodeSelector" in e]
+    assert len(with_selector) == 4 and all(e["tolerations"][0]["key"] == "nvidia.com/gpu" for e in with_selector)
+
+
+def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path) -> None:
+    from amnesia.errors import ConfigError
+    from pipelines.remote import check_cron
+
+    assert check_cron("0 0 3 * * *") == "0 0 3 * * *"
+    for bad in ("0 3 * * *", "0 0 3 * * * *", "0 0 3 * * ;rm"):
+        with pytest.raises(ConfigError, match="KFP wants 6 fields, seconds first"):
+            check_cron(bad)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "s3://b/m", "split": {"forget": "f.jsonl", "retain": "r.jsonl"}}))
+    out = subprocess.run(
+        [sys.executable, "-m", "amnesia.cli", "schedule", "--config", str(cfg), "--host", "http://127.0.0.1:9",
+         "--cron", "0 3 * * *"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 1 and "Error: --cron '0 3 * * *': KFP wants 6 fields" in out.stderr
+    recurring = compile_pipeline(ClusterConfig(), tmp_path / "recurring.yaml", run_id_from_job=True).read_text()
+    assert "{{$.pipeline_job_uuid}}" in recurring
+    assert "{{$.pipeline_job_uuid}}" not in compile_pipeline(ClusterConfig(), tmp_path / "one.yaml").read_text()
+
+
+def test_compile_matches_the_golden_file(tmp_path: Path) -> None:
+    """`amnesia compile` output is reviewed like code: a change to the DAG or a component shows up here.
+    After an intended change: AMNESIA_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden"""
+    import os
+
+    out = tmp_path / "pipeline.yaml"
+    args = ["compile", "--image", "ghcr.io/selective-amnesia/amnesia:golden", "-o", str(out)]
+    run = subprocess.run([sys.executable, "-m", "amnesia.cli", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    golden = ROOT / "tests" / "golden" / "pipeline.yaml"
+    if os.environ.get("AMNESIA_UPDATE_GOLDEN"):
+        golden.write_text(out.read_text())
+    assert out.read_text() == golden.read_text(), "compiled pipeline changed: review it, then update the golden file"
