@@ -18,7 +18,9 @@ def register(
     registered: dsl.Output[dsl.Artifact],
 ) -> str:
     """Runs amnesia.registry.register_candidate; a second run for the same requests and base model
-    returns the existing version. Returns the Registration JSON."""
+    returns the existing version. Returns the Registration JSON (or, for a failed gate, why not)."""
+    import json
+
     from amnesia.evaluate import Evaluation
     from amnesia.gate import GateResult
     from amnesia.lineage import Lineage
@@ -28,6 +30,10 @@ def register(
     from amnesia.trace import TraceResult
     from amnesia.unlearn.stage import UnlearnResult
 
+    gate = GateResult.model_validate_json(gate_json)
+    if not gate.passed:  # dsl.If keeps a failed candidate out on a cluster; this guards every other path
+        registered.metadata.update({"registered": False})
+        return json.dumps({"registered": False, "reasons": gate.reasons})
     s = settings()
     result = register_candidate(
         s,
@@ -38,8 +44,8 @@ def register(
         UnlearnResult.model_validate_json(unlearn_json),
         Evaluation.model_validate_json(base_json),
         Evaluation.model_validate_json(candidate_json),
-        GateResult.model_validate_json(gate_json),
+        gate,
         Lineage(pipeline_run_id, settings=s).parent_run_id(),
     )
-    registered.metadata.update({"name": result.name, "version": result.version, "created": result.created})
+    registered.metadata.update({"registered": True, "name": result.name, "version": result.version})
     return result.model_dump_json()

@@ -32,7 +32,7 @@ def run_local(cfg: PipelineConfig, settings: Settings, run_id: str, workdir: Pat
     os.environ.update(env)  # the task subprocesses inherit the stack's address and keys
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir), raise_on_error=True)
-        build(None)(**cfg.arguments(run_id, root, digest))
+        build(None, local=True)(**cfg.arguments(run_id, root, digest))
     finally:
         for k, v in saved.items():
             if v is None:

@@ -24,9 +24,13 @@ NAME = "selective-amnesia-unlearning"
 COMPUTE = ("trace", "unlearn", "evaluate-base", "evaluate-candidate")
 
 
-def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False) -> Any:
+def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, local: bool = False) -> Any:
     """The pipeline function; with a cluster config, its tasks carry the Kubernetes settings. With
-    run_id_from_job (recurring runs), each run's id is the KFP job's own id, not the parameter."""
+    run_id_from_job (recurring runs), each run's id is the KFP job's own id, not the parameter.
+
+    local: kfp.local (2.17) cannot resolve a dsl.If condition inside an ExitHandler ("Could not resolve
+    parent input") and skips the branch, so the local DAG runs register unconditionally; the register
+    component checks the gate's verdict itself and registers nothing for a failed gate."""
 
     def k8s(task: Any, name: str) -> Any:
         if cluster is not None:
@@ -69,14 +73,12 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False) -
             for task, name in ((t, "trace"), (u, "unlearn"), (eb, "evaluate base"), (ec, "evaluate candidate")):
                 task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
                 task.set_display_name(name)
-            with dsl.If(g.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  (a KFP condition)
-                r = register(
-                    model_name=model_name,
-                    pipeline_run_id=pipeline_run_id,
-                    split_json=sets,
-                    gate_json=g.outputs["result"],
-                    **results,
-                )
-                k8s(r, "register").set_caching_options(False)
+            registration = {"model_name": model_name, "pipeline_run_id": pipeline_run_id, "split_json": sets}
+            registration |= {"gate_json": g.outputs["result"], **results}
+            if local:
+                k8s(register(**registration), "register").set_caching_options(False)
+            else:
+                with dsl.If(g.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  (a KFP condition)
+                    k8s(register(**registration), "register").set_caching_options(False)
 
     return unlearning
