@@ -178,7 +178,7 @@ def demo(ctx: click.Context, keep_stack: bool) -> None:
     """Run the whole story on the embedded demo world (what exists of it so far)."""
     if ctx.invoked_subcommand is not None:
         return
-    from amnesia.demo.walkthrough import run_demo
+    from pipelines.demo import run_demo
 
     run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo)
 

@@ -150,3 +150,18 @@ def test_compile_matches_the_golden_file(tmp_path: Path) -> None:
     if os.environ.get("AMNESIA_UPDATE_GOLDEN"):
         golden.write_text(out.read_text())
     assert out.read_text() == golden.read_text(), "compiled pipeline changed: review it, then update the golden file"
+
+
+def test_a_failing_stage_is_recorded_by_the_exit_handler(
+    demo_build: DemoArtifacts, stack_settings: Settings, s3_prefix: str, tmp_path: Path
+) -> None:
+    cfg = _config(demo_build, s3_prefix, "e2e-fail")
+    broken = cfg.split.model_copy(update={"corpus": join(s3_prefix, "no-such-corpus.jsonl")})
+    cfg = cfg.model_copy(update={"split": broken})
+    RequestQueue(ArtifactStore(stack_settings), s3_prefix).submit(
+        load_requests_uri(ArtifactStore(stack_settings), join(demo_build.world_uri, "requests.jsonl"))[:1]
+    )
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run_local(cfg, stack_settings, "e2e-fail-1", tmp_path / "kfp")
+    text = "\n".join(summarize(cfg, stack_settings, "e2e-fail-1"))
+    assert "status  failed (stopped at: split)" in text, text

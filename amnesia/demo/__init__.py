@@ -1,1 +1,1 @@
-"""The demo world: generated data, a small base model, and the walkthrough `amnesia demo` runs."""
+"""The demo world: generated data, a small base model, and the stage configs `amnesia demo` runs with."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
@@ -135,6 +136,33 @@ def retain_term(kind: str, model: torch.nn.Module, reference: torch.nn.Module | 
         return nll(model, batch)
     assert reference is not None, "kl needs the reference model"
     return kl_to_reference(model, reference, batch)
+
+
+class ForgetRetainConfig(MethodConfig):
+    """Methods of the form gamma * forget term + alpha * retain term."""
+
+    gamma: float = Field(1.0, ge=0, description="Weight of the forget term.")
+    alpha: float = Field(1.0, ge=0, description="Weight of the retain term.")
+    retain_loss: Literal["nll", "kl"] = Field("nll", description="kl: KL(p_base || p) on retain (needs the base).")
+
+
+class ForgetRetainMethod(Method):
+    """Subclasses give the forget term; the retain term and the weighting are shared."""
+
+    cfg: ForgetRetainConfig
+
+    @classmethod
+    def wants_reference(cls, cfg: MethodConfig) -> bool:
+        return cls.needs_reference or (isinstance(cfg, ForgetRetainConfig) and cfg.retain_loss == "kl")
+
+    def forget_term(self, forget: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+        l_f = self.forget_term(forget)
+        r = retain_term(self.cfg.retain_loss, self.model, self.reference, retain)
+        total = self.cfg.gamma * l_f + self.cfg.alpha * r
+        return LossOut(total, {"forget_loss": float(l_f.detach()), "retain_loss": float(r.detach())})
 
 
 # ---------------------------------------------------------------- registry

@@ -6,13 +6,19 @@ grad_diff:    L = gamma * (-NLL_forget) + alpha * R,  R = NLL_retain or KL(p_bas
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
+import torch
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
-from amnesia.unlearn.methods.base import LossOut, Method, StepInfo, nll, register, retain_term
+from amnesia.unlearn.methods.base import (
+    ForgetRetainConfig,
+    ForgetRetainMethod,
+    LossOut,
+    Method,
+    StepInfo,
+    nll,
+    register,
+)
 
 
 class GradAscentConfig(MethodConfig):
@@ -28,23 +34,18 @@ class GradAscent(Method):
         return LossOut(-ce_f, {"forget_loss": float(ce_f.detach())})
 
 
-class GradDiffConfig(MethodConfig):
-    gamma: float = Field(1.0, ge=0, description="Weight of the forget term.")
-    alpha: float = Field(1.0, ge=0, description="Weight of the retain term.")
-    retain_loss: Literal["nll", "kl"] = "nll"
+class GradDiffConfig(ForgetRetainConfig):
+    pass
 
 
 @register("grad_diff")
-class GradDiff(Method):
+class GradDiff(ForgetRetainMethod):
     config_cls = GradDiffConfig
-    cfg: GradDiffConfig
 
-    @classmethod
-    def wants_reference(cls, cfg: MethodConfig) -> bool:
-        return isinstance(cfg, GradDiffConfig) and cfg.retain_loss == "kl"
+    def forget_term(self, forget: Batch) -> torch.Tensor:
+        return -nll(self.model, forget)
 
     def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
-        ce_f = nll(self.model, forget)
-        r = retain_term(self.cfg.retain_loss, self.model, self.reference, retain)
-        total = -self.cfg.gamma * ce_f + self.cfg.alpha * r
-        return LossOut(total, {"forget_loss": float(ce_f.detach()), "retain_loss": float(r.detach())})
+        out = super().loss(forget, retain, info)
+        out.logs["forget_loss"] = -out.logs["forget_loss"]  # report the forget NLL itself, not its negative
+        return out
