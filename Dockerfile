@@ -31,7 +31,7 @@ COPY pyproject.toml README.md ./
 COPY amnesia ./amnesia
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install ".[server]" && python -c "import amnesia, components, pipelines, psycopg, flask_wtf"
+RUN pip install "./[server]" && python -c "import amnesia, components, pipelines, psycopg, flask_wtf"
 
 # Non-root, numeric so that Kubernetes' runAsNonRoot can check it.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin amnesia

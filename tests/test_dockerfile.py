@@ -57,7 +57,8 @@ def test_copies_what_exists_and_installs_the_package() -> None:
             for src in sources:
                 assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
     runs = " ".join(i["value"] for i in structure if i["instruction"] == "RUN")
-    assert "pip install ." in runs and "import amnesia, components, pipelines" in runs
+    # The package with its `server` extra: the same image runs the cluster's MLflow server.
+    assert 'pip install "./[server]"' in runs and "import amnesia, components, pipelines, psycopg" in runs
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".amnesia", ".git"} <= set(ignored)
 
