@@ -60,22 +60,39 @@ def stack_up(owner_pid: int | None, ttl: float | None) -> None:
     state = stk.up(settings, owner_pid=owner_pid, ttl_s=ttl)
     store = ArtifactStore(state.client_settings())
     buckets = [b["Name"] for b in store.s3.list_buckets()["Buckets"]]
-    click.echo(f"S3      {state.s3_endpoint}  buckets: {', '.join(buckets)}")
+    click.echo(f"S3      {state.s3_endpoint}  buckets: {', '.join(sorted(buckets))}  (SeaweedFS)")
     click.echo(f"MLflow  {state.tracking_uri}  (UI and /health)")
+    click.echo(f"data    {stk.s3_dir(Path(state.home))}, {Path(state.home) / 'mlflow.db'}  (kept by `stack down`)")
+    click.echo(f"access  {state.audit_log}  (`amnesia stack logs audit`)")
     click.echo(f"state   {state.home}  (`amnesia stack env` prints the variables for other shells)")
 
 
 @stack.command("down")
-def stack_down() -> None:
-    """Stop exactly what `stack up` started."""
+@click.option("--purge", is_flag=True, help="Also delete the stored objects, MLflow's database and the logs.")
+@click.option("--yes", is_flag=True, help="With --purge: do not ask for confirmation.")
+def stack_down(purge: bool, yes: bool) -> None:
+    """Stop exactly what `stack up` started. The data stays for the next `stack up` unless --purge."""
     from amnesia import stack as stk
 
-    stopped = stk.down(load_settings().home)
-    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    home = load_settings().home
+    if not purge:
+        stopped = stk.down(home)
+        click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return
+    doomed = stk.stored_data(home)
+    if not doomed:
+        stk.down(home)
+        click.echo("nothing stored: nothing to purge")
+        return
+    listing = ", ".join(str(p) for p in doomed)
+    if not yes and not click.confirm(f"Delete {listing}? Every object, run, model version and audit trail goes"):
+        raise click.ClickException("purge cancelled: nothing was deleted")
+    gone = stk.purge(home)
+    click.echo(f"purged: {', '.join(str(p) for p in gone)}")
 
 
 @stack.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def stack_status(as_json: bool) -> None:
     """Is the stack up, and where."""
     from amnesia import stack as stk
@@ -85,23 +102,49 @@ def stack_status(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=1))
         return
     if "s3" not in report:
-        click.echo("not running")
+        kept = " (stored data kept: `amnesia stack up` serves it again)" if report["data_present"] else ""
+        click.echo(f"not running{kept}")
         return
     click.echo(f"running: {report['running']}")
-    click.echo(f"S3      {report['s3']['endpoint']}  alive={report['s3']['alive']}")  # type: ignore[index]
+    click.echo(f"S3      {report['s3']['endpoint']}  alive={report['s3']['alive']}  data={report['s3']['data']}")  # type: ignore[index]
     click.echo(f"MLflow  {report['mlflow']['tracking_uri']}  alive={report['mlflow']['alive']}")  # type: ignore[index]
 
 
 @stack.command("env")
-def stack_env() -> None:
+@click.option("--auditor", is_flag=True, help="The read-only auditor identity instead of the admin one.")
+def stack_env(auditor: bool) -> None:
     """Print `export` lines that point a shell at the running stack."""
     from amnesia import stack as stk
 
     state = stk.running(load_settings().home)
     if state is None:
         raise click.ClickException("the local stack is not running (`amnesia stack up`)")
-    for key, value in state.env().items():
+    for key, value in state.env("auditor" if auditor else "admin").items():
         click.echo(f"export {key}={value}")
+
+
+@stack.command("logs")
+@click.argument("name", type=click.Choice(["audit", "s3", "mlflow", "watchdog"]), default="audit")
+@click.option("-n", "--lines", type=int, default=40, show_default=True, help="How many of the newest lines.")
+@click.option("--key", "key_part", help="audit: only requests whose object key contains this text.")
+@click.option("--json", "as_json", is_flag=True, help="audit: print the records as JSON lines.")
+def stack_logs(name: str, lines: int, key_part: str | None, as_json: bool) -> None:
+    """Show a stack log; `audit` (the default) is the S3 access log: who read or wrote which object."""
+    from collections import deque
+
+    from amnesia import s3audit
+    from amnesia import stack as stk
+
+    path = stk.log_file(load_settings().home, name)
+    if not path.exists():
+        raise click.ClickException(f"{path}: no such log yet (has `amnesia stack up` run in this home?)")
+    if name != "audit":
+        for line in deque(path.read_text(errors="replace").splitlines(), maxlen=lines):
+            click.echo(line)
+        return
+    records = (r for r in s3audit.read(path) if key_part is None or key_part in r.key)
+    for record in deque(records, maxlen=lines):
+        click.echo(record.model_dump_json() if as_json else record.line())
 
 
 # ---------------------------------------------------------------- store
@@ -151,6 +194,33 @@ def store_init_bucket(bucket: str | None) -> None:
     name = bucket or settings.bucket
     created = ArtifactStore(settings).ensure_bucket(name)
     click.echo(f"bucket {name}: {'created' if created else 'already there'}")
+
+
+@store.command("s3-identities")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the file (0600).")
+def store_s3_identities(out: Path) -> None:
+    """Write SeaweedFS's identities file from the environment (the cluster's seaweedfs init container).
+
+    Admin: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the pipeline's own Secret); read-only auditor, when
+    set: AMNESIA_AUDITOR_ACCESS_KEY_ID / AMNESIA_AUDITOR_SECRET_ACCESS_KEY.
+    """
+    from amnesia import seaweed
+
+    def cred(key_var: str, secret_var: str) -> seaweed.Credentials | None:
+        key, secret = os.environ.get(key_var, "").strip(), os.environ.get(secret_var, "").strip()
+        if not key and not secret:
+            return None
+        if not key or not secret or "CHANGE-ME" in (key, secret):
+            raise click.ClickException(f"set both {key_var} and {secret_var} (real values, not CHANGE-ME)")
+        return seaweed.Credentials(access_key_id=key, secret_access_key=secret)
+
+    admin = cred("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    if admin is None:
+        raise click.ClickException("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set")
+    auditor = cred("AMNESIA_AUDITOR_ACCESS_KEY_ID", "AMNESIA_AUDITOR_SECRET_ACCESS_KEY")
+    ids = seaweed.Identities(admin=admin, auditor=auditor)
+    seaweed.write_private(out, json.dumps(ids.document(), indent=1))
+    click.echo(f"{out}: identities {', '.join(i['name'] for i in ids.document()['identities'])}")  # type: ignore[index, union-attr]
 
 
 @store.command("verify")

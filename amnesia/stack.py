@@ -1,9 +1,11 @@
-"""The local stack: a real S3-compatible server and an MLflow tracking server, on 127.0.0.1 only.
+"""The local stack: SeaweedFS (S3) and an MLflow tracking server, on 127.0.0.1 only, data kept on disk.
 
 Each server is its own process in its own process group, so `down` can stop it whole (MLflow
-forks workers) and nothing else. State (pids, ports, credentials, logs) lives in `home`.
-The S3 server checks signatures: `up` creates an IAM user and uses its key, so wrong
-credentials fail here exactly as they would against AWS.
+forks workers) and nothing else. State (pids, ports, credentials, logs) lives in `home`; the object
+store's data and identities under `home/s3` and MLflow's database in `home/mlflow.db` survive `down`
+and `up` again, and go only with `purge`. SeaweedFS checks signatures against its identities file, so
+wrong credentials fail here exactly as they would against AWS; every S3 request is written to the
+access log `home/logs/s3-audit.jsonl` (`amnesia stack logs audit`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from amnesia import seaweed
 from amnesia.errors import StackError
 from amnesia.settings import Settings
 
@@ -31,11 +35,9 @@ HOST = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 REGION = "us-east-1"
 STATE_FILE = "stack.json"
-# IAM calls made before signature checks start: CreateUser, PutUserPolicy, CreateAccessKey.
-_BOOTSTRAP_ACTIONS = 3
-_ADMIN_POLICY = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-)
+MLFLOW_BUCKET = "amnesia-mlflow"
+AUDIT_LOG = "s3-audit.jsonl"
+_S3_GRACE_S = 30.0  # SeaweedFS flushes and leaves its cluster on SIGTERM: ~12 s on 2 cores
 
 
 class Service(BaseModel):
@@ -44,15 +46,19 @@ class Service(BaseModel):
     start_ticks: int  # /proc start time: tells our process from a later one that reused the pid
     port: int
     log: str
+    ports: dict[str, int] = {}  # the other listeners of a multi-port server (SeaweedFS)
 
 
 class StackState(BaseModel):
     home: str
     s3: Service
     mlflow: Service
+    audit: Service | None = None
     watchdog: Service | None = None
     access_key_id: str
     secret_access_key: str
+    auditor_key_id: str | None = None
+    auditor_secret: str | None = None
     buckets: list[str]
 
     @property
@@ -62,6 +68,14 @@ class StackState(BaseModel):
     @property
     def tracking_uri(self) -> str:
         return f"http://{HOST}:{self.mlflow.port}"
+
+    @property
+    def audit_log(self) -> Path:
+        return Path(self.home) / "logs" / AUDIT_LOG
+
+    def services(self) -> list[Service]:
+        """Everything `up` started, in the order `down` stops it."""
+        return [s for s in (self.watchdog, self.mlflow, self.s3, self.audit) if s is not None]
 
     def client_settings(self, base: Settings | None = None, **overrides: object) -> Settings:
         """Settings that reach this stack: its endpoints and key over `base` (home, bucket, ...)."""
@@ -77,13 +91,18 @@ class StackState(BaseModel):
         }
         return load_settings(**(values | overrides))
 
-    def env(self) -> dict[str, str]:
-        """The variables a client (CLI, component, test) needs to use this stack."""
+    def env(self, role: str = "admin") -> dict[str, str]:
+        """The variables a client (CLI, component, test) needs to use this stack; role 'auditor' reads only."""
+        key, secret = (self.access_key_id, self.secret_access_key)
+        if role == "auditor":
+            if self.auditor_key_id is None or self.auditor_secret is None:
+                raise StackError("this stack has no auditor identity (its identities file predates it)")
+            key, secret = self.auditor_key_id, self.auditor_secret
         return {
             "AMNESIA_S3_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "AMNESIA_BUCKET": self.buckets[0],
@@ -179,13 +198,10 @@ def free_port() -> int:
 def _claim_port(port: int, setting: str) -> int:
     if port == 0:
         return free_port()
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            raise StackError(
-                f"{HOST}:{port} is already in use by another process; free it or set {setting} (0 picks a free port)"
-            ) from None
+    if not _port_free(port):
+        raise StackError(
+            f"{HOST}:{port} is already in use by another process; free it or set {setting} (0 picks a free port)"
+        )
     return port
 
 
@@ -237,72 +253,142 @@ def _write_state(state: StackState) -> None:
 
 
 def running(home: Path) -> StackState | None:
-    """The stack in `home` if both servers are up and healthy, else None."""
+    """The stack in `home` if every server is up and healthy, else None."""
     state = read_state(home)
-    if state is None or not (_alive(state.s3) and _alive(state.mlflow)):
+    if state is None or not all(_alive(svc) for svc in state.services() if svc.name != "watchdog"):
         return None
-    if _healthy(f"{state.s3_endpoint}/moto-api/") and _healthy(f"{state.tracking_uri}/health"):
+    if state.audit is not None and not _listening(state.audit.port):
+        return None
+    if _healthy(f"{state.s3_endpoint}/status") and _healthy(f"{state.tracking_uri}/health"):
         return state
     return None
 
 
-# ---------------------------------------------------------------- up / down
+# ---------------------------------------------------------------- the object store
 
 
-def _bootstrap_s3(endpoint: str, buckets: Iterable[str]) -> tuple[str, str]:
-    """Create the IAM user whose key signs every later request, then the buckets."""
+def s3_dir(home: Path) -> Path:
+    """Where the local object store keeps its data and identities (survives `down`; `purge` wipes it)."""
+    return Path(home) / "s3"
+
+
+def _port_pair(reserved: set[int]) -> int:
+    """A free port P with P + 10000 free too (SeaweedFS puts a component's gRPC there)."""
+    for _ in range(200):
+        port = free_port()
+        if port + seaweed.GRPC_OFFSET > 65535 or {port, port + seaweed.GRPC_OFFSET} & reserved:
+            continue
+        if _port_free(port + seaweed.GRPC_OFFSET):
+            reserved |= {port, port + seaweed.GRPC_OFFSET}
+            return port
+    raise StackError("found no free pair of loopback ports (P, P+10000) for SeaweedFS")
+
+
+def _port_free(port: int) -> bool:
+    """Could a server listen here? (SO_REUSEADDR as servers set it: a port left in TIME_WAIT counts as free.)"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A free loopback port whose +10000 is free too: what start_s3 needs for a port of its own."""
+    return _port_pair(set())
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _s3_client(endpoint: str, cred: seaweed.Credentials):  # type: ignore[no-untyped-def]
     import boto3
     from botocore.config import Config
 
-    cfg = Config(retries={"max_attempts": 2, "mode": "standard"})
-    iam = boto3.client(
-        "iam",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        config=cfg,
-        aws_access_key_id="bootstrap",
-        aws_secret_access_key="bootstrap",
-    )
-    iam.create_user(UserName="amnesia")
-    iam.put_user_policy(UserName="amnesia", PolicyName="all", PolicyDocument=_ADMIN_POLICY)
-    key = iam.create_access_key(UserName="amnesia")["AccessKey"]
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=REGION,
-        config=cfg,
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=10),
+        aws_access_key_id=cred.access_key_id,
+        aws_secret_access_key=cred.secret_access_key,
     )
-    for bucket in buckets:
-        s3.create_bucket(Bucket=bucket)
-    return key["AccessKeyId"], key["SecretAccessKey"]
 
 
-def start_s3(log: Path, port: int, buckets: Iterable[str], timeout_s: float = 60.0) -> tuple[Service, str, str]:
-    """Start the S3-compatible server alone (signature checks on); returns it and its access key."""
-    env = _base_env() | {"INITIAL_NO_AUTH_ACTION_COUNT": str(_BOOTSTRAP_ACTIONS)}
-    s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log, env, port)
+def _ensure_buckets(endpoint: str, cred: seaweed.Credentials, buckets: Iterable[str], timeout_s: float) -> None:
+    """Create the buckets that are missing; SeaweedFS may answer /status before it accepts a signed call."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = _s3_client(endpoint, cred)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+            for bucket in buckets:
+                if bucket not in have:
+                    s3.create_bucket(Bucket=bucket)
+            return
+        except (BotoCoreError, ClientError) as err:
+            code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied") or time.monotonic() > deadline:
+                raise StackError(f"S3 set-up failed: {err}") from None
+            time.sleep(0.3)
+
+
+def start_s3(
+    directory: Path,
+    port: int,
+    buckets: Iterable[str],
+    timeout_s: float = 60.0,
+    audit_port: int | None = None,
+) -> tuple[Service, seaweed.Identities]:
+    """Start SeaweedFS (`weed mini`) with its data and identities in `directory`; returns it and its keys.
+
+    On a first start the identities file is generated (0600); later starts reuse it, and the data.
+    """
+    directory = Path(directory).resolve()
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    ids = seaweed.load_or_create_identities(directory / "identities.json")
+    reserved = {port, port + seaweed.GRPC_OFFSET}
+    grpc = port + seaweed.GRPC_OFFSET
+    if grpc > 65535 or not _port_free(grpc):
+        raise StackError(f"{HOST}:{grpc} (the S3 gRPC port = S3 port + 10000) is not free; set AMNESIA_S3_PORT")
+    ports = {name: _port_pair(reserved) for name in seaweed.COMPONENTS}
+    audit_file = None
+    if audit_port is not None:
+        audit_file = directory / "audit-config.json"
+        audit_file.write_text(json.dumps(seaweed.audit_config(audit_port, HOST)))
+    cmd = seaweed.mini_command(directory / "data", directory / "identities.json", port, ports, HOST, audit_file)
+    log = directory.parent / "logs" / "s3.log" if directory.name == "s3" else directory / "s3.log"
+    svc = _spawn("s3", cmd, log, _base_env(), port)
+    svc.ports = ports
     try:
-        _wait_healthy(s3, f"http://{HOST}:{port}/moto-api/", timeout_s)
-        key_id, secret = _bootstrap_s3(f"http://{HOST}:{port}", buckets)
-    except Exception as err:
-        _stop(s3)
-        if isinstance(err, StackError):
-            raise
-        raise StackError(f"S3 server set-up failed: {err}; log tail: {_tail(log)}") from None
-    return s3, key_id, secret
+        _wait_healthy(svc, f"http://{HOST}:{port}/status", timeout_s)
+        _ensure_buckets(f"http://{HOST}:{port}", ids.admin, buckets, timeout_s)
+    except StackError as err:
+        _stop(svc, _S3_GRACE_S)
+        raise StackError(f"{err}; log tail: {_tail(log)}" if "log tail" not in str(err) else str(err)) from None
+    return svc, ids
 
 
 def stop(svc: Service) -> bool:
     """Stop one service started here (public for tests that run a private server)."""
-    return _stop(svc)
+    return _stop(svc, _S3_GRACE_S if svc.name == "s3" else 10.0)
 
 
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "AMNESIA_"))}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# ---------------------------------------------------------------- up / down
 
 
 def up(
@@ -326,18 +412,59 @@ def up(
     down(home)  # a half-dead earlier stack: clear what is left of it
 
     bucket_list = list(dict.fromkeys(buckets or [settings.bucket]))
-    s3_port = _claim_port(settings.s3_port, "AMNESIA_S3_PORT")
+    # SeaweedFS puts the S3 gateway's gRPC at port + 10000: a free port is picked as a pair.
+    s3_port = free_port_pair() if settings.s3_port == 0 else _claim_port(settings.s3_port, "AMNESIA_S3_PORT")
     mlflow_port = _claim_port(settings.mlflow_port, "AMNESIA_MLFLOW_PORT")
     if mlflow_port == s3_port:
         raise StackError(f"AMNESIA_S3_PORT and AMNESIA_MLFLOW_PORT are both {s3_port}; pick two ports")
     logs = home / "logs"
 
-    s3, key_id, secret = start_s3(logs / "s3.log", s3_port, bucket_list + ["amnesia-mlflow"], timeout_s)
+    # The access-log receiver first: SeaweedFS connects to it when its S3 gateway starts.
+    audit_port = free_port()
+    audit_cmd = [sys.executable, "-m", "amnesia.s3audit", "--port", str(audit_port), "--out", str(logs / AUDIT_LOG)]
+    audit = _spawn("audit", audit_cmd, logs / "s3-audit-receiver.log", _base_env(), audit_port)
+    started: list[Service] = [audit]
+    try:
+        _wait_listening(audit, timeout_s)
+        s3, ids = start_s3(s3_dir(home), s3_port, bucket_list + [MLFLOW_BUCKET], timeout_s, audit_port)
+        started.append(s3)
+        mlflow = _start_mlflow(home, mlflow_port, s3_port, ids.admin, timeout_s)
+    except BaseException:
+        for svc in reversed(started):
+            stop(svc)
+        raise
 
-    mlflow_env = _base_env() | {
+    state = StackState(
+        home=str(home),
+        s3=s3,
+        mlflow=mlflow,
+        audit=audit,
+        access_key_id=ids.admin.access_key_id,
+        secret_access_key=ids.admin.secret_access_key,
+        auditor_key_id=ids.auditor.access_key_id if ids.auditor else None,
+        auditor_secret=ids.auditor.secret_access_key if ids.auditor else None,
+        buckets=bucket_list,
+    )
+    if owner_pid is not None or ttl_s is not None:
+        state.watchdog = _spawn_watchdog(state, owner_pid, ttl_s)
+    _write_state(state)
+    return state
+
+
+def _wait_listening(svc: Service, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _listening(svc.port):
+        if not _alive(svc) or time.monotonic() > deadline:
+            tail = _tail(Path(svc.log))
+            raise StackError(f"{svc.name} did not start listening on {HOST}:{svc.port}; log tail: {tail}")
+        time.sleep(0.1)
+
+
+def _start_mlflow(home: Path, port: int, s3_port: int, cred: seaweed.Credentials, timeout_s: float) -> Service:
+    env = _base_env() | {
         "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
-        "AWS_ACCESS_KEY_ID": key_id,
-        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ACCESS_KEY_ID": cred.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": cred.secret_access_key,
         "AWS_DEFAULT_REGION": REGION,
         # Otherwise MLflow starts job workers that outlive the server process.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -350,32 +477,23 @@ def up(
         "--backend-store-uri",
         f"sqlite:///{home / 'mlflow.db'}",
         "--artifacts-destination",
-        "s3://amnesia-mlflow/artifacts",
+        f"s3://{MLFLOW_BUCKET}/artifacts",
         "--host",
         HOST,
         "--port",
-        str(mlflow_port),
+        str(port),
         "--workers",
         "1",
     ]
-    mlflow = _spawn("mlflow", cmd, logs / "mlflow.log", mlflow_env, mlflow_port)
-    try:
-        _wait_healthy(mlflow, f"http://{HOST}:{mlflow_port}/health", timeout_s)
-    except StackError:
-        _stop(s3)
-        raise
-
-    state = StackState(
-        home=str(home), s3=s3, mlflow=mlflow, access_key_id=key_id, secret_access_key=secret, buckets=bucket_list
-    )
-    if owner_pid is not None or ttl_s is not None:
-        state.watchdog = _spawn_watchdog(state, owner_pid, ttl_s)
-    _write_state(state)
-    return state
+    mlflow = _spawn("mlflow", cmd, home / "logs" / "mlflow.log", env, port)
+    _wait_healthy(mlflow, f"http://{HOST}:{port}/health", timeout_s)
+    return mlflow
 
 
 def _spawn_watchdog(state: StackState, owner_pid: int | None, ttl_s: float | None) -> Service:
-    cmd = [sys.executable, "-m", "amnesia.watchdog", "--pgid", str(state.s3.pid), "--pgid", str(state.mlflow.pid)]
+    cmd = [sys.executable, "-m", "amnesia.watchdog", "--grace", str(_S3_GRACE_S)]
+    for svc in state.services():
+        cmd += ["--pgid", str(svc.pid)]
     if owner_pid is not None:
         cmd += ["--owner", str(owner_pid)]
     if ttl_s is not None:
@@ -384,27 +502,67 @@ def _spawn_watchdog(state: StackState, owner_pid: int | None, ttl_s: float | Non
 
 
 def down(home: Path) -> list[str]:
-    """Stop exactly what `up` started in `home` (checked by pid and start time). Returns their names."""
+    """Stop exactly what `up` started in `home` (checked by pid and start time). Returns their names.
+
+    The data stays: `up` again serves the same objects, runs and model versions.
+    """
     home = Path(home).resolve()
     state = read_state(home)
     if state is None:
         return []
-    stopped = [svc.name for svc in (state.watchdog, state.mlflow, state.s3) if svc is not None and _stop(svc)]
+    stopped = [svc.name for svc in state.services() if stop(svc)]
     state_path(home).unlink(missing_ok=True)
     return stopped
 
 
+def stored_data(home: Path) -> list[Path]:
+    """What `purge` deletes: the object store (data + identities), MLflow's database, logs, the access log."""
+    home = Path(home).resolve()
+    candidates = [s3_dir(home), home / "mlflow.db", home / "logs", home / "kfp-local", home / "cache"]
+    return [p for p in candidates if p.exists()]
+
+
+def purge(home: Path) -> list[Path]:
+    """Stop the stack and delete everything it stored. Irreversible: the CLI asks first."""
+    down(home)
+    gone = stored_data(home)
+    for path in gone:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return gone
+
+
 def status(home: Path) -> dict[str, object]:
     """A small report for `amnesia stack status`."""
-    state = read_state(Path(home).resolve())
+    home = Path(home).resolve()
+    state = read_state(home)
     if state is None:
-        return {"running": False}
+        return {"running": False, "data": str(s3_dir(home)), "data_present": s3_dir(home).exists()}
     return {
-        "running": running(Path(home).resolve()) is not None,
-        "s3": {"endpoint": state.s3_endpoint, "pid": state.s3.pid, "alive": _alive(state.s3)},
+        "running": running(home) is not None,
+        "s3": {
+            "endpoint": state.s3_endpoint,
+            "pid": state.s3.pid,
+            "alive": _alive(state.s3),
+            "data": str(s3_dir(home)),
+            "ports": state.s3.ports,
+        },
         "mlflow": {"tracking_uri": state.tracking_uri, "pid": state.mlflow.pid, "alive": _alive(state.mlflow)},
+        "audit_log": str(state.audit_log),
         "buckets": state.buckets,
     }
+
+
+def log_file(home: Path, name: str) -> Path:
+    """A stack log by name: s3, mlflow, audit (the S3 access log) or watchdog."""
+    logs = Path(home).resolve() / "logs"
+    files = {"s3": logs / "s3.log", "mlflow": logs / "mlflow.log", "audit": logs / AUDIT_LOG,
+             "watchdog": logs / "watchdog.log"}  # fmt: skip
+    if name not in files:
+        raise StackError(f"no stack log named {name!r}; choose one of {', '.join(files)}")
+    return files[name]
 
 
 def activate(home: Path) -> StackState | None:

@@ -23,12 +23,23 @@ def _owner_alive(pid: int) -> bool:
     return True
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="amnesia.watchdog")
     parser.add_argument("--pgid", type=int, action="append", required=True)
     parser.add_argument("--owner", type=int)
     parser.add_argument("--ttl", type=float)
     parser.add_argument("--poll", type=float, default=0.5)
+    parser.add_argument("--grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
     args = parser.parse_args(argv)
 
     deadline = time.monotonic() + args.ttl if args.ttl else None
@@ -41,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     for pgid in args.pgid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-    time.sleep(3)
+    deadline = time.monotonic() + args.grace
+    while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in args.pgid):
+        time.sleep(0.2)
     for pgid in args.pgid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)

@@ -59,6 +59,8 @@ def test_copies_what_exists_and_installs_the_package() -> None:
     runs = " ".join(i["value"] for i in structure if i["instruction"] == "RUN")
     # The package with its `server` extra: the same image runs the cluster's MLflow server.
     assert 'pip install "./[server]"' in runs and "import amnesia, components, pipelines, psycopg" in runs
+    # The local object store (the `weed` binary, ~150 MB) stays out: a cluster runs SeaweedFS's own image.
+    assert "[local" not in runs and "seaweedfs" not in runs.lower()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".amnesia", ".git"} <= set(ignored)
 

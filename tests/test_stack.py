@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -14,8 +15,11 @@ from pathlib import Path
 import boto3
 import pytest
 
-from amnesia import stack
+from amnesia import s3audit, stack
+from amnesia.errors import StackError, StoreError
 from amnesia.settings import load_settings
+from amnesia.storage import ArtifactStore
+from tests.conftest import settings_for
 
 AMNESIA = [sys.executable, "-m", "amnesia.cli"]
 
@@ -135,3 +139,132 @@ def test_stack_stops_by_itself_when_its_owner_ends(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [["--nope"], ["stack", "sideways"]])
 def test_cli_usage_errors(tmp_path: Path, bad: list[str]) -> None:
     assert _run(bad, _env(tmp_path), check=False).returncode == 2
+
+
+# ---------------------------------------------------------------- SeaweedFS: persistence, identities, access log
+
+
+def _loopback_only(pid: int) -> list[str]:
+    """The listening TCP sockets of `pid` that are NOT on 127.0.0.1 (from /proc: no `ss` needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    exposed, seen = [], 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                seen += 1
+                if fields[1].split(":")[0] != "0100007F":
+                    exposed.append(f"{table} {fields[1]}")
+    assert seen >= 5, f"expected SeaweedFS's listeners, found {seen}"
+    return exposed
+
+
+def test_objects_credentials_and_runs_survive_a_restart(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    _run(["stack", "up"], env)
+    first = stack.read_state(tmp_path / "home")
+    assert first is not None and first.audit is not None
+    assert _loopback_only(first.s3.pid) == []
+    identities = tmp_path / "home" / "s3" / "identities.json"
+    assert oct(identities.stat().st_mode & 0o777) == "0o600"
+
+    store = ArtifactStore(first.client_settings())
+    src = tmp_path / "model"
+    (src / "tok").mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(os.urandom(200_000))
+    (src / "tok" / "tokenizer.json").write_text('{"v": 1}')
+    ref = store.put_dir(src, "s3://amnesia/models/kept")
+    import mlflow
+
+    mlflow.set_tracking_uri(first.tracking_uri)
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("restart")) as run:
+        mlflow.log_text("evidence", "evidence.txt")  # proxied into the object store
+
+    down = _run(["stack", "down"], env)
+    assert "stopped: mlflow, s3, audit" in down.stdout
+    assert "stored data kept" in _run(["stack", "status"], env).stdout
+    _run(["stack", "up"], env)
+    second = stack.read_state(tmp_path / "home")
+    assert second is not None and second.s3.pid != first.s3.pid
+    # Same identities (reused, not regenerated), same objects, verified byte for byte.
+    assert (second.access_key_id, second.secret_access_key) == (first.access_key_id, first.secret_access_key)
+    store = ArtifactStore(second.client_settings())
+    assert store.verify("s3://amnesia/models/kept").digest == ref.digest
+    assert store.get_dir("s3://amnesia/models/kept", tmp_path / "back").digest == ref.digest
+    mlflow.set_tracking_uri(second.tracking_uri)
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evidence.txt") == "evidence"
+    stack.down(tmp_path / "home")
+
+
+def test_auditor_identity_reads_but_cannot_write(stack_state: stack.StackState, s3_prefix: str) -> None:
+    store = ArtifactStore(settings_for(stack_state))
+    store.put_json({"a": 1}, f"{s3_prefix}/evidence.json")
+    auditor = stack_state.env("auditor")
+    assert auditor["AWS_ACCESS_KEY_ID"] != stack_state.access_key_id
+    reader = ArtifactStore(settings_for(stack_state, aws_access_key_id=auditor["AWS_ACCESS_KEY_ID"],
+                                        aws_secret_access_key=auditor["AWS_SECRET_ACCESS_KEY"]))  # fmt: skip
+    assert reader.get_json(f"{s3_prefix}/evidence.json") == {"a": 1}
+    with pytest.raises(StoreError, match="denied"):
+        reader.put_json({"a": 2}, f"{s3_prefix}/evidence.json")
+    assert store.get_json(f"{s3_prefix}/evidence.json") == {"a": 1}
+
+
+def test_a_forget_set_read_is_in_the_access_log(stack_state: stack.StackState, s3_prefix: str) -> None:
+    """Who read a forget set, and when: a read through the artifact store appears in `stack logs audit`."""
+    store = ArtifactStore(settings_for(stack_state))
+    uri = f"{s3_prefix}/split/forget_train.parquet"
+    store.put_bytes(b"PAR1 not really", uri)
+    store.get_bytes(uri)
+    key = uri.split("/", 3)[3]
+    found = s3audit.wait_for(
+        stack_state.audit_log, lambda r: r.key == key and r.operation == "REST.GET.OBJECT" and r.status == 200
+    )
+    assert found is not None and found.requester == "amnesia" and found.bucket == "amnesia"
+    env = _env(Path(stack_state.home))
+    shown = _run(["stack", "logs", "audit", "--key", key], env).stdout.splitlines()
+    assert any("REST.GET.OBJECT" in line and " amnesia " in line for line in shown), shown
+    assert any("REST.PUT.OBJECT" in line for line in shown), shown
+    # A request with a wrong secret is on record too, with its error code.
+    bad = ArtifactStore(settings_for(stack_state, aws_secret_access_key="wrong", s3_max_attempts=1))
+    with pytest.raises(StoreError):
+        bad.get_bytes(uri)
+    assert s3audit.wait_for(stack_state.audit_log, lambda r: r.key == key and r.error == "SignatureDoesNotMatch")
+
+
+def test_purge_asks_and_then_wipes_the_store(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    _run(["stack", "up"], env)
+    state = stack.read_state(tmp_path / "home")
+    assert state is not None
+    ArtifactStore(state.client_settings()).put_json({"x": 1}, "s3://amnesia/doomed.json")
+
+    declined = subprocess.run(AMNESIA + ["stack", "down", "--purge"], env=env, input="n\n", capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    assert declined.returncode != 0 and "purge cancelled: nothing was deleted" in declined.stderr
+    assert (tmp_path / "home" / "s3" / "identities.json").exists() and stack.running(tmp_path / "home")
+
+    done = _run(["stack", "down", "--purge", "--yes"], env)
+    assert "purged:" in done.stdout and not (tmp_path / "home" / "s3").exists()
+    assert not (tmp_path / "home" / "mlflow.db").exists() and stack.read_state(tmp_path / "home") is None
+    _run(["stack", "up"], env)
+    fresh = stack.read_state(tmp_path / "home")
+    assert fresh is not None and fresh.access_key_id != state.access_key_id  # new identities
+    assert not ArtifactStore(fresh.client_settings()).exists("s3://amnesia/doomed.json")
+    stack.down(tmp_path / "home")
+
+
+def test_a_store_that_does_not_come_up_says_why_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s3" / "identities.json").write_text("{not json")
+    with pytest.raises(StackError, match=r"identities\.json: unreadable identities file"):
+        stack.start_s3(tmp_path / "s3", stack.free_port_pair(), ["b"])
+    (tmp_path / "s3" / "identities.json").unlink()
+    with pytest.raises(StackError) as info:
+        stack.start_s3(tmp_path / "s3", stack.free_port_pair(), ["b"], timeout_s=0.05)
+    msg = str(info.value)
+    assert "\n" not in msg and "did not answer" in msg and "log tail:" in msg, msg

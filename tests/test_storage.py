@@ -180,13 +180,13 @@ def test_unreachable_endpoint_is_bounded(tmp_path: Path) -> None:
 
 def test_server_stopped_mid_upload(tmp_path: Path) -> None:
     """SIGSTOP the S3 server while a folder uploads: bounded retries, a clear error, no manifest."""
-    svc, key, secret = stack.start_s3(tmp_path / "s3.log", stack.free_port(), ["stopped-upload"])
+    svc, ids = stack.start_s3(tmp_path / "s3", stack.free_port_pair(), ["stopped-upload"])
     try:
         st = ArtifactStore(
             load_settings(
                 s3_endpoint_url=f"http://127.0.0.1:{svc.port}",
-                aws_access_key_id=key,
-                aws_secret_access_key=secret,
+                aws_access_key_id=ids.admin.access_key_id,
+                aws_secret_access_key=ids.admin.secret_access_key,
                 s3_max_attempts=2,
                 s3_connect_timeout=1,
                 s3_read_timeout=1,
