@@ -39,9 +39,9 @@ stack-up: venv
 stack-down: venv
 	$(BIN)/amnesia stack down
 
+# The stack's data (objects, MLflow runs, the access log) goes only with an explicit purge, which asks.
 clean:
-	-$(BIN)/amnesia stack down
-	rm -rf .amnesia
+	-$(BIN)/amnesia stack down --purge
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE   ?= ghcr.io/selective-amnesia/amnesia

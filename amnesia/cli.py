@@ -210,7 +210,7 @@ def store_s3_identities(out: Path) -> None:
         key, secret = os.environ.get(key_var, "").strip(), os.environ.get(secret_var, "").strip()
         if not key and not secret:
             return None
-        if not key or not secret or "CHANGE-ME" in (key, secret):
+        if not key or not secret or "CHANGE-ME" in key + secret:
             raise click.ClickException(f"set both {key_var} and {secret_var} (real values, not CHANGE-ME)")
         return seaweed.Credentials(access_key_id=key, secret_access_key=secret)
 

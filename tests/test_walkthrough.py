@@ -58,9 +58,17 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
         return subprocess.run([sys.executable, "-m", "amnesia.cli", *args], env=env, capture_output=True, text=True,
                               timeout=900)  # fmt: skip
 
+    # The store keeps its data: stop the stack, start it again (same ports, so the rest of the session's
+    # clients still reach it), and the demo reuses the stored base model and finds its version.
+    assert "mlflow, s3, audit" in cli("stack", "down").stdout
+    ports = {"AMNESIA_S3_PORT": str(stack_state.s3.port), "AMNESIA_MLFLOW_PORT": str(stack_state.mlflow.port)}
+    restarted = subprocess.run([sys.executable, "-m", "amnesia.cli", "stack", "up", "--owner-pid", str(os.getpid())],
+                               env=env | ports, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert restarted.returncode == 0 and stack_state.s3_endpoint in restarted.stdout, restarted.stderr
     again = cli("demo")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reused demo" in again.stdout and "gate    PASS" in again.stdout
+    assert "built demo" not in again.stdout and "\ntrain   " not in again.stdout  # no base-model rebuild
     assert f"model   {MODEL_NAME} version 1 (pending_approval); already registered by run demo-" in again.stdout
     approved = cli("approve", MODEL_NAME, "1", "--reviewer", "dpo-reviewer", "--note", "report and audit read")
     assert approved.returncode == 0, approved.stderr
