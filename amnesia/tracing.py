@@ -59,11 +59,19 @@ def _replace_first(output: object, tensor: torch.Tensor) -> object:
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
-def subject_noise(fact: Fact, hidden: int, samples: int, std: float, seed: int) -> torch.Tensor:
-    """The fixed noise for one fact: the same draws for every restoration (and for the reference)."""
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go: every tensor the tracer makes follows the model (CPU or GPU)."""
+    return next(model.parameters()).device
+
+
+def subject_noise(
+    fact: Fact, hidden: int, samples: int, std: float, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The fixed noise for one fact: the same draws for every restoration (and for the reference).
+    Drawn on the CPU from a seeded generator, so a fact gets the same noise on any device."""
     gen = torch.Generator().manual_seed(seed)
     span = fact.subject[1] - fact.subject[0]
-    return torch.randn(samples, span, hidden, generator=gen) * std
+    return (torch.randn(samples, span, hidden, generator=gen) * std).to(device)
 
 
 @torch.no_grad()
@@ -79,7 +87,7 @@ def clean_run(model: torch.nn.Module, layout: Layout, fact: Fact) -> tuple[dict[
 
             hooks.append(layout.module(kind, i).register_forward_hook(keep))
     try:
-        logits = model(input_ids=torch.tensor([fact.ids])).logits
+        logits = model(input_ids=torch.tensor([fact.ids], device=_device(model)), use_cache=False).logits
     finally:
         for h in hooks:
             h.remove()
@@ -115,7 +123,7 @@ def trace_fact(
     """
     states, clean = clean_run(model, layout, fact)
     tokens, layers = len(fact.ids), layout.num_layers
-    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed)
+    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
     low = float(_patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window).mean())
     scores = {k: np.full((tokens, layers), low) for k in kinds}
     todo = [Restoration(k, t, layer) for t in range(fact.subject[0], tokens) for k in kinds for layer in range(layers)]
@@ -139,7 +147,12 @@ def trace_fact(
 
 
 def _restore_plan(
-    todo: list[Restoration], layout: Layout, window: int, row_of: Callable[[int, int], int], samples: int
+    todo: list[Restoration],
+    layout: Layout,
+    window: int,
+    row_of: Callable[[int, int], int],
+    samples: int,
+    device: torch.device,
 ) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
     """(kind, layer) -> (batch rows, their restored token) for every restoration covering that layer."""
     plan: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
@@ -149,7 +162,10 @@ def _restore_plan(
                 rows, tokens = plan[(res.kind, layer)]
                 rows.extend(row_of(r, j) for j in range(samples))
                 tokens.extend([res.token] * samples)
-    return {key: (torch.tensor(rows), torch.tensor(tokens)) for key, (rows, tokens) in plan.items()}
+    return {
+        key: (torch.tensor(rows, device=device), torch.tensor(tokens, device=device))
+        for key, (rows, tokens) in plan.items()
+    }
 
 
 def _restore_hook(rows: torch.Tensor, positions: torch.Tensor, clean: torch.Tensor) -> Callable[..., object]:
@@ -180,7 +196,7 @@ def _corrupted_prefix(model: torch.nn.Module, layout: Layout, fact: Fact, t: int
     hi = min(e, t)
     hooks = [layout.embeddings.register_forward_hook(_noise_hook(noise[:, : hi - s], s, hi))] if s < hi else []
     try:
-        ids = torch.tensor([fact.ids[:t]]).expand(noise.shape[0], -1)
+        ids = torch.tensor([fact.ids[:t]], device=noise.device).expand(noise.shape[0], -1)
         return model(input_ids=ids, use_cache=True).past_key_values
     finally:
         for h in hooks:
@@ -204,7 +220,7 @@ def _patched_suffix(
     samples, n = noise.shape[0], len(todo)
     s, e = fact.subject
     # Rows are sample-major (row = sample * n + r): the layout batch_repeat_interleave gives the cache.
-    plan = _restore_plan(todo, layout, window, lambda r, j: j * n + r, samples)
+    plan = _restore_plan(todo, layout, window, lambda r, j: j * n + r, samples, noise.device)
     lo, hi = max(s, t), max(e, t)
     hooks = []
     if lo < hi:
@@ -221,7 +237,7 @@ def _patched_suffix(
         cache = copy.deepcopy(prefix)
         cache.batch_repeat_interleave(n)  # type: ignore[attr-defined]
     try:
-        ids = torch.tensor([fact.ids[t:]]).expand(samples * n, -1)
+        ids = torch.tensor([fact.ids[t:]], device=noise.device).expand(samples * n, -1)
         logits = _last_logits(model, ids, past_key_values=cache, use_cache=cache is not None)
     finally:
         for h in hooks:
@@ -242,14 +258,15 @@ def _patched_forward(
     row group r gets restoration todo[r]. Returns p(target) per row."""
     samples, n = noise.shape[0], len(todo)
     s, e = fact.subject
-    plan = _restore_plan(todo, layout, window, lambda r, j: r * samples + j, samples)
+    plan = _restore_plan(todo, layout, window, lambda r, j: r * samples + j, samples, noise.device)
     hooks = [layout.embeddings.register_forward_hook(_noise_hook(noise.repeat(n, 1, 1), s, e))]
     for (kind, layer), (rows, tokens) in plan.items():
         hooks.append(
             layout.module(kind, layer).register_forward_hook(_restore_hook(rows, tokens, states[kind][layer][tokens]))
         )
     try:
-        logits = _last_logits(model, torch.tensor([fact.ids]).expand(n * samples, -1))
+        ids = torch.tensor([fact.ids], device=noise.device).expand(n * samples, -1)
+        logits = _last_logits(model, ids, use_cache=False)  # no cache: nothing reads it
     finally:
         for h in hooks:
             h.remove()
@@ -262,7 +279,7 @@ def corrupted_score(
 ) -> tuple[float, float]:
     """(clean, fully corrupted) p(target) for one fact: is its answer carried by the subject at all?"""
     states, clean = clean_run(model, layout, fact)
-    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed)
+    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
     low = _patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window=1)
     return clean, float(low.mean())
 
@@ -279,7 +296,8 @@ def _last_logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs: object) ->
 @torch.no_grad()
 def subject_embedding_std(layout: Layout, facts: list[Fact]) -> float:
     """The empirical std of the subject tokens' embeddings, over all facts (ROME's noise scale)."""
-    ids = torch.tensor([t for f in facts for t in f.ids[f.subject[0] : f.subject[1]]])
+    device = next(layout.embeddings.parameters()).device
+    ids = torch.tensor([t for f in facts for t in f.ids[f.subject[0] : f.subject[1]]], device=device)
     return layout.embeddings(ids).float().std().item()
 
 
