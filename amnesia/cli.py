@@ -312,6 +312,17 @@ def _stage_options(section: str) -> Any:
     return wrap
 
 
+def _model_section(config_path: Path, uri: str | None) -> Any:
+    """The run config's `model:` section (a URI or a mapping), with --model overriding its uri."""
+    from amnesia.config import ModelConfig, load_yaml, parse_model
+
+    cfg = parse_model(ModelConfig, load_yaml(config_path).get("model", {}), f"{config_path}: model")
+    cfg = cfg.model_copy(update={"uri": uri}) if uri else cfg
+    if not cfg.uri:
+        raise click.UsageError(f"no model: pass --model or set model.uri in {config_path}")
+    return cfg
+
+
 def _stage_setup(
     section: str, model: Any, config_path: Path, run_id: str | None, root: str | None, no_track: bool
 ) -> tuple[Any, Any]:
@@ -343,10 +354,12 @@ def split_cmd(config_path: Path, run_id: str | None, root: str | None, no_track:
 
 @cli.command("trace")
 @_stage_options("trace")
-@click.option("--model", "model_uri", required=True, help="Base model: local folder, s3:// URI or hub id.")
+@click.option(
+    "--model", "model_uri", help="Base model (local folder, s3:// URI or hub id); default: the config's model.uri."
+)
 @click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
 def trace_cmd(
-    config_path: Path, run_id: str | None, root: str | None, no_track: bool, model_uri: str, split_uri: str
+    config_path: Path, run_id: str | None, root: str | None, no_track: bool, model_uri: str | None, split_uri: str
 ) -> None:
     """Stage 2: causal tracing of the forget facts; prints the chosen layers and where the heatmaps are."""
     from amnesia.config import TraceConfig
@@ -354,7 +367,7 @@ def trace_cmd(
     from amnesia.trace import run_trace
 
     cfg, ctx = _stage_setup("trace", TraceConfig, config_path, run_id, root, no_track)
-    result = run_trace(cfg, ctx, model_uri, load_split_result(ctx.store, split_uri))
+    result = run_trace(cfg, ctx, _model_section(config_path, model_uri), load_split_result(ctx.store, split_uri))
     click.echo(f"trace {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     click.echo("  facts     " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
     effects = " ".join(f"{x:.3f}" for x in result.mlp_last_subject_effect)
@@ -366,7 +379,9 @@ def trace_cmd(
 
 @cli.command("unlearn")
 @_stage_options("unlearn")
-@click.option("--model", "model_uri", required=True, help="Base model: local folder, s3:// URI or hub id.")
+@click.option(
+    "--model", "model_uri", help="Base model (local folder, s3:// URI or hub id); default: the config's model.uri."
+)
 @click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
 @click.option("--trace", "trace_uri", help="The trace stage's folder: its layers (unless unlearn.layers is set).")
 def unlearn_cmd(
@@ -374,7 +389,7 @@ def unlearn_cmd(
     run_id: str | None,
     root: str | None,
     no_track: bool,
-    model_uri: str,
+    model_uri: str | None,
     split_uri: str,
     trace_uri: str | None,
 ) -> None:
@@ -386,7 +401,8 @@ def unlearn_cmd(
 
     cfg, ctx = _stage_setup("unlearn", UnlearnConfig, config_path, run_id, root, no_track)
     layers = ctx.store.get_json(join(trace_uri, "aggregate.json"))["layers"] if trace_uri else None
-    result = run_unlearn(cfg, ctx, model_uri, load_split_result(ctx.store, split_uri), layers)
+    model = _model_section(config_path, model_uri)
+    result = run_unlearn(cfg, ctx, model, load_split_result(ctx.store, split_uri), layers)
     click.echo(f"unlearn {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     click.echo(
         f"  method    {result.method} on {result.target} of layers {result.layers}: "
@@ -401,7 +417,9 @@ def unlearn_cmd(
 
 @cli.command("evaluate")
 @_stage_options("evaluate")
-@click.option("--model", "model_uri", required=True, help="The base model: local folder, s3:// URI or hub id.")
+@click.option(
+    "--model", "model_uri", help="Base model (local folder, s3:// URI or hub id); default: the config's model.uri."
+)
 @click.option("--candidate", "candidate_uri", help="The unlearned model; given, the gate runs on the pair.")
 @click.option("--split", "split_uri", required=True, help="The split stage's folder (s3://…/split).")
 @click.option("--trace", "trace_uri", help="The trace stage's folder (its heatmaps go into the report).")
@@ -410,7 +428,7 @@ def evaluate_cmd(
     run_id: str | None,
     root: str | None,
     no_track: bool,
-    model_uri: str,
+    model_uri: str | None,
     candidate_uri: str | None,
     split_uri: str,
     trace_uri: str | None,
@@ -426,9 +444,10 @@ def evaluate_cmd(
 
     cfg, ctx = _stage_setup("evaluate", EvaluateConfig, config_path, run_id, root, no_track)
     split = load_split_result(ctx.store, split_uri)
-    evals = [run_evaluate(cfg, ctx, model_uri, split, "base")]
+    model = _model_section(config_path, model_uri)
+    evals = [run_evaluate(cfg, ctx, model, split, "base")]
     if candidate_uri:
-        evals.append(run_evaluate(cfg, ctx, candidate_uri, split, "candidate"))
+        evals.append(run_evaluate(cfg, ctx, model.model_copy(update={"uri": candidate_uri}), split, "candidate"))
     click.echo(
         f"evaluate {ctx.pipeline_run_id}: "
         + "  ".join(f"{e.role} {e.uri}{' (reused)' if e.cached else ''}" for e in evals)

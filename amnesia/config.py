@@ -25,6 +25,36 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelConfig(StrictModel):
+    """The model and where it runs: one section that trace, unlearn and evaluate all honour.
+
+    In a run config it can be a plain string (the URI) or a mapping. Resolved once per stage by
+    amnesia.models.placement and recorded in lineage."""
+
+    uri: str = Field("", description="Local folder, s3:// model folder, or hub id (online only).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); hub ids only.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="Weights' dtype. auto: bf16 for trace/evaluate on a GPU that has it, fp32 on the CPU; "
+        "unlearn keeps fp32 master weights under auto (unlearn.precision adds bf16 autocast).",
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: cuda when present.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = Field(
+        None, description="Attention kernel (transformers' attn_implementation); None: the library's default."
+    )
+    trust_remote_code: bool = Field(False, description="Run the model repository's own Python code. Off by default.")
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
+        None,
+        description="Spread a model too big for one GPU over all visible GPUs (trace and evaluate; unlearning "
+        "uses model.device, or torchrun for several processes).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_uri(cls, data: Any) -> Any:
+        return {"uri": data} if isinstance(data, str) else data
+
+
 class StoreConfig(StrictModel):
     """Where a run writes: runs under <root>/runs/<id>, the request queue under <root>/requests, cached
     evaluations under <root>/cache. s3://bucket[/prefix] or a local folder; default s3://<AMNESIA_BUCKET>."""
@@ -103,6 +133,11 @@ class MMLUConfig(StrictModel):
     split: str = "test"
     dev_split: str = Field("dev", description="Where the k shots come from (the first k of the subject).")
     shots: int = Field(5, ge=0, le=10)
+    format: Literal["letter", "cloze"] = Field(
+        "letter",
+        description="letter: argmax over ' A'..' D' after 'Answer:' (the standard harness); cloze: the "
+        "log-likelihood of each choice's own text per character (what small models can show signal on).",
+    )
     subjects: list[str] | None = None
     per_subject: int | None = Field(None, ge=1, description="Sample this many questions per subject (seeded).")
     seed: int = Field(0, ge=0)

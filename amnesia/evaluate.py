@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from amnesia.config import EvaluateConfig, config_hash
+from amnesia.config import EvaluateConfig, ModelConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.generation import greedy_generate
 from amnesia.lineage import Tag
 from amnesia.metrics import item_score
 from amnesia.mmlu import sample, score_mmlu
-from amnesia.models import load_model, resolve_model
+from amnesia.models import as_model_config, load, placement, resolve_model
 from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, load_mmlu, load_records
 from amnesia.scoring import final_score, mia_auc, mia_score, per_task, task_aggregate
 from amnesia.split import SplitResult
@@ -38,6 +38,7 @@ class Evaluation(BaseModel):
     role: str  # "base" or "candidate"
     model_uri: str
     model_digest: str | None
+    placement: dict[str, str] = {}  # the resolved model section (device, dtype, ...) it was scored with
     uri: str  # the stored per-item results
     digest: str
     key: str | None  # cache key (None: the model has no digest, so nothing is cached)
@@ -53,6 +54,7 @@ class Evaluation(BaseModel):
     mmlu_subjects: dict[str, float]
     mmlu_questions: int
     mmlu_sampling: str
+    mmlu_format: str = "letter"
     final: float | None
     counts: dict[str, int]
     seconds: float
@@ -127,14 +129,20 @@ def _load_mmlu(cfg: EvaluateConfig, ctx: RunContext) -> tuple[list[MMLUQuestion]
     return questions, dev
 
 
-def run_evaluate(cfg: EvaluateConfig, ctx: RunContext, model_uri: str, split: SplitResult, role: str) -> Evaluation:
-    """Score one model; a stored result for the same (model, data, config) is reused when cfg.cache."""
+def run_evaluate(
+    cfg: EvaluateConfig, ctx: RunContext, model: ModelConfig | str, split: SplitResult, role: str
+) -> Evaluation:
+    """Score one model; a stored result for the same (model, data, config, dtype) is reused when cfg.cache."""
     t0 = time.monotonic()
+    mcfg = as_model_config(model)
+    model_uri = mcfg.uri
     sets = _load_sets(ctx, split)
     questions, dev = _load_mmlu(cfg, ctx)
     _folder, model_digest = resolve_model(model_uri, store=ctx.store)
     data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]])
-    key = _canonical_digest([model_digest, data_digest, config_hash(cfg)]) if model_digest else None
+    # Scores depend on the numerics: a bf16 evaluation is not a cached fp32 one.
+    numerics = [placement(mcfg).dtype, mcfg.attn_implementation or "default"]
+    key = _canonical_digest([model_digest, data_digest, config_hash(cfg), numerics]) if model_digest else None
     base = ctx.root.rsplit("/runs/", 1)[0]
     uri = join(base, "cache", "evaluations", key) if key else join(ctx.root, "evaluate", role)
     if key and cfg.cache and ctx.store.exists(join(uri, MANIFEST_NAME)):
@@ -143,7 +151,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx: RunContext, model_uri: str, split: Sp
         result = found.model_copy(update=update)
         ctx.log.info("evaluate %s: reused the stored result %s", role, uri)
     else:
-        result = _evaluate(cfg, ctx, model_uri, model_digest, split, sets, questions, dev, role, uri, key, t0)
+        result = _evaluate(cfg, ctx, mcfg, model_digest, split, sets, questions, dev, role, uri, key, t0)
     if ctx.lineage is not None:
         _record_lineage(ctx, result, cfg)
     return result
@@ -152,7 +160,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx: RunContext, model_uri: str, split: Sp
 def _evaluate(
     cfg: EvaluateConfig,
     ctx: RunContext,
-    model_uri: str,
+    mcfg: ModelConfig,
     model_digest: str | None,
     split: SplitResult,
     sets: dict[str, list[UnlearningRecord]],
@@ -163,7 +171,7 @@ def _evaluate(
     key: str | None,
     t0: float,
 ) -> Evaluation:
-    loaded = load_model(model_uri, store=ctx.store, device="cuda" if torch.cuda.is_available() else "cpu")
+    loaded, where = load(mcfg, store=ctx.store)
     model, tok = loaded.model, loaded.tokenizer
     items, gens, scores = [], {}, {}
     for group, records in sets.items():
@@ -175,14 +183,16 @@ def _evaluate(
     if not scores["forget"] or not scores["retain"]:
         raise ValueError("evaluation needs forget and retain items")
     mia = _mia(cfg, ctx, split, model, tok)
-    mmlu = score_mmlu(model, tok, questions, dev, cfg.mmlu.shots, cfg.mmlu.batch_size) if cfg.mmlu else None
+    m = cfg.mmlu
+    mmlu = score_mmlu(model, tok, questions, dev, m.shots, m.batch_size, m.format) if m else None
     agg = task_aggregate(scores["forget"], scores["retain"])
     auc = mia_auc(*mia[:2]) if mia else None
     mscore = mia_score(auc) if auc is not None else None
     result = Evaluation(
         role=role,
-        model_uri=model_uri,
+        model_uri=mcfg.uri,
         model_digest=model_digest,
+        placement=where.params(mcfg),
         uri=uri,
         digest="",
         key=key,
@@ -198,6 +208,7 @@ def _evaluate(
         mmlu_subjects=mmlu.subjects if mmlu else {},
         mmlu_questions=mmlu.questions if mmlu else 0,
         mmlu_sampling=_sampling(cfg),
+        mmlu_format=mmlu.format if mmlu else "none",
         final=final_score(agg, mscore, mmlu.accuracy) if mmlu and mscore is not None else None,
         counts={g: len(r) for g, r in sets.items()}
         | {"mia_members": len(mia[0]) if mia else 0, "mia_nonmembers": len(mia[1]) if mia else 0}
@@ -260,7 +271,9 @@ def _record_lineage(ctx: RunContext, result: Evaluation, cfg: EvaluateConfig) ->
         m = cfg.mmlu
         run.log_params(
             {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "mia": cfg.mia}
+            | result.placement
             | ({"mmlu_uri": m.uri, "mmlu_split": m.split, "mmlu_shots": m.shots, "mmlu_seed": m.seed,
+                "mmlu_format": m.format,
                 "mmlu_per_subject": m.per_subject or "all", "mmlu_questions": result.mmlu_questions} if m else {})
         )  # fmt: skip
         tags = {Tag.CONFIG_HASH: config_hash(cfg), Tag.EVALUATION_URI: result.uri, Tag.EVALUATION_DIGEST: result.digest,

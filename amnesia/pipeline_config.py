@@ -3,12 +3,13 @@ stage's own model), the base model, the registered model's name, and the cluster
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from amnesia.config import (
     ClusterConfig,
     EvaluateConfig,
     GateConfig,
+    ModelConfig,
     SplitConfig,
     StoreConfig,
     StrictModel,
@@ -20,7 +21,10 @@ from amnesia.unlearn.config import UnlearnConfig
 class PipelineConfig(StrictModel):
     name: str = Field("amnesia", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", description="Run id prefix.")
     experiment: str = Field("selective-amnesia", min_length=1)
-    model: str = Field(description="The base model: s3:// folder, local folder, or hub id.")
+    model: ModelConfig = Field(
+        description="The base model: a URI (s3:// folder, local folder, hub id) or a section with uri, dtype, "
+        "device, attn_implementation, trust_remote_code, device_map (amnesia.config.ModelConfig)."
+    )
     model_name: str = Field("amnesia-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,120}$",
                             description="Registered model name in MLflow.")  # fmt: skip
     store: StoreConfig = StoreConfig()
@@ -31,6 +35,13 @@ class PipelineConfig(StrictModel):
     gate: GateConfig = GateConfig()
     cluster: ClusterConfig = ClusterConfig()
 
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, model: ModelConfig) -> ModelConfig:
+        if not model.uri:
+            raise ValueError("uri: the base model is required (a local folder, an s3:// folder or a hub id)")
+        return model
+
     def store_root(self, bucket: str) -> str:
         return self.store.root or f"s3://{bucket}"
 
@@ -39,7 +50,8 @@ class PipelineConfig(StrictModel):
         return {
             "pipeline_run_id": pipeline_run_id,
             "store_root": store_root,
-            "model_uri": self.model,
+            "model_uri": self.model.uri,
+            "model_config": self.model.model_dump_json(exclude={"uri"}),
             "model_name": self.model_name,
             "split_config": self.split.model_dump_json(),
             "trace_config": self.trace.model_dump_json(),

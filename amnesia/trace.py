@@ -22,11 +22,11 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from amnesia.arch import inspect_model
-from amnesia.config import TraceConfig, config_hash
+from amnesia.config import ModelConfig, TraceConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
-from amnesia.models import load_model
+from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import heatmap
 from amnesia.records import UnlearningRecord, load_records
 from amnesia.requests import load_requests_uri
@@ -149,9 +149,11 @@ def _sensitive(
     return kept
 
 
-def run_trace(cfg: TraceConfig, ctx: RunContext, model_uri: str, split: SplitResult) -> TraceResult:
-    loaded = load_model(model_uri, store=ctx.store)
+def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split: SplitResult) -> TraceResult:
+    mcfg = as_model_config(model)
+    loaded, where = load(mcfg, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
+    ctx.log.info("trace: model on %s in %s", where.device_map or where.device, where.dtype)
     layout = inspect_model(model)
     counts: Counter[str] = Counter()
     facts = _facts(cfg, ctx, split, tokenizer, model, counts)
@@ -174,7 +176,7 @@ def run_trace(cfg: TraceConfig, ctx: RunContext, model_uri: str, split: SplitRes
     layers, rule = _choose(cfg, effect, layout.num_layers)
     result = _store(cfg, ctx, tokenizer, traces, agg, layers, rule, counts, effect, std)
     if ctx.lineage is not None:
-        _record_lineage(cfg, ctx, result, model_uri, loaded.digest)
+        _record_lineage(cfg, ctx, result, mcfg, where, loaded.digest)
     ctx.log.info("trace: %d facts traced, layers %s (%s)", len(traces), layers, rule)
     return result
 
@@ -271,7 +273,12 @@ def _store(
 
 
 def _record_lineage(
-    cfg: TraceConfig, ctx: RunContext, result: TraceResult, model_uri: str, model_digest: str | None
+    cfg: TraceConfig,
+    ctx: RunContext,
+    result: TraceResult,
+    mcfg: ModelConfig,
+    where: Placement,
+    model_digest: str | None,
 ) -> None:
     assert ctx.lineage is not None
     with ctx.lineage.stage("trace") as run:
@@ -286,6 +293,7 @@ def _record_lineage(
                 "min_drop": cfg.min_drop,
                 "explicit_layers": ",".join(map(str, cfg.layers or [])) or "none",
             }
+            | where.params(mcfg)
         )
         tags = {
             Tag.CONFIG_HASH: config_hash(cfg),
@@ -293,7 +301,7 @@ def _record_lineage(
             Tag.TRACE_DIGEST: result.digest,
             Tag.LAYERS: ",".join(map(str, result.layers)),
             Tag.LAYER_RULE: result.rule,
-            Tag.BASE_MODEL_URI: model_uri,
+            Tag.BASE_MODEL_URI: mcfg.uri,
         }
         if model_digest:
             tags[Tag.BASE_MODEL_DIGEST] = model_digest

@@ -152,8 +152,7 @@ def measure(size: str, args: argparse.Namespace) -> dict[str, Any]:
     layers = list(range(min(6, layout.num_layers)))
     names = trainable_names(model, layout, "mlp", layers)
     params = freeze_all_but(model, names)
-    ucfg = UnlearnConfig(layers=layers, batch_size=args.batch, epochs=1000, early_stop_forget_exact=None,
-                         device=args.device)  # fmt: skip
+    ucfg = UnlearnConfig(layers=layers, batch_size=args.batch, epochs=1000, early_stop_forget_exact=None)
     data = PairedBatches([encode(tok, r) for r in world.forget], [encode(tok, r) for r in world.retain], args.batch,
                          0, tok.pad_token_id)  # fmt: skip
     method = method_class("sha256")(ucfg.method_config(), model, params, layers=layers)

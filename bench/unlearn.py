@@ -53,9 +53,7 @@ def variant(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         else trainable_names(model, inspect_model(model), "mlp", layers)
     )
     params = freeze_all_but(model, names)
-    cfg = UnlearnConfig(
-        layers=layers, batch_size=args.batch, epochs=1000, early_stop_forget_exact=None, device=args.device
-    )
+    cfg = UnlearnConfig(layers=layers, batch_size=args.batch, epochs=1000, early_stop_forget_exact=None)
     data = PairedBatches(
         [encode(tok, r) for r in world.forget], [encode(tok, r) for r in world.retain], args.batch, 0, tok.pad_token_id
     )

@@ -11,13 +11,14 @@ def evaluate(
     pipeline_run_id: str,
     store_root: str,
     model_uri: str,
+    model_config: str,
     split_json: str,
     role: str,
     evaluation_out: dsl.Output[dsl.Metrics],
 ) -> str:
     """Runs amnesia.evaluate.run_evaluate; the base model's result is reused from the store when its
     (model digest, data, config) was scored before. Returns the Evaluation JSON."""
-    from amnesia.config import EvaluateConfig
+    from amnesia.config import EvaluateConfig, ModelConfig
     from amnesia.context import RunContext
     from amnesia.evaluate import run_evaluate
     from amnesia.split import SplitResult
@@ -25,7 +26,7 @@ def evaluate(
     result = run_evaluate(
         EvaluateConfig.model_validate_json(config_json),
         RunContext.create(pipeline_run_id, store_root),
-        model_uri,
+        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
         SplitResult.model_validate_json(split_json),
         role,
     )

@@ -11,11 +11,12 @@ def trace(
     pipeline_run_id: str,
     store_root: str,
     model_uri: str,
+    model_config: str,
     split_json: str,
     trace_out: dsl.Output[dsl.Artifact],
 ) -> str:
     """Runs amnesia.trace.run_trace on the split's forget facts; returns the TraceResult JSON."""
-    from amnesia.config import TraceConfig
+    from amnesia.config import ModelConfig, TraceConfig
     from amnesia.context import RunContext
     from amnesia.handoff import describe
     from amnesia.split import SplitResult
@@ -24,7 +25,7 @@ def trace(
     result = run_trace(
         TraceConfig.model_validate_json(config_json),
         RunContext.create(pipeline_run_id, store_root),
-        model_uri,
+        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
         SplitResult.model_validate_json(split_json),
     )
     return describe(trace_out, result, result.uri, result.digest)

@@ -13,12 +13,14 @@ def unlearn(
     pipeline_run_id: str,
     store_root: str,
     model_uri: str,
+    model_config: str,
     split_json: str,
     trace_json: str,
     model_out: dsl.Output[dsl.Model],
 ) -> NamedTuple("UnlearnOutputs", [("model_uri", str), ("result", str)]):  # noqa: F821
     """Runs amnesia.unlearn.stage.run_unlearn on the split, with the trace's layers unless the config names
     layers (trace_json may then be empty). A retried task resumes from the run's last S3 checkpoint."""
+    from amnesia.config import ModelConfig
     from amnesia.context import RunContext
     from amnesia.handoff import describe
     from amnesia.split import SplitResult
@@ -30,7 +32,7 @@ def unlearn(
     result = run_unlearn(
         UnlearnConfig.model_validate_json(config_json),
         RunContext.create(pipeline_run_id, store_root),
-        model_uri,
+        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
         SplitResult.model_validate_json(split_json),
         layers,
     )

@@ -49,6 +49,7 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
         evaluate_config: str,
         gate_config: str,
         request_digest: str = "",
+        model_config: str = "{}",
     ) -> None:
         if run_id_from_job:
             pipeline_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -58,15 +59,17 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             run = {"pipeline_run_id": pipeline_run_id, "store_root": store_root}
             s = k8s(split(config_json=split_config, request_digest=request_digest, **run), "split")
             sets = s.outputs["Output"]
-            t = k8s(trace(config_json=trace_config, model_uri=model_uri, split_json=sets, **run), "trace")
+            base = {"model_uri": model_uri, "model_config": model_config}  # the model section: every stage's
+            t = k8s(trace(config_json=trace_config, split_json=sets, **base, **run), "trace")
             traced = t.outputs["Output"]
             u = k8s(
-                unlearn(config_json=unlearn_config, model_uri=model_uri, split_json=sets, trace_json=traced, **run),
+                unlearn(config_json=unlearn_config, split_json=sets, trace_json=traced, **base, **run),
                 "unlearn",
             )
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}
-            eb = k8s(evaluate(model_uri=model_uri, role="base", **scoring), "evaluate-base")
-            ec = k8s(evaluate(model_uri=u.outputs["model_uri"], role="candidate", **scoring), "evaluate-candidate")
+            eb = k8s(evaluate(role="base", **base, **scoring), "evaluate-base")
+            candidate = {"model_uri": u.outputs["model_uri"], "model_config": model_config}
+            ec = k8s(evaluate(role="candidate", **candidate, **scoring), "evaluate-candidate")
             results = {"trace_json": traced, "unlearn_json": u.outputs["result"]}
             results |= {"base_json": eb.outputs["Output"], "candidate_json": ec.outputs["Output"]}
             g = k8s(gate(config_json=gate_config, **results, **run), "gate")

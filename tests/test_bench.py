@@ -40,3 +40,21 @@ def test_evaluate_bench_runs_and_metrics_agree() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "speed-up:" in out.stdout and out.stdout.strip().endswith("every metric equal: True")
+
+
+def test_scale_bench_runs_at_toy_size(tmp_path: Path) -> None:
+    import json
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--facts", "1", "--steps", "1", "--items", "4",
+         "--new-tokens", "4", "--mmlu-questions", "4", "--shots", "1", "--json", str(tmp_path / "scale.json")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "scale.json").read_text())
+    (row,) = report["rows"]
+    assert row["size"] == "toy" and row["unlearn_trainable"] > 0 and row["unlearn_peak_bytes"] > 0
+    assert all(row[k] > 0 for k in ("trace_s_per_fact", "unlearn_steps_per_s", "evaluate_items_per_s",
+                                    "mmlu_questions_per_s"))  # fmt: skip
+    minutes = sum(report["projections"]["toy"].values()) / 60
+    assert f"{minutes:.1f} min on one device" in out.stdout  # the printed projection is the measured one

@@ -25,7 +25,7 @@ def _split(store: ArtifactStore, demo_build: DemoArtifacts, prefix: str) -> Spli
 
 def test_specs() -> None:
     assert set(evaluate.component_spec.inputs) == {
-        "config_json", "pipeline_run_id", "store_root", "model_uri", "split_json", "role"
+        "config_json", "pipeline_run_id", "store_root", "model_uri", "model_config", "split_json", "role"
     }  # fmt: skip
     assert {"passed", "reasons", "result", "report"} <= set(gate.component_spec.outputs)
 
@@ -37,7 +37,7 @@ def test_evaluate_then_gate_in_kfp_local(
     cfg = EvaluateConfig(max_new_tokens=32, mmlu=MMLUConfig(uri=join(demo_build.world_uri, "utility"), shots=0))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     common = {"config_json": cfg.model_dump_json(), "pipeline_run_id": "kfp-eval", "store_root": s3_prefix,
-              "split_json": split.model_dump_json()}  # fmt: skip
+              "split_json": split.model_dump_json(), "model_config": "{}"}  # fmt: skip
     base = evaluate(model_uri=demo_build.model_uri, role="base", **common)
     cand = evaluate(model_uri=str(tiny_model_dir), role="candidate", **common)
     base_ev = json.loads(base.outputs["Output"])

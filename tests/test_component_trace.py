@@ -28,6 +28,7 @@ def test_spec() -> None:
         "pipeline_run_id",
         "store_root",
         "model_uri",
+        "model_config",
         "split_json",
     }
 
@@ -41,6 +42,7 @@ def test_runs_in_kfp_local(demo_build: DemoArtifacts, store: ArtifactStore, s3_p
         pipeline_run_id="kfp-trace-1",
         store_root=s3_prefix,
         model_uri=demo_build.model_uri,
+        model_config='{"device": "cpu", "dtype": "fp32"}',
         split_json=split.model_dump_json(),
     )
     result = json.loads(task.outputs["Output"])

@@ -29,6 +29,7 @@ def test_spec() -> None:
         "pipeline_run_id",
         "store_root",
         "model_uri",
+        "model_config",
         "split_json",
         "trace_json",
     }
@@ -49,6 +50,7 @@ def test_runs_in_kfp_local(
         pipeline_run_id="kfp-unlearn-1",
         store_root=s3_prefix,
         model_uri=str(tiny_model_dir),
+        model_config="{}",
         split_json=split.model_dump_json(),
         trace_json=trace.model_dump_json(),
     )

@@ -14,6 +14,15 @@ def _block(q: MMLUQuestion, with_answer: bool) -> str:
     return "\n".join(lines) + "\nAnswer:" + (f" {LETTERS[q.answer]}\n\n" if with_answer else "")
 
 
+def cloze_prompt(q: MMLUQuestion, shots: Sequence[MMLUQuestion]) -> str:
+    """MMLU as cloze (as SmolLM's and lighteval's MMLU-cloze): no letters; each choice's own text is scored
+    as the continuation of 'Answer:'. Shots carry the right choice's text."""
+    subject = q.subject.replace("_", " ")
+    head = f"The following are questions (with answers) about {subject}.\n\n"
+    done = "".join(f"Question: {s.question.strip()}\nAnswer: {s.choices[s.answer]}\n\n" for s in shots)
+    return head + done + f"Question: {q.question.strip()}\nAnswer:"
+
+
 def mmlu_prompt(q: MMLUQuestion, shots: Sequence[MMLUQuestion]) -> str:
     """The standard MMLU k-shot prompt (Hendrycks et al.); ends with 'Answer:' for the letter to follow."""
     subject = q.subject.replace("_", " ")

@@ -44,7 +44,6 @@ class UnlearnConfig(StrictModel):
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = Field(0, ge=0)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 else.")
     gradient_checkpointing: bool = False
     # Held-out evaluation, best checkpoint, early stop.
@@ -79,6 +78,13 @@ class UnlearnConfig(StrictModel):
         if "method" in info.data:  # else the method's own error is reported
             _validate_args(info.data["method"], args)
         return args
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "device" in data:
+            raise ValueError("'device' moved to the run config's model.device (one setting for every stage)")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> UnlearnConfig:

@@ -52,17 +52,33 @@ def _prompt_ids(tokenizer: Any, text: str, prompt_format: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns an encoding
 
 
+def _chat_ids(tokenizer: Any, record: UnlearningRecord, prompt: list[int], eos: bool) -> list[int]:
+    """The conversation as the template renders it (the reply with no leading space, closed by the
+    template's end-of-turn token, kept only with eos); the prompt's own ids when the template agrees."""
+    turns = [{"role": "user", "content": record.input}, {"role": "assistant", "content": record.output}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=True)
+    whole = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+    end = tokenizer.eos_token_id
+    if whole[: len(prompt)] != prompt or end not in whole[len(prompt) :]:
+        whole = prompt + list(tokenizer(record.output, add_special_tokens=False)["input_ids"]) + [end]
+    stop = len(prompt) + whole[len(prompt) :].index(end)  # what follows end-of-turn ("\n") is not the reply
+    return whole[: stop + 1] if eos else whole[:stop]
+
+
 def encode(
     tokenizer: Any, record: UnlearningRecord, prompt_format: str = "raw", max_length: int = 512, eos: bool = True
 ) -> Encoded:
     """Prompt + ' ' + output (+ EOS). Tokenised whole when the prompt's tokens are a prefix of the whole
     (so the ids are the ones the model saw in training); otherwise prompt and output separately."""
     prompt = _prompt_ids(tokenizer, record.input, prompt_format)
-    full = list(tokenizer(f"{record.input} {record.output}", add_special_tokens=True)["input_ids"])
-    if prompt_format != "raw" or full[: len(prompt)] != prompt or len(full) == len(prompt):
-        full = prompt + list(tokenizer(f" {record.output}", add_special_tokens=False)["input_ids"])
-    if eos and tokenizer.eos_token_id is not None:
-        full.append(tokenizer.eos_token_id)
+    if prompt_format == "chat":
+        full = _chat_ids(tokenizer, record, prompt, eos)
+    else:
+        full = list(tokenizer(f"{record.input} {record.output}", add_special_tokens=True)["input_ids"])
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            full = prompt + list(tokenizer(f" {record.output}", add_special_tokens=False)["input_ids"])
+        if eos and tokenizer.eos_token_id is not None:
+            full.append(tokenizer.eos_token_id)
     if len(full) > max_length:
         raise DataError(f"record {record.id}: {len(full)} tokens, above unlearn.max_length {max_length}")
     if len(full) == len(prompt):

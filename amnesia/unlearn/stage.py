@@ -15,11 +15,11 @@ import torch
 from pydantic import BaseModel
 
 from amnesia.arch import inspect_model
-from amnesia.config import config_hash
+from amnesia.config import ModelConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
-from amnesia.models import load_model
+from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import curves
 from amnesia.records import load_records
 from amnesia.split import SplitResult
@@ -29,7 +29,7 @@ from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import PairedBatches, encode
 from amnesia.unlearn.methods import method_class
 from amnesia.unlearn.params import count, freeze_all_but, trainable_names
-from amnesia.unlearn.trainer import Trainer, TrainState, held_out_batches, pick_device
+from amnesia.unlearn.trainer import Trainer, TrainState, held_out_batches
 
 
 class UnlearnError(AmnesiaError):
@@ -75,12 +75,17 @@ def fingerprint(cfg: UnlearnConfig, base_digest: str | None, split_digest: str, 
 
 
 def run_unlearn(
-    cfg: UnlearnConfig, ctx: RunContext, model_uri: str, split: SplitResult, trace_layers: list[int] | None = None
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    model: ModelConfig | str,
+    split: SplitResult,
+    trace_layers: list[int] | None = None,
 ) -> UnlearnResult:
     layers = choose_layers(cfg, trace_layers)
-    device = pick_device(cfg.device)
-    loaded = load_model(model_uri, store=ctx.store, device=str(device))
+    mcfg = as_model_config(model)
+    loaded, where = load(mcfg, training=True, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
+    ctx.log.info("unlearn: model on %s in %s (precision %s)", where.device, where.dtype, cfg.precision)
     layout = inspect_model(model)
     names = trainable_names(model, layout, cfg.target, layers, cfg.param_regex)
     params = freeze_all_but(model, names)
@@ -125,9 +130,9 @@ def run_unlearn(
     )
     state = trainer.train()
     after = trainer.evaluate(state.step)
-    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_uri)
+    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, mcfg.uri)
     if ctx.lineage is not None:
-        _record_lineage(cfg, ctx, result, state, model_uri, loaded.digest, names)
+        _record_lineage(cfg, ctx, result, state, mcfg, where, loaded.digest, names)
     ctx.log.info(
         "unlearn: %d steps (%s); forget reproduced %.3f -> %.3f, retain %.3f -> %.3f",
         state.step, state.stopped, result.before["forget_exact"], after["forget_exact"],
@@ -216,7 +221,8 @@ def _record_lineage(
     ctx: RunContext,
     result: UnlearnResult,
     state: TrainState,
-    model_uri: str,
+    mcfg: ModelConfig,
+    where: Placement,
     base_digest: str | None,
     names: list[str],
 ) -> None:
@@ -227,12 +233,13 @@ def _record_lineage(
             _flat("", general)
             | _flat("method_args.", cfg.method_config().model_dump(mode="json"))
             | {"layers": ",".join(map(str, result.layers)) or "none", "trainable_tensors": len(names)}
+            | where.params(mcfg)
         )
         tags = {
             Tag.CONFIG_HASH: result.config_hash,
             Tag.METHOD: cfg.method,
             Tag.LAYERS: ",".join(map(str, result.layers)),
-            Tag.BASE_MODEL_URI: model_uri,
+            Tag.BASE_MODEL_URI: mcfg.uri,
             Tag.MODEL_URI: result.uri,
             Tag.MODEL_DIGEST: result.digest,
         }

@@ -50,12 +50,6 @@ class HeldOut:
     forget_train: list[Batch]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def lr_at(cfg: UnlearnConfig, step: int) -> float:
     """Linear warm-up, then constant: a pure function of the step, so there is no scheduler to checkpoint."""
     return cfg.lr * min(1.0, (step + 1) / (cfg.warmup_steps + 1))
