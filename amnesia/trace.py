@@ -104,7 +104,8 @@ def make_fact(tokenizer: Any, record: UnlearningRecord, subjects: list[str], cou
 
 @torch.no_grad()
 def _top1(model: torch.nn.Module, fact: Fact) -> int:
-    return int(model(input_ids=torch.tensor([fact.ids])).logits[0, -1].argmax())
+    ids = torch.tensor([fact.ids], device=next(model.parameters()).device)
+    return int(model(input_ids=ids, use_cache=False).logits[0, -1].argmax())
 
 
 # ---------------------------------------------------------------- the stage
