@@ -166,8 +166,10 @@ def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split
         counts["skipped_over_max_facts"] += len(facts) - cfg.max_facts
         facts = facts[: cfg.max_facts]
     kinds = tuple(cfg.kinds)
+    cpu = next(model.parameters()).device.type == "cpu"
+    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
     traces = [
-        trace_fact(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows)
+        trace_fact(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
         for f in tqdm(facts, desc="tracing facts", unit="fact", disable=None)
     ]
     counts["traced"] = len(traces)

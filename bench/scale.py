@@ -119,7 +119,8 @@ def measure(size: str, args: argparse.Namespace) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     facts = [f for r in world.forget if r.kind == "qa" and (f := make_fact(tok, r, subjects, counts))]
     facts = facts[: args.facts + 1]
-    trace = lambda f: trace_fact(model, layout, f, samples=10, noise_std=0.1, window=10)  # noqa: E731
+    # The trace stage's prefix_cache: auto (on for a CPU, off for a GPU).
+    trace = lambda f: trace_fact(model, layout, f, samples=10, noise_std=0.1, window=10, prefix_cache=not cuda)  # noqa: E731
     with torch.inference_mode():
         trace(facts[0])  # warm-up (kernels, allocator)
         with Clock(args.device) as t:

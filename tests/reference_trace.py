@@ -25,7 +25,8 @@ def reference_trace(
     seed: int,
 ) -> tuple[float, dict[str, np.ndarray]]:
     s, e = fact.subject
-    ids = torch.tensor([fact.ids])
+    device = next(model.parameters()).device  # the reference runs where the model is (bench --device cuda)
+    ids = torch.tensor([fact.ids], device=device)
     parts = {
         "hidden": lambda i: layout.layers[i],
         "mlp": lambda i: getattr(layout.layers[i], layout.mlp_name),
@@ -46,7 +47,7 @@ def reference_trace(
         h.remove()
 
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(samples, e - s, clean[("hidden", 0)].shape[-1], generator=gen) * noise_std
+    noise = (torch.randn(samples, e - s, clean[("hidden", 0)].shape[-1], generator=gen) * noise_std).to(device)
 
     def run(patches: list[tuple[str, int, int]]) -> float:
         def corrupt(_m, _inp, out):  # type: ignore[no-untyped-def]
