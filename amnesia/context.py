@@ -28,7 +28,19 @@ class RunContext:
         track: bool = True,
         experiment: str | None = None,
     ) -> RunContext:
+        _ensure_log_output()
         s = settings or default_settings()
         base = store_root or f"s3://{s.bucket}"
         lineage = Lineage(pipeline_run_id, experiment=experiment, settings=s) if track else None
         return cls(pipeline_run_id, join(base, "runs", pipeline_run_id), ArtifactStore(s), lineage)
+
+
+def _ensure_log_output() -> None:
+    """A component's process (kfp.local task, pod) has no logging set up: without a handler the stages'
+    INFO lines, progress included, would be dropped. The CLI sets its own; this adds one only if none."""
+    logger = logging.getLogger("amnesia")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

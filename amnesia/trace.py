@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel
-from tqdm import tqdm
 
 from amnesia.arch import inspect_model
 from amnesia.config import ModelConfig, TraceConfig, config_hash
@@ -28,6 +27,7 @@ from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import heatmap
+from amnesia.progress import Progress
 from amnesia.records import UnlearningRecord, load_records
 from amnesia.requests import load_requests_uri
 from amnesia.split import SplitResult, normalise
@@ -168,10 +168,13 @@ def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split
     kinds = tuple(cfg.kinds)
     cpu = next(model.parameters()).device.type == "cpu"
     prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
-    traces = [
-        trace_fact(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
-        for f in tqdm(facts, desc="tracing facts", unit="fact", disable=None)
-    ]
+    traces = []
+    with Progress(len(facts), "tracing", "fact", ctx.log) as bar:
+        for f in facts:
+            traces.append(
+                trace_fact(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
+            )
+            bar.update(1)
     counts["traced"] = len(traces)
     agg = {kind: aggregate(traces, kind) for kind in kinds} if traces else {}
     last_subject = GROUPS.index("last subject token")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from amnesia.progress import Progress
 from amnesia.unlearn.checkpoint import Checkpoint, CheckpointStore
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import Batch, Encoded, PairedBatches, chunks
@@ -202,13 +202,12 @@ class Trainer:
         if not self.resume():
             self.state.evals.append(self.evaluate(0))
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="unlearning", unit="step", disable=None)
+        bar = Progress(int(self.total_steps), "unlearning", "step", log, initial=self.state.step)
         while not self.state.stopped and self.state.step < self.total_steps:
             logs = self.train_step(self.state.step)
             self.state.step += 1
             self.state.history.append({"step": float(self.state.step)} | logs)
-            bar.update(1)
-            bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("forget_loss", "retain_loss", "m", "eta") if k in logs})
+            bar.update(1, {k: logs[k] for k in ("forget_loss", "retain_loss", "m", "eta") if k in logs})
             if self.state.step % self.cfg.eval_every == 0 or self.state.step == self.total_steps:
                 self._after_eval(self.evaluate(self.state.step))
             if self.state.step % self.cfg.checkpoint_every == 0 and not self.state.stopped:

@@ -1,0 +1,67 @@
+"""Progress for long loops: a bar in a terminal, and where there is none (a kfp.local task, a pod) a log
+line every `every_s` seconds with the step, the rate and the time left, so a run is never silent."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(
+        self, total: int, desc: str, unit: str, log: logging.Logger, initial: int = 0, every_s: float = 30.0
+    ) -> None:
+        self.total, self.desc, self.unit, self.log, self.every_s = total, desc, unit, log, every_s
+        self.done = self.start_done = initial
+        self.terminal = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit) if self.terminal else None
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int = 1, figures: Mapping[str, float] | None = None) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if figures:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in figures.items()})
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            self.log.info("%s", self.line(now, figures))
+
+    def line(self, now: float, figures: Mapping[str, float] | None = None) -> str:
+        """'unlearning: step 40/120 (33%), 1.9 step/s, ETA 42s; forget_loss -3.1, m 6.2'"""
+        rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        share = 100 * self.done / max(self.total, 1)
+        text = f"{self.desc}: {self.unit} {self.done}/{self.total} ({share:.0f}%), {rate:.3g} {self.unit}/s"
+        text += f", ETA {_span(eta)}"
+        if figures:
+            text += "; " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
+        return text
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _span(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+    )
