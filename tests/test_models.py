@@ -63,8 +63,11 @@ def test_custom_code_is_not_run_by_default(tiny_model_dir: Path, tmp_path: Path)
     }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_m.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ModelLoadError, match="needs custom code; set trust_remote_code"):
+    with pytest.raises(ModelLoadError, match=r"needs custom code; set model\.trust_remote_code: true in the run"):
         load_model(str(folder))
+    from amnesia.config import ModelConfig
+
+    assert "trust_remote_code" in ModelConfig.model_fields  # the field the message names exists
 
 
 def test_hub_id_offline_is_a_clear_error() -> None:
