@@ -273,7 +273,8 @@ def s3_dir(home: Path) -> Path:
 
 
 def _port_pair(reserved: set[int]) -> int:
-    """A free port P with P + 10000 free too (SeaweedFS puts a component's gRPC there)."""
+    """A free port P with P + 10000 free too (SeaweedFS puts a component's gRPC there); both are added
+    to `reserved`, so successive calls never hand out the same port."""
     for _ in range(200):
         port = free_port()
         if port + seaweed.GRPC_OFFSET > 65535 or {port, port + seaweed.GRPC_OFFSET} & reserved:
@@ -346,33 +347,35 @@ def start_s3(
     buckets: Iterable[str],
     timeout_s: float = 60.0,
     audit_port: int | None = None,
+    log: Path | None = None,
 ) -> tuple[Service, seaweed.Identities]:
     """Start SeaweedFS (`weed mini`) with its data and identities in `directory`; returns it and its keys.
 
     On a first start the identities file is generated (0600); later starts reuse it, and the data.
+    The server's log goes to `log` (default: directory/s3.log).
     """
     directory = Path(directory).resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ids = seaweed.load_or_create_identities(directory / "identities.json")
-    reserved = {port, port + seaweed.GRPC_OFFSET}
     grpc = port + seaweed.GRPC_OFFSET
     if grpc > 65535 or not _port_free(grpc):
         raise StackError(f"{HOST}:{grpc} (the S3 gRPC port = S3 port + 10000) is not free; set AMNESIA_S3_PORT")
+    reserved = {port, grpc}
     ports = {name: _port_pair(reserved) for name in seaweed.COMPONENTS}
     audit_file = None
     if audit_port is not None:
         audit_file = directory / "audit-config.json"
         audit_file.write_text(json.dumps(seaweed.audit_config(audit_port, HOST)))
     cmd = seaweed.mini_command(directory / "data", directory / "identities.json", port, ports, HOST, audit_file)
-    log = directory.parent / "logs" / "s3.log" if directory.name == "s3" else directory / "s3.log"
+    log = log or directory / "s3.log"
     svc = _spawn("s3", cmd, log, _base_env(), port)
     svc.ports = ports
     try:
         _wait_healthy(svc, f"http://{HOST}:{port}/status", timeout_s)
         _ensure_buckets(f"http://{HOST}:{port}", ids.admin, buckets, timeout_s)
     except StackError as err:
-        _stop(svc, _S3_GRACE_S)
+        stop(svc)
         raise StackError(f"{err}; log tail: {_tail(log)}" if "log tail" not in str(err) else str(err)) from None
     return svc, ids
 
@@ -426,7 +429,7 @@ def up(
     started: list[Service] = [audit]
     try:
         _wait_listening(audit, timeout_s)
-        s3, ids = start_s3(s3_dir(home), s3_port, bucket_list + [MLFLOW_BUCKET], timeout_s, audit_port)
+        s3, ids = start_s3(s3_dir(home), s3_port, bucket_list + [MLFLOW_BUCKET], timeout_s, audit_port, logs / "s3.log")
         started.append(s3)
         mlflow = _start_mlflow(home, mlflow_port, s3_port, ids.admin, timeout_s)
     except BaseException:
