@@ -197,6 +197,28 @@ class StageRun:
         )
 
 
+class LiveSeries:
+    """Curves logged while a loop runs: rows are buffered and sent every `every_s` seconds (and on flush),
+    so MLflow shows a long run's progress without one request per step. Every numeric key of a row is
+    logged at its 'step': whatever a method reports, no fixed list of names."""
+
+    def __init__(self, run: StageRun, every_s: float = 10.0) -> None:
+        self.run, self.every_s = run, every_s
+        self.pending: dict[str, list[dict[str, float]]] = {}  # prefix -> rows
+        self.last = time.monotonic()
+
+    def add(self, row: Mapping[str, float], prefix: str = "") -> None:
+        self.pending.setdefault(prefix, []).append(dict(row))
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for prefix, rows in self.pending.items():
+            keys = sorted({k for row in rows for k, v in row.items() if k != "step" and isinstance(v, int | float)})
+            self.run.log_series(rows, keys, prefix)
+        self.pending, self.last = {}, time.monotonic()
+
+
 class Lineage:
     """Opens (or joins) a pipeline run's parent MLflow run and its stages' nested runs."""
 
@@ -295,7 +317,8 @@ def finish_run(pipeline_run_id: str, store_root: str | None, state: str, setting
     lineage = Lineage(pipeline_run_id, settings=s)
     parent = lineage.parent_run_id()
     runs = lineage.client.search_runs([lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
-    seen = {r.data.tags.get(Tag.STAGE): r.info.status for r in runs}
+    # A retried stage has several runs: the newest one says how it ended.
+    seen = {r.data.tags.get(Tag.STAGE): r.info.status for r in sorted(runs, key=lambda r: r.info.start_time)}
     failed_stage = next((n for n in PIPELINE_STAGES if seen.get(n) == "FAILED"), None)
     missing = next((n for n in PIPELINE_STAGES if n not in seen), None)
     ok = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE", "COMPLETED")

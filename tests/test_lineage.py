@@ -133,3 +133,38 @@ def test_lineage_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(LineageError, match="MLFLOW_TRACKING_URI"):
         Lineage("pr-1", settings=load_settings())
+
+
+def test_live_series_reaches_mlflow_while_the_stage_runs(stack_settings: Settings) -> None:
+    """Batched: nothing is sent before `every_s` has passed; then every numeric key, at its step."""
+    from amnesia.lineage import LiveSeries
+
+    lin = _lineage(stack_settings)
+    with lin.stage("unlearn") as run:
+        held = LiveSeries(run, every_s=3600)
+        held.add({"step": 1.0, "forget_loss": -1.5, "m": 6.0})
+        assert lin.client.get_metric_history(run.run_id, "forget_loss") == []
+        held.flush()
+        live = LiveSeries(run, every_s=0)
+        live.add({"step": 2.0, "forget_loss": -2.5, "m": 6.5, "new_key_a_method_reports": 0.25})
+        live.add({"step": 1.0, "eval_loss": 0.5}, prefix="eval_")
+        history = {m.step: m.value for m in lin.client.get_metric_history(run.run_id, "forget_loss")}
+        assert history == {1: -1.5, 2: -2.5}  # visible before the stage run ends
+        assert lin.client.get_metric_history(run.run_id, "new_key_a_method_reports")[0].value == 0.25
+        assert lin.client.get_metric_history(run.run_id, "eval_eval_loss")[0].step == 1
+
+
+def test_a_retried_stage_is_judged_by_its_last_attempt(stack_settings: Settings) -> None:
+    """A compute stage that failed once and then succeeded on retry does not mark the run as stopped."""
+    from amnesia.lineage import PIPELINE_STAGES, finish_run
+
+    lin = Lineage(f"pr-{uuid.uuid4().hex[:10]}", settings=stack_settings)  # finish_run's experiment
+    for stage in PIPELINE_STAGES:
+        if stage == "unlearn":
+            with pytest.raises(RuntimeError), lin.stage(stage):
+                raise RuntimeError("transient")
+        with lin.stage(stage):
+            pass
+    assert finish_run(lin.pipeline_run_id, None, "SUCCEEDED", stack_settings) == "succeeded"
+    parent = lin.client.get_run(lin.parent_run_id())
+    assert parent.data.tags[Tag.STOPPED_AT] == "end"

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from amnesia.arch import inspect_model
 from amnesia.config import ModelConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
-from amnesia.lineage import Tag
+from amnesia.lineage import LiveSeries, StageRun, Tag
 from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import curves
 from amnesia.records import load_records
@@ -118,21 +119,26 @@ def run_unlearn(
         fingerprint(cfg, loaded.digest, split.digest, names),
         cfg.keep_checkpoints,
     )
-    trainer = Trainer(
-        cfg,
-        method,
-        model,
-        names,
-        data,
-        held_out,
-        ckpts,
-        on_checkpoint=lambda step, uri: ctx.log.info("unlearn: checkpoint at step %d: %s", step, uri),
-    )
-    state = trainer.train()
-    after = trainer.evaluate(state.step)
-    result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_cfg.uri)
-    if ctx.lineage is not None:
-        _record_lineage(cfg, ctx, result, state, model_cfg, where, loaded.digest, names)
+    # The stage's MLflow run is open while training runs, so its curves show up live (batched).
+    with ctx.lineage.stage("unlearn") if ctx.lineage is not None else nullcontext() as run:
+        live = LiveSeries(run) if run is not None else None
+        trainer = Trainer(
+            cfg,
+            method,
+            model,
+            names,
+            data,
+            held_out,
+            ckpts,
+            on_checkpoint=lambda step, uri: ctx.log.info("unlearn: checkpoint at step %d: %s", step, uri),
+            on_record=(lambda kind, row: live.add(row, "eval_" if kind == "eval" else "")) if live else None,
+        )
+        state = trainer.train()
+        after = trainer.evaluate(state.step)
+        result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_cfg.uri)
+        if run is not None and live is not None:
+            live.flush()
+            _record_lineage(cfg, ctx, run, result, state, model_cfg, where, loaded.digest, names)
     ctx.log.info(
         "unlearn: %d steps (%s); forget reproduced %.3f -> %.3f, retain %.3f -> %.3f",
         state.step, state.stopped, result.before["forget_exact"], after["forget_exact"],
@@ -219,6 +225,7 @@ def _flat(prefix: str, obj: dict[str, Any]) -> dict[str, Any]:
 def _record_lineage(
     cfg: UnlearnConfig,
     ctx: RunContext,
+    run: StageRun,
     result: UnlearnResult,
     state: TrainState,
     mcfg: ModelConfig,
@@ -226,35 +233,31 @@ def _record_lineage(
     base_digest: str | None,
     names: list[str],
 ) -> None:
-    assert ctx.lineage is not None
-    with ctx.lineage.stage("unlearn") as run:
-        general = cfg.model_dump(exclude={"method_args", "layers"})
-        run.log_params(
-            _flat("", general)
-            | _flat("method_args.", cfg.method_config().model_dump(mode="json"))
-            | {"layers": ",".join(map(str, result.layers)) or "none", "trainable_tensors": len(names)}
-            | where.params(mcfg)
-        )
-        tags = {
-            Tag.CONFIG_HASH: result.config_hash,
-            Tag.METHOD: cfg.method,
-            Tag.LAYERS: ",".join(map(str, result.layers)),
-            Tag.BASE_MODEL_URI: mcfg.uri,
-            Tag.MODEL_URI: result.uri,
-            Tag.MODEL_DIGEST: result.digest,
-        }
-        if base_digest:
-            tags[Tag.BASE_MODEL_DIGEST] = base_digest
-        if state.resumed_from is not None:
-            tags[Tag.RESUMED_FROM] = state.resumed_from
-        run.set_tags(tags)
-        run.log_metrics(
-            {"trainable_params": result.trainable_params, "total_params": result.total_params, "steps": result.steps}
-            | {f"before_{k}": v for k, v in result.before.items() if k != "step"}
-            | {f"after_{k}": v for k, v in result.after.items() if k != "step"}
-        )
-        run.log_series(state.history, keys=("forget_loss", "retain_loss", "loss", "m", "eta", "lr", "grad_norm"))
-        run.log_series(state.evals, keys=("eval_loss", "forget_exact", "retain_exact"), prefix="eval_")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in ("curves.png", "summary.json"):  # summary: which tensors trained, counts, digests
-                run.log_artifact(ctx.store.get_file(join(result.report_uri, name), Path(tmp) / name), "unlearn")
+    general = cfg.model_dump(exclude={"method_args", "layers"})
+    run.log_params(
+        _flat("", general)
+        | _flat("method_args.", cfg.method_config().model_dump(mode="json"))
+        | {"layers": ",".join(map(str, result.layers)) or "none", "trainable_tensors": len(names)}
+        | where.params(mcfg)
+    )
+    tags = {
+        Tag.CONFIG_HASH: result.config_hash,
+        Tag.METHOD: cfg.method,
+        Tag.LAYERS: ",".join(map(str, result.layers)),
+        Tag.BASE_MODEL_URI: mcfg.uri,
+        Tag.MODEL_URI: result.uri,
+        Tag.MODEL_DIGEST: result.digest,
+    }
+    if base_digest:
+        tags[Tag.BASE_MODEL_DIGEST] = base_digest
+    if state.resumed_from is not None:
+        tags[Tag.RESUMED_FROM] = state.resumed_from
+    run.set_tags(tags)
+    run.log_metrics(
+        {"trainable_params": result.trainable_params, "total_params": result.total_params, "steps": result.steps}
+        | {f"before_{k}": v for k, v in result.before.items() if k != "step"}
+        | {f"after_{k}": v for k, v in result.after.items() if k != "step"}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("curves.png", "summary.json"):  # summary: which tensors trained, counts, digests
+            run.log_artifact(ctx.store.get_file(join(result.report_uri, name), Path(tmp) / name), "unlearn")

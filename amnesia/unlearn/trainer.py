@@ -93,9 +93,11 @@ class Trainer:
         held_out: HeldOut,
         checkpoints: CheckpointStore | None = None,
         on_checkpoint: Callable[[int, str], None] = lambda step, uri: None,
+        on_record: Callable[[str, dict[str, float]], None] = lambda kind, row: None,
     ) -> None:
         self.cfg, self.method, self.model, self.data, self.held_out = cfg, method, model, data, held_out
         self.checkpoints, self.on_checkpoint = checkpoints, on_checkpoint
+        self.on_record = on_record  # ("step", row) after every step, ("eval", result) after every evaluation
         named = dict(model.named_parameters())
         self.names = list(names)
         self.params = [named[n] for n in self.names]
@@ -199,14 +201,21 @@ class Trainer:
     def train(self) -> TrainState:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        if not self.resume():
+        if self.resume():  # the restored curves, so a resumed run's own record is whole
+            for row in self.state.history:
+                self.on_record("step", row)
+            for row in self.state.evals:
+                self.on_record("eval", row)
+        else:
             self.state.evals.append(self.evaluate(0))
+            self.on_record("eval", self.state.evals[-1])
         self.model.train()
         bar = Progress(int(self.total_steps), "unlearning", "step", log, initial=self.state.step)
         while not self.state.stopped and self.state.step < self.total_steps:
             logs = self.train_step(self.state.step)
             self.state.step += 1
             self.state.history.append({"step": float(self.state.step)} | logs)
+            self.on_record("step", self.state.history[-1])
             bar.update(1, {k: logs[k] for k in ("forget_loss", "retain_loss", "m", "eta") if k in logs})
             if self.state.step % self.cfg.eval_every == 0 or self.state.step == self.total_steps:
                 self._after_eval(self.evaluate(self.state.step))
@@ -224,6 +233,7 @@ class Trainer:
         """Best = the lowest held-out joint loss (as SHA256), but a checkpoint that meets the forget target
         always beats one that does not: a lower loss must not hand back a model that still remembers."""
         self.state.evals.append(result)
+        self.on_record("eval", result)
         target = self.cfg.early_stop_forget_exact
         met = target is not None and result["forget_exact"] <= target
         rank = (0 if met else 1, result["eval_loss"])
