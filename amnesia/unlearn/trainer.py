@@ -93,11 +93,12 @@ class Trainer:
         held_out: HeldOut,
         checkpoints: CheckpointStore | None = None,
         on_checkpoint: Callable[[int, str], None] = lambda step, uri: None,
-        on_record: Callable[[str, dict[str, float]], None] = lambda kind, row: None,
+        on_record: Callable[[str, dict[str, float]], None] | None = None,
     ) -> None:
         self.cfg, self.method, self.model, self.data, self.held_out = cfg, method, model, data, held_out
         self.checkpoints, self.on_checkpoint = checkpoints, on_checkpoint
-        self.on_record = on_record  # ("step", row) after every step, ("eval", result) after every evaluation
+        # ("step", row) after every step, ("eval", result) after every evaluation (live curves)
+        self.on_record = on_record or (lambda kind, row: None)
         named = dict(model.named_parameters())
         self.names = list(names)
         self.params = [named[n] for n in self.names]
