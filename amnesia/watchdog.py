@@ -11,21 +11,13 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 
-def _owner_alive(pid: int) -> bool:
+def _exists(send: Callable[[int, int], None], target: int) -> bool:
+    """Does a process (os.kill) or process group (os.killpg) still exist? Signal 0 only asks."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -44,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     deadline = time.monotonic() + args.ttl if args.ttl else None
     while True:
-        if args.owner is not None and not _owner_alive(args.owner):
+        if args.owner is not None and not _exists(os.kill, args.owner):
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
@@ -53,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + args.grace
-    while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in args.pgid):
+    while time.monotonic() < deadline and any(_exists(os.killpg, pgid) for pgid in args.pgid):
         time.sleep(0.2)
     for pgid in args.pgid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
