@@ -28,14 +28,14 @@ class RunContext:
         track: bool = True,
         experiment: str | None = None,
     ) -> RunContext:
-        _ensure_log_output()
+        ensure_log_output()
         s = settings or default_settings()
         base = store_root or f"s3://{s.bucket}"
         lineage = Lineage(pipeline_run_id, experiment=experiment, settings=s) if track else None
         return cls(pipeline_run_id, join(base, "runs", pipeline_run_id), ArtifactStore(s), lineage)
 
 
-def _ensure_log_output() -> None:
+def ensure_log_output() -> None:
     """A component's process (kfp.local task, pod) has no logging set up: without a handler the stages'
     INFO lines, progress included, would be dropped. The CLI sets its own; this adds one only if none."""
     logger = logging.getLogger("amnesia")

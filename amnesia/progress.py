@@ -18,7 +18,8 @@ class Progress:
     ) -> None:
         self.total, self.desc, self.unit, self.log, self.every_s = total, desc, unit, log, every_s
         self.done = self.start_done = initial
-        self.terminal = sys.stderr.isatty()
+        # a logger quieted below INFO (another rank of a torchrun job) quiets the bar as well
+        self.terminal = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit) if self.terminal else None
         self.t0 = self.last = time.monotonic()
 

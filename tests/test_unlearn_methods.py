@@ -16,8 +16,8 @@ from amnesia.records import UnlearningRecord
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import Batch, PairedBatches, chunks, collate, encode
 from amnesia.unlearn.methods import METHODS, StepInfo, method_class
+from amnesia.unlearn.methods import Micro
 from amnesia.unlearn.methods.rmu import hidden_at
-from amnesia.unlearn.methods.surgery import flat_grad
 from amnesia.unlearn.params import freeze_all_but, trainable_names
 from amnesia.unlearn.stage import _frozen_copy
 from amnesia.unlearn.trainer import HeldOut, Trainer
@@ -64,6 +64,11 @@ def _ce(model, batch: Batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
 
+def _flat_grad(loss: torch.Tensor, params) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The reference gradient: autograd's, flattened (the methods keep theirs per parameter)."""
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
 def _seq_logp(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
     """Per item, independently: sum of log p over its output tokens (one item at a time)."""
     out, lens = [], []
@@ -80,7 +85,7 @@ def _seq_logp(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:  # type
 def _sgd_step(method, forget: Batch, retain: Batch, lr: float) -> None:  # type: ignore[no-untyped-def]
     for p in method.trainable:
         p.grad = None
-    method.backward([(forget, retain)], StepInfo(step=0, epoch=0, lr=lr))
+    method.backward([Micro(forget, retain)], StepInfo(step=0, epoch=0, lr=lr))
     if not method.owns_update:
         with torch.no_grad():
             for p in method.trainable:
@@ -208,12 +213,11 @@ def test_rmu_steers_forget_activations_and_holds_retain(setup) -> None:  # type:
 def test_ngdiff_normalised_direction_and_automatic_step(setup) -> None:  # type: ignore[no-untyped-def]
     model, _, _, params, fb, rb, _, _ = setup
     m = _method("ngdiff", model, params, max_lr_factor=10.0)
-    g_f, _ = flat_grad(lambda f, r: _ce(model, f), params, [(fb, rb)])
-    g_r, _ = flat_grad(lambda f, r: _ce(model, r), params, [(fb, rb)])
-    d, _, _ = m.direction([(fb, rb)])
-    torch.testing.assert_close(d, g_r / g_r.norm() - g_f / g_f.norm())
+    g_f, g_r = _flat_grad(_ce(model, fb), params), _flat_grad(_ce(model, rb), params)
+    d, _, _ = m.direction([Micro(fb, rb)])
+    torch.testing.assert_close(torch.cat([x.flatten() for x in d]), g_r / g_r.norm() - g_f / g_f.norm())
     before_obj = float(_ce(model, rb) - _ce(model, fb))
-    logs = m.backward([(fb, rb)], StepInfo(step=0, epoch=0, lr=1e-3))
+    logs = m.backward([Micro(fb, rb)], StepInfo(step=0, epoch=0, lr=1e-3))
     assert 0 < logs["eta"] <= 1e-2 and logs["loss"] == pytest.approx(before_obj, rel=1e-4)
     assert float(_ce(model, rb) - _ce(model, fb)) < before_obj
 
@@ -221,9 +225,8 @@ def test_ngdiff_normalised_direction_and_automatic_step(setup) -> None:  # type:
 def test_blur_projects_retain_gradient_off_the_forget_gradient(setup) -> None:  # type: ignore[no-untyped-def]
     model, _, _, params, fb, rb, _, _ = setup
     m = _method("blur", model, params, gamma=0.7)
-    g_f, _ = flat_grad(lambda f, r: -_ce(model, f), params, [(fb, rb)])
-    g_r, _ = flat_grad(lambda f, r: _ce(model, r), params, [(fb, rb)])
-    m.backward([(fb, rb)], INFO)
+    g_f, g_r = _flat_grad(-_ce(model, fb), params), _flat_grad(_ce(model, rb), params)
+    m.backward([Micro(fb, rb)], INFO)
     d = torch.cat([p.grad.flatten() for p in params])
     torch.testing.assert_close(d, g_r - (g_r @ g_f) / (g_f @ g_f) * g_f + 0.7 * g_f)
     assert float((d - 0.7 * g_f) @ g_f) == pytest.approx(0.0, abs=1e-6 * float(g_f.norm() * g_r.norm()))

@@ -52,6 +52,18 @@ class UnlearnConfig(StrictModel):
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 else.")
     gradient_checkpointing: bool = False
+    # Several processes (one per GPU). The batch above is global: a step's grad_accum micro-batches
+    # are dealt out across the processes, so the result does not depend on how many there are.
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Processes to run (torchrun, on this machine) when not already started under torchrun; "
+        "auto: one per visible GPU. Set grad_accum to a multiple of it, or some processes idle.",
+    )
+    strategy: Literal["fsdp", "ddp"] = Field(
+        "fsdp",
+        description="With several processes: fsdp shards the trained modules' weights, gradients and AdamW "
+        "state (FSDP2); ddp keeps a whole copy on each. The frozen rest is replicated either way.",
+    )
     # Held-out evaluation, best checkpoint, early stop.
     eval_every: int = Field(10, ge=1, description="Optimizer steps between held-out evaluations.")
     keep: Literal["best", "last"] = Field(
@@ -91,6 +103,13 @@ class UnlearnConfig(StrictModel):
         if isinstance(data, dict) and "device" in data:
             raise ValueError("'device' moved to the run config's model.device (one setting for every stage)")
         return data
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, n: int | str) -> int | str:
+        if isinstance(n, int) and n < 1:
+            raise ValueError("at least 1 (or auto)")
+        return n
 
     @model_validator(mode="after")
     def _check(self) -> UnlearnConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,6 +26,7 @@ from amnesia.plots import curves
 from amnesia.records import load_records
 from amnesia.split import SplitResult
 from amnesia.storage import join
+from amnesia.unlearn import distributed
 from amnesia.unlearn.checkpoint import CheckpointStore
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import PairedBatches, encode
@@ -71,7 +73,10 @@ def _encode_set(ctx: RunContext, split: SplitResult, name: str, tokenizer: Any, 
 
 
 def fingerprint(cfg: UnlearnConfig, base_digest: str | None, split_digest: str, names: list[str]) -> str:
-    canonical = json.dumps([config_hash(cfg), base_digest, split_digest, names], separators=(",", ":"))
+    """What a checkpoint must match to be resumed: the config without how many processes run it or how
+    they split the model (the results do not depend on those), the base model, the data, the tensors."""
+    math = config_hash(cfg.model_copy(update={"processes": 1, "strategy": "fsdp"}))
+    canonical = json.dumps([math, base_digest, split_digest, names], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -82,14 +87,38 @@ def run_unlearn(
     split: SplitResult,
     trace_layers: list[int] | None = None,
 ) -> UnlearnResult:
+    """The stage. With unlearn.processes > 1 outside torchrun, on that many torchrun processes started
+    here; under torchrun, this process's part of it (every process returns the result; rank 0 writes
+    the model, the checkpoints and the lineage)."""
+    from amnesia.unlearn import launch
+
+    n = launch.processes(cfg)
+    if n > 1 and not distributed.under_torchrun():
+        return launch.launch(cfg, ctx, as_model_config(model), split, trace_layers, n)
+    with distributed.session() as world:
+        if not world.main:  # one voice in the log: rank 0's
+            ctx.log.setLevel(logging.WARNING)
+        return _unlearn(cfg, ctx, as_model_config(model), split, trace_layers, world)
+
+
+def _unlearn(
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    model_cfg: ModelConfig,
+    split: SplitResult,
+    trace_layers: list[int] | None,
+    world: distributed.World,
+) -> UnlearnResult:
     layers = choose_layers(cfg, trace_layers)
-    model_cfg = as_model_config(model)
     loaded, where = load(model_cfg, training=True, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
-    ctx.log.info("unlearn: model on %s in %s (precision %s)", where.device, where.dtype, cfg.precision)
+    ctx.log.info(
+        "unlearn: model on %s in %s (precision %s)%s", where.device, where.dtype, cfg.precision,
+        f"; {world.size} processes, {cfg.strategy}" if distributed.active() else "",
+    )  # fmt: skip
     layout = inspect_model(model)
     names = trainable_names(model, layout, cfg.target, layers, cfg.param_regex)
-    params = freeze_all_but(model, names)
+    freeze_all_but(model, names)
     sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
     pad = tokenizer.pad_token_id
     data = PairedBatches(
@@ -103,7 +132,10 @@ def run_unlearn(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # frozen early layers would otherwise cut the graph
-    method = cls(mcfg, model, params, reference=reference, layers=layers)
+    forward = distributed.parallelize(model, names, cfg.strategy, torch.device(where.device))
+    named = dict(model.named_parameters())  # after sharding: FSDP2 replaces the parameters it shards
+    params = [named[n] for n in names]
+    method = cls(mcfg, forward, params, reference=reference, layers=layers)
     ctx.log.info(
         "unlearn: %s on %s of layers %s: %d of %d parameters train (%d tensors)",
         cfg.method,
@@ -119,23 +151,29 @@ def run_unlearn(
         fingerprint(cfg, loaded.digest, split.digest, names),
         cfg.keep_checkpoints,
     )
+    lineage = ctx.lineage if world.main else None
     # The stage's MLflow run is open while training runs, so its curves show up live (batched).
-    with ctx.lineage.stage("unlearn") if ctx.lineage is not None else nullcontext() as run:
+    with lineage.stage("unlearn") if lineage is not None else nullcontext() as run:
         live = LiveSeries(run) if run is not None else None
         trainer = Trainer(
             cfg,
             method,
-            model,
+            forward,
             names,
             data,
             held_out,
             ckpts,
             on_checkpoint=lambda step, uri: ctx.log.info("unlearn: checkpoint at step %d: %s", step, uri),
             on_record=(lambda kind, row: live.add(row, "eval_" if kind == "eval" else "")) if live else None,
+            world=world,
         )
         state = trainer.train()
         after = trainer.evaluate(state.step)
-        result = _store(cfg, ctx, model, tokenizer, state, after, layers, names, loaded.digest, model_cfg.uri)
+        weights = distributed.whole_state(model)
+        result = None
+        if world.main:
+            result = _store(cfg, ctx, model, weights, tokenizer, state, after, layers, names, loaded.digest, model_cfg)
+        result = distributed.from_main(result)
         if run is not None and live is not None:
             live.flush()
             _record_lineage(cfg, ctx, run, result, state, model_cfg, where, loaded.digest, names)
@@ -158,13 +196,14 @@ def _store(
     cfg: UnlearnConfig,
     ctx: RunContext,
     model: torch.nn.Module,
+    weights: dict[str, torch.Tensor] | None,
     tokenizer: Any,
     state: TrainState,
     after: dict[str, float],
     layers: list[int],
     names: list[str],
     base_digest: str | None,
-    base_uri: str,
+    base: ModelConfig,
 ) -> UnlearnResult:
     total = count(list(model.parameters()))
     trainable = count([p for n, p in model.named_parameters() if n in set(names)])
@@ -181,7 +220,7 @@ def _store(
         "stopped": state.stopped,
         "best_step": state.best_step,
         "resumed_from": state.resumed_from,
-        "base_model_uri": base_uri,
+        "base_model_uri": base.uri,
         "base_model_digest": base_digest,
         "before": state.evals[0],
         "after": after,
@@ -189,7 +228,7 @@ def _store(
     model_uri, report_uri = join(ctx.root, "unlearn", "model"), join(ctx.root, "unlearn", "report")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        model.save_pretrained(folder)  # safetensors
+        model.save_pretrained(folder, state_dict=weights)  # safetensors; weights: gathered from shards
         tokenizer.save_pretrained(folder)
         (folder / "amnesia_unlearn.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         ref = ctx.store.put_dir(folder, model_uri)

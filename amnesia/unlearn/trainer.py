@@ -1,6 +1,10 @@
 """The training loop every method shares: AdamW over the trainable parameters only, gradient
 accumulation, a held-out evaluation every `eval_every` steps that keeps the best weights, an early
 stop once the forget set is no longer reproduced, and checkpoints a killed run resumes from exactly.
+
+On several processes (amnesia.unlearn.distributed) the loop is the same: each process takes its share
+of a step's micro-batches, every process evaluates the same held-out batches (rank 0's numbers decide),
+and checkpoints hold whole tensors, written by rank 0, so they resume on any number of processes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from amnesia.progress import Progress
 from amnesia.unlearn.checkpoint import Checkpoint, CheckpointStore
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import Batch, Encoded, PairedBatches, chunks
+from amnesia.unlearn.distributed import ONE, World, from_main, full, like, unwrap
 from amnesia.unlearn.methods import Method, StepInfo
+from amnesia.unlearn.methods.base import Micro
 
 log = logging.getLogger("amnesia.unlearn")
 
@@ -94,15 +100,18 @@ class Trainer:
         checkpoints: CheckpointStore | None = None,
         on_checkpoint: Callable[[int, str], None] = lambda step, uri: None,
         on_record: Callable[[str, dict[str, float]], None] | None = None,
+        world: World = ONE,
     ) -> None:
+        """`model` is what forward passes call (a DDP wrapper on several processes); `names` are the
+        trainable parameters' names in the unwrapped model."""
         self.cfg, self.method, self.model, self.data, self.held_out = cfg, method, model, data, held_out
-        self.checkpoints, self.on_checkpoint = checkpoints, on_checkpoint
+        self.checkpoints, self.on_checkpoint, self.world = checkpoints, on_checkpoint, world
         # ("step", row) after every step, ("eval", result) after every evaluation (live curves)
         self.on_record = on_record or (lambda kind, row: None)
-        named = dict(model.named_parameters())
+        named = dict(unwrap(model).named_parameters())
         self.names = list(names)
         self.params = [named[n] for n in self.names]
-        self.device = next(model.parameters()).device
+        self.device = next(unwrap(model).parameters()).device
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = TrainState()
         self.best: dict[str, torch.Tensor] = {}
@@ -119,13 +128,20 @@ class Trainer:
         epoch = (step * self.cfg.grad_accum) // self.data.batches_per_epoch
         return StepInfo(step=step, epoch=epoch, lr=lr_at(self.cfg, step))
 
-    def micro(self, step: int) -> list[tuple[Batch, Batch]]:
+    def micro(self, step: int) -> list[Micro]:
+        """This process's run of the step's micro-batches, topped up with zero-weight fillers so every
+        process makes the same number of passes."""
         first = step * self.cfg.grad_accum
-        limit = self.data.batches_per_epoch * self.cfg.epochs
-        return [
-            (f.to(self.device), r.to(self.device))
-            for f, r in (self.data.micro_batch(i) for i in range(first, min(first + self.cfg.grad_accum, limit)))
-        ]
+        n = min(first + self.cfg.grad_accum, self.data.batches_per_epoch * self.cfg.epochs) - first
+        size = self.world.size
+        per = -(-n // size)
+        mine = range(first + self.world.rank * per, first + min((self.world.rank + 1) * per, n))
+        out = [self._micro(i, 1 / n, size / n) for i in mine]
+        return out + [self._micro(first, 0.0, 0.0) for _ in range(per - len(out))]
+
+    def _micro(self, index: int, share: float, scale: float) -> Micro:
+        forget, retain = self.data.micro_batch(index)
+        return Micro(forget.to(self.device), retain.to(self.device), share, scale)
 
     def train_step(self, step: int) -> dict[str, float]:
         info = self.info(step)
@@ -155,31 +171,50 @@ class Trainer:
                 "retain_exact": reproduced(self.model, [b.to(self.device) for b in self.held_out.retain]),
             }
         self.model.train()
-        return result
+        return from_main(result)  # one set of numbers decides best and stop on every process
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in zip(self.names, self.params, strict=True)}
+        """Whole trainable tensors on the CPU (gathered from the shards on several processes)."""
+        return {n: full(p.detach()).cpu().clone() for n, p in zip(self.names, self.params, strict=True)}
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for n, p in zip(self.names, self.params, strict=True):
-                p.copy_(tensors[n].to(p.device, p.dtype))
+                p.copy_(like(p, tensors[n].to(p.device, p.dtype)))
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state with whole tensors: what a checkpoint keeps, whatever the world size."""
+        state = self.optimizer.state_dict()
+        state["state"] = {
+            i: {k: full(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in slots.items()}
+            for i, slots in state["state"].items()
+        }
+        return state
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        for i, slots in state["state"].items():  # moments laid out as their parameter (sharded or not)
+            p = self.params[int(i)]
+            for k, v in slots.items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    slots[k] = like(p, v.to(p.device))
+        self.optimizer.load_state_dict(state)
 
     # ------------------------------------------------------------ checkpoints
 
     def save(self) -> None:
         if self.checkpoints is None:
             return
-        ckpt = Checkpoint(
+        ckpt = Checkpoint(  # gathering is collective: every process builds it, rank 0 writes it
             step=self.state.step,
             trainable=self.snapshot(),
             best=self.best,
-            optimizer=self.optimizer.state_dict(),
+            optimizer=self.optimizer_state(),
             rng=rng_state(self.device),
             meta={"train": self.state.to_json(), "method": self.method.state_dict()},
         )
-        uri = self.checkpoints.save(ckpt)
-        self.on_checkpoint(self.state.step, uri)
+        if self.world.main:
+            uri = self.checkpoints.save(ckpt)
+            self.on_checkpoint(self.state.step, uri)
 
     def resume(self) -> bool:
         if self.checkpoints is None or not self.cfg.resume:
@@ -189,7 +224,7 @@ class Trainer:
             return False
         self.load_weights(ckpt.trainable)
         self.best = ckpt.best
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.load_optimizer_state(ckpt.optimizer)
         set_rng_state(ckpt.rng, self.device)
         self.method.load_state_dict(ckpt.meta["method"])
         self.state = TrainState(**ckpt.meta["train"])
@@ -208,6 +243,7 @@ class Trainer:
             for row in self.state.evals:
                 self.on_record("eval", row)
         else:
+            self.method.prepare(self._micro(0, 1.0, 1.0))
             self.state.evals.append(self.evaluate(0))
             self.on_record("eval", self.state.evals[-1])
         self.model.train()

@@ -6,7 +6,7 @@ A new method is a small `Method` subclass decorated with `@register("name")` in 
 from __future__ import annotations
 
 from amnesia.unlearn.methods import gradient, npo, rmu, sha256, surgery  # noqa: F401  (they register)
-from amnesia.unlearn.methods.base import METHODS, LossOut, Method, StepInfo, register
+from amnesia.unlearn.methods.base import METHODS, LossOut, Method, Micro, StepInfo, register
 
 
 def method_class(name: str) -> type[Method]:
@@ -15,4 +15,4 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "LossOut", "Method", "StepInfo", "method_class", "register"]
+__all__ = ["METHODS", "LossOut", "Method", "Micro", "StepInfo", "method_class", "register"]

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
+from amnesia.unlearn.distributed import all_sum
 
 
 @dataclass
@@ -24,6 +25,19 @@ class StepInfo:
     step: int  # optimizer steps done before this one
     epoch: int  # 0-based; epoch 0 is the first pass over the forget set
     lr: float
+
+
+@dataclass
+class Micro:
+    """One micro-batch of an optimizer step. `share` is its part of the step's mean (1/n for each of the
+    step's n micro-batches, 0 for the zero-weight filler a process gets when the step has too few);
+    `scale` multiplies its loss before backward: share × the number of processes, because DDP and FSDP
+    average gradients over processes where the step wants their sum."""
+
+    forget: Batch
+    retain: Batch
+    share: float = 1.0
+    scale: float = 1.0
 
 
 @dataclass
@@ -63,14 +77,18 @@ class Method:
     def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
         raise NotImplementedError
 
-    def backward(self, micro: Sequence[tuple[Batch, Batch]], info: StepInfo) -> dict[str, float]:
-        """Accumulate the gradient of the mean loss over the micro-batches into .grad."""
+    def prepare(self, first: Micro) -> None:
+        """Called once, before the first evaluation of a fresh run, with the run's first micro-batch (the
+        same on every process): where a method fixes what it derives from data (RMU's coefficient)."""
+
+    def backward(self, micro: Sequence[Micro], info: StepInfo) -> dict[str, float]:
+        """Accumulate the gradient of the step's mean loss into .grad; the logs are step means."""
         logs: list[dict[str, float]] = []
-        for forget, retain in micro:
-            out = self.loss(forget, retain, info)
-            (out.total / len(micro)).backward()
+        for mb in micro:
+            out = self.loss(mb.forget, mb.retain, info)
+            (out.total * mb.scale).backward()
             logs.append(out.logs | {"loss": float(out.total.detach())})
-        return mean_logs(logs)
+        return step_mean(logs, micro)
 
     def after_step(self, logs: dict[str, float], info: StepInfo) -> None:
         """Called once per optimizer step with the step's logs (e.g. to update an adaptive weight)."""
@@ -88,9 +106,12 @@ class Method:
             raise ValueError(f"method {self.name} keeps no state, got {sorted(state)}")
 
 
-def mean_logs(logs: Sequence[dict[str, float]]) -> dict[str, float]:
-    keys = {k for d in logs for k in d}
-    return {k: sum(d[k] for d in logs if k in d) / sum(1 for d in logs if k in d) for k in sorted(keys)}
+def step_mean(logs: Sequence[dict[str, float]], micro: Sequence[Micro]) -> dict[str, float]:
+    """Each logged number's mean over the step's micro-batches, on every process alike (every
+    micro-batch of a method logs the same keys, so the processes sum the same list)."""
+    keys = sorted({k for d in logs for k in d})
+    local = [sum(d.get(k, 0.0) * mb.share for d, mb in zip(logs, micro, strict=True)) for k in keys]
+    return dict(zip(keys, all_sum(local), strict=True))
 
 
 # ---------------------------------------------------------------- shared pieces of losses

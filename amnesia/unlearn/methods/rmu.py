@@ -19,7 +19,7 @@ from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
-from amnesia.unlearn.methods.base import LossOut, Method, StepInfo, register
+from amnesia.unlearn.methods.base import LossOut, Method, Micro, StepInfo, register
 
 
 class RMUConfig(MethodConfig):
@@ -54,10 +54,14 @@ class RMU(Method):
             self.layer = max(self.layers)
         else:
             raise ValueError("rmu: no layer to steer (set method_args.layer)")
-        hidden = int(self.model.get_input_embeddings().weight.shape[1])
+        assert self.reference is not None
+        hidden = int(self.reference.get_input_embeddings().weight.shape[1])  # the model may be wrapped (DDP)
         u = torch.rand(hidden, generator=torch.Generator().manual_seed(self.cfg.seed))
         self.u = u / u.norm()
         self.coef: float | None = self.cfg.steering_coef
+
+    def prepare(self, first: Micro) -> None:
+        self._coef(first.forget)  # the run's first forget batch on every process, not each one's own
 
     def _coef(self, forget: Batch) -> float:
         if self.coef is None:

@@ -9,10 +9,16 @@ blur:   forget objective f = -CE_F (ascent), retain objective r = CE_R; the upda
         g_r - (<g_r, g_f>/|g_f|^2) g_f + gamma * g_f: the retain gradient with its component along
         the forget gradient removed (so keeping retain never undoes forgetting), plus the forget
         gradient. The optimizer (AdamW) then steps along it.
+
+Both take their forget and retain gradients in separate backward passes, so on several processes each
+is averaged over the processes (by DDP or FSDP, as it runs) before the two are normalised or projected:
+the geometry is that of the whole batch, as on one process. Gradients stay per parameter (sharded ones
+stay sharded); dot products and norms sum over the shards.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,37 +26,36 @@ from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
-from amnesia.unlearn.methods.base import LossOut, Method, StepInfo, nll, register
+from amnesia.unlearn.distributed import all_sum, full
+from amnesia.unlearn.methods.base import LossOut, Method, Micro, StepInfo, nll, register
 
 LossFn = Callable[[Batch, Batch], torch.Tensor]
+Grads = list[torch.Tensor]
 
 
-def flat_grad(
-    loss_fn: LossFn, params: Sequence[torch.nn.Parameter], micro: Sequence[tuple[Batch, Batch]]
-) -> tuple[torch.Tensor, float]:
-    """The gradient of the micro-batch mean of loss_fn, flattened over params; and the mean value."""
-    total = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-    value = 0.0
-    for forget, retain in micro:
-        loss = loss_fn(forget, retain) / len(micro)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        total += torch.cat(
-            [
-                (g if g is not None else torch.zeros_like(p)).flatten().float()
-                for g, p in zip(grads, params, strict=True)
-            ]
-        )
-        value += float(loss.detach())
-    return total, value
-
-
-def assign(params: Sequence[torch.nn.Parameter], flat: torch.Tensor) -> None:
-    """Write a flat vector into the params' .grad."""
-    offset = 0
+def grads(loss_fn: LossFn, params: Sequence[torch.nn.Parameter], micro: Sequence[Micro]) -> tuple[Grads, float]:
+    """The gradient of the step mean of loss_fn (fp32, one tensor per parameter, averaged over the
+    processes), and that mean. .grad is left empty."""
     for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
-        offset += n
+        p.grad = None
+    value = 0.0
+    for mb in micro:
+        loss = loss_fn(mb.forget, mb.retain)
+        (loss * mb.scale).backward()
+        value += float(loss.detach()) * mb.share
+    out = [p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for p in params:
+        p.grad = None
+    return out, all_sum([value])[0]
+
+
+def dot(a: Grads, b: Grads) -> float:
+    return sum(float(full((x * y).sum())) for x, y in zip(a, b, strict=True))
+
+
+def assign(params: Sequence[torch.nn.Parameter], direction: Grads) -> None:
+    for p, d in zip(params, direction, strict=True):
+        p.grad = d.to(p.dtype)
 
 
 class NGDiffConfig(MethodConfig):
@@ -67,24 +72,23 @@ class NGDiff(Method):
         ce_f, ce_r = nll(self.model, forget), nll(self.model, retain)
         return LossOut(ce_r - ce_f, {"forget_loss": float(ce_f.detach()), "retain_loss": float(ce_r.detach())})
 
-    def _objective(self, micro: Sequence[tuple[Batch, Batch]]) -> float:
+    def _objective(self, micro: Sequence[Micro]) -> float:
         with torch.no_grad():
-            return sum(float(nll(self.model, r) - nll(self.model, f)) for f, r in micro) / len(micro)
+            local = sum(float(nll(self.model, mb.retain) - nll(self.model, mb.forget)) * mb.share for mb in micro)
+        return all_sum([local])[0]
 
-    def _shift(self, d: torch.Tensor, eta: float) -> None:
-        offset = 0
+    def _shift(self, d: Grads, eta: float) -> None:
         with torch.no_grad():
-            for p in self.trainable:
-                n = p.numel()
-                p.add_(d[offset : offset + n].view_as(p).to(p.dtype), alpha=-eta)
-                offset += n
+            for p, x in zip(self.trainable, d, strict=True):
+                p.add_(x.to(p.dtype), alpha=-eta)
 
-    def direction(self, micro: Sequence[tuple[Batch, Batch]]) -> tuple[torch.Tensor, float, float]:
-        g_f, ce_f = flat_grad(lambda f, r: nll(self.model, f), self.trainable, micro)
-        g_r, ce_r = flat_grad(lambda f, r: nll(self.model, r), self.trainable, micro)
-        return g_r / g_r.norm().clamp(min=1e-12) - g_f / g_f.norm().clamp(min=1e-12), ce_f, ce_r
+    def direction(self, micro: Sequence[Micro]) -> tuple[Grads, float, float]:
+        g_f, ce_f = grads(lambda f, r: nll(self.model, f), self.trainable, micro)
+        g_r, ce_r = grads(lambda f, r: nll(self.model, r), self.trainable, micro)
+        n_f, n_r = max(math.sqrt(dot(g_f, g_f)), 1e-12), max(math.sqrt(dot(g_r, g_r)), 1e-12)
+        return [r / n_r - f / n_f for f, r in zip(g_f, g_r, strict=True)], ce_f, ce_r
 
-    def step_size(self, micro: Sequence[tuple[Batch, Batch]], d: torch.Tensor, l0: float, eta0: float) -> float:
+    def step_size(self, micro: Sequence[Micro], d: Grads, l0: float, eta0: float) -> float:
         self._shift(d, eta0)  # theta - eta0 d
         minus = self._objective(micro)
         self._shift(d, -2 * eta0)  # theta + eta0 d
@@ -95,7 +99,7 @@ class NGDiff(Method):
         eta = g / h if h > 0 else eta0
         return min(max(eta, 0.0), self.cfg.max_lr_factor * eta0)
 
-    def backward(self, micro: Sequence[tuple[Batch, Batch]], info: StepInfo) -> dict[str, float]:
+    def backward(self, micro: Sequence[Micro], info: StepInfo) -> dict[str, float]:
         d, ce_f, ce_r = self.direction(micro)
         eta = self.step_size(micro, d, ce_r - ce_f, info.lr)
         self._shift(d, eta)
@@ -116,13 +120,13 @@ class Blur(Method):
         total = -self.cfg.gamma * ce_f + ce_r
         return LossOut(total, {"forget_loss": float(ce_f.detach()), "retain_loss": float(ce_r.detach())})
 
-    def direction(self, micro: Sequence[tuple[Batch, Batch]]) -> tuple[torch.Tensor, float, float]:
-        g_f, f = flat_grad(lambda fb, rb: -nll(self.model, fb), self.trainable, micro)
-        g_r, r = flat_grad(lambda fb, rb: nll(self.model, rb), self.trainable, micro)
-        projected = g_r - (g_r @ g_f) / (g_f @ g_f).clamp(min=1e-24) * g_f
-        return projected + self.cfg.gamma * g_f, -f, r
+    def direction(self, micro: Sequence[Micro]) -> tuple[Grads, float, float]:
+        g_f, f = grads(lambda fb, rb: -nll(self.model, fb), self.trainable, micro)
+        g_r, r = grads(lambda fb, rb: nll(self.model, rb), self.trainable, micro)
+        c = dot(g_r, g_f) / max(dot(g_f, g_f), 1e-24)
+        return [gr - c * gf + self.cfg.gamma * gf for gf, gr in zip(g_f, g_r, strict=True)], -f, r
 
-    def backward(self, micro: Sequence[tuple[Batch, Batch]], info: StepInfo) -> dict[str, float]:
+    def backward(self, micro: Sequence[Micro], info: StepInfo) -> dict[str, float]:
         d, ce_f, ce_r = self.direction(micro)
         assign(self.trainable, d)
         return {"forget_loss": ce_f, "retain_loss": ce_r, "loss": -self.cfg.gamma * ce_f + ce_r}
