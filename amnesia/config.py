@@ -191,6 +191,16 @@ class Toleration(StrictModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+class TrainJobConfig(StrictModel):
+    """Run the unlearn step as a Kubeflow Trainer TrainJob (torch runtime): nodes × GPUs processes."""
+
+    nodes: int = Field(1, ge=1, le=64, description="Training nodes (pods).")
+    gpus_per_node: int = Field(8, ge=1, le=16, description="GPUs, and so processes, per node.")
+    runtime: str = Field("torch-distributed", description="The ClusterTrainingRuntime to run on.")
+    timeout_s: int = Field(6 * 3600, ge=60, description="How long the launcher waits for the TrainJob.")
+    poll_s: float = Field(20.0, gt=0, le=600)
+
+
 class ClusterConfig(StrictModel):
     """What compiled YAML carries for a Kubernetes cluster (ignored by local runs)."""
 
@@ -207,6 +217,11 @@ class ClusterConfig(StrictModel):
     memory: str = "32Gi"
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    trainjob: TrainJobConfig | None = Field(
+        None,
+        description="Given: unlearn runs as a TrainJob (several nodes/GPUs) started and awaited by a light "
+        "launcher task; the resources, node selector and tolerations above then apply to the TrainJob's nodes.",
+    )
 
 
 class RunConfig(StrictModel):

@@ -3,14 +3,17 @@
 
 Every stage is a thin component over the library; configs travel as JSON strings (kfp turns dict
 numbers into floats). `build(cluster)` adds the Kubernetes side (secrets as env, GPUs and resources,
-node selectors, tolerations) for compiled YAML; kfp.local runs the plain DAG (`build(None)`).
+node selectors, tolerations) for compiled YAML; kfp.local runs the plain DAG (`build(None)`). With
+`cluster.trainjob`, the unlearn step is a launcher task that runs it as a Kubeflow Trainer TrainJob.
 """
 
+import json
 from typing import Any
 
 from kfp import dsl
 
 from amnesia.config import ClusterConfig
+from components import IMAGE
 from components.evaluate import evaluate
 from components.finish import finish
 from components.gate import gate
@@ -18,7 +21,8 @@ from components.register import register
 from components.split import split
 from components.trace import trace
 from components.unlearn import unlearn
-from pipelines.cluster import apply_cluster
+from components.unlearn_trainjob import unlearn_trainjob
+from pipelines.cluster import MLFLOW_KEYS, S3_KEYS, apply_cluster
 
 NAME = "selective-amnesia-unlearning"
 COMPUTE = ("trace", "unlearn", "evaluate-base", "evaluate-candidate")
@@ -62,10 +66,12 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             base = {"model_uri": model_uri, "model_config": model_config}  # the model section: every stage's
             t = k8s(trace(config_json=trace_config, split_json=sets, **base, **run), "trace")
             traced = t.outputs["Output"]
-            u = k8s(
-                unlearn(config_json=unlearn_config, split_json=sets, trace_json=traced, **base, **run),
-                "unlearn",
-            )
+            unlearning_args = {"config_json": unlearn_config, "split_json": sets, "trace_json": traced, **base, **run}
+            if cluster is not None and cluster.trainjob is not None:
+                u = k8s(unlearn_trainjob(**unlearning_args, **_trainjob_args(cluster)), "unlearn")
+                u.set_accelerator_limit(cluster.trainjob.gpus_per_node)  # per node, passed through
+            else:
+                u = k8s(unlearn(**unlearning_args), "unlearn")
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}
             eb = k8s(evaluate(role="base", **base, **scoring), "evaluate-base")
             candidate = {"model_uri": u.outputs["model_uri"], "model_config": model_config}
@@ -85,3 +91,14 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
                     k8s(register(**registration), "register").set_caching_options(False)
 
     return unlearning
+
+
+def _trainjob_args(cluster: ClusterConfig) -> dict[str, str]:
+    """The launcher's constants: the image its TrainJob runs, the TrainJob's shape, the secrets its nodes read."""
+    assert cluster.trainjob is not None
+    secrets = {cluster.s3_secret: list(S3_KEYS), cluster.mlflow_secret: list(MLFLOW_KEYS)}
+    return {
+        "image": cluster.image or IMAGE,
+        "trainjob_json": cluster.trainjob.model_dump_json(),
+        "secrets_json": json.dumps(secrets),
+    }
