@@ -15,8 +15,7 @@ from amnesia.models import load_model
 from amnesia.records import UnlearningRecord
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import Batch, PairedBatches, chunks, collate, encode
-from amnesia.unlearn.methods import METHODS, StepInfo, method_class
-from amnesia.unlearn.methods import Micro
+from amnesia.unlearn.methods import METHODS, Micro, StepInfo, method_class
 from amnesia.unlearn.methods.rmu import hidden_at
 from amnesia.unlearn.params import freeze_all_but, trainable_names
 from amnesia.unlearn.stage import _frozen_copy
