@@ -12,7 +12,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from amnesia.lineage import Tag
 from amnesia.metrics import item_score
 from amnesia.mmlu import sample, score_mmlu
 from amnesia.models import as_model_config, load, placement, resolve_model
+from amnesia.progress import Progress
 from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, load_mmlu, load_records
 from amnesia.scoring import final_score, mia_auc, mia_score, per_task, task_aggregate
 from amnesia.split import SplitResult
@@ -75,7 +76,9 @@ class Evaluation(BaseModel):
 
 
 @torch.inference_mode()
-def document_losses(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 16) -> list[float]:
+def document_losses(
+    model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 16, done: Callable[[int], None] = lambda n: None
+) -> list[float]:
     """Mean next-token NLL of each whole document (the MIA signal), batched with right padding."""
     device = next(model.parameters()).device
     limit = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
@@ -96,13 +99,19 @@ def document_losses(model: Any, tokenizer: Any, docs: Sequence[str], batch_size:
         per_doc = (nll * keep).sum(-1) / keep.sum(-1).clamp(min=1)
         for row, i in enumerate(chunk):
             out[i] = float(per_doc[row])
+        done(len(chunk))
     return out
 
 
 def score_items(
-    model: Any, tokenizer: Any, records: Sequence[UnlearningRecord], cfg: EvaluateConfig
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[UnlearningRecord],
+    cfg: EvaluateConfig,
+    done: Callable[[int], None] = lambda n: None,
 ) -> tuple[list[str], list[float]]:
-    gens = greedy_generate(model, tokenizer, [r.input for r in records], cfg.max_new_tokens, cfg.batch_size)
+    prompts = [r.input for r in records]
+    gens = greedy_generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, done)
     return gens, [item_score(r.kind, g, r.output) for r, g in zip(records, gens, strict=True)]
 
 
@@ -174,17 +183,23 @@ def _evaluate(
     loaded, where = load(mcfg, store=ctx.store)
     model, tok = loaded.model, loaded.tokenizer
     items, gens, scores = [], {}, {}
-    for group, records in sets.items():
-        g, s = score_items(model, tok, records, cfg) if records else ([], [])
-        scores[group] = per_task((r.task, r.kind, x) for r, x in zip(records, s, strict=True))
-        for r, text, x in zip(records, g, s, strict=True):
-            items.append({"id": r.id, "set": group, "task": r.task, "kind": r.kind, "score": x})
-            gens[r.id] = text
+    total = sum(len(r) for r in sets.values())
+    with Progress(total, f"evaluate {role}: generating", "item", ctx.log) as bar:  # a bar, or ETA lines in a pod
+        for group, records in sets.items():
+            g, s = score_items(model, tok, records, cfg, bar.update) if records else ([], [])
+            scores[group] = per_task((r.task, r.kind, x) for r, x in zip(records, s, strict=True))
+            for r, text, x in zip(records, g, s, strict=True):
+                items.append({"id": r.id, "set": group, "task": r.task, "kind": r.kind, "score": x})
+                gens[r.id] = text
     if not scores["forget"] or not scores["retain"]:
         raise ValueError("evaluation needs forget and retain items")
-    mia = _mia(cfg, ctx, split, model, tok)
-    m = cfg.mmlu
-    mmlu = score_mmlu(model, tok, questions, dev, m.shots, m.batch_size, m.format) if m else None
+    mia = _mia(cfg, ctx, split, model, tok, role)
+    m, mmlu = cfg.mmlu, None
+    if m:
+        cloze = m.format == "cloze"
+        rows = sum(len(q.choices) for q in questions) if cloze else len(questions)
+        with Progress(rows, f"evaluate {role}: MMLU", "choice" if cloze else "question", ctx.log) as bar:
+            mmlu = score_mmlu(model, tok, questions, dev, m.shots, m.batch_size, m.format, bar.update)
     agg = task_aggregate(scores["forget"], scores["retain"])
     auc = mia_auc(*mia[:2]) if mia else None
     mscore = mia_score(auc) if auc is not None else None
@@ -228,7 +243,7 @@ def _sampling(cfg: EvaluateConfig) -> str:
 
 
 def _mia(
-    cfg: EvaluateConfig, ctx: RunContext, split: SplitResult, model: Any, tok: Any
+    cfg: EvaluateConfig, ctx: RunContext, split: SplitResult, model: Any, tok: Any, role: str
 ) -> tuple[list[float], list[float], list[str], list[str]] | None:
     if not cfg.mia:
         return None
@@ -239,7 +254,8 @@ def _mia(
     if not docs["mia_members"] or not docs["mia_nonmembers"]:
         ctx.log.warning("evaluate: no MIA members or non-members in the split; MIA skipped")
         return None
-    losses = [document_losses(model, tok, [d.document for d in docs[n]], cfg.batch_size) for n in docs]
+    with Progress(sum(len(d) for d in docs.values()), f"evaluate {role}: MIA", "document", ctx.log) as bar:
+        losses = [document_losses(model, tok, [d.document for d in docs[n]], cfg.batch_size, bar.update) for n in docs]
     return losses[0], losses[1], [d.id for d in docs["mia_members"]], [d.id for d in docs["mia_nonmembers"]]
 
 

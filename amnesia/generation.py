@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -10,9 +10,15 @@ import torch
 
 @torch.inference_mode()
 def greedy_generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    done: Callable[[int], None] = lambda n: None,
 ) -> list[str]:
-    """Decoded continuations (special tokens dropped), stopping at EOS; order follows prompts."""
+    """Decoded continuations (special tokens dropped), stopping at EOS; order follows prompts. `done`
+    hears how many prompts each batch finished (progress)."""
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set one (e.g. the EOS token) before batching")
     side = tokenizer.padding_side
@@ -34,6 +40,7 @@ def greedy_generate(
             )
             new = gen[:, batch["input_ids"].shape[1] :]
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            done(len(new))
     finally:
         tokenizer.padding_side = side
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +87,12 @@ def score_mmlu(
     shots: int,
     batch: int,
     fmt: str = "letter",
+    done: Callable[[int], None] = lambda n: None,
 ) -> MMLUResult:
+    """Accuracy in the letter or cloze format; `done` hears how many questions (letter) or scored
+    choices (cloze: one row per choice) each batch finished."""
     if fmt == "cloze":
-        return _score_cloze(model, tokenizer, questions, dev, shots, batch)
+        return _score_cloze(model, tokenizer, questions, dev, shots, batch, done)
     prompts, reduced = build_prompts(tokenizer, questions, dev, shots, _context_limit(model))
     letters = torch.tensor(letter_ids(tokenizer))
     device = next(model.parameters()).device
@@ -108,6 +111,7 @@ def score_mmlu(
         picks = logits[:, letters.to(device)].argmax(-1).tolist()
         for row, i in enumerate(chunk):
             hits[i] = picks[row] == questions[i].answer
+        done(len(chunk))
     return _result(questions, hits, reduced, "letter")
 
 
@@ -133,6 +137,7 @@ def _score_cloze(
     dev: Sequence[MMLUQuestion],
     shots: int,
     batch: int,
+    done: Callable[[int], None] = lambda n: None,
 ) -> MMLUResult:
     """Sum of log p(choice tokens | prompt) / characters of the choice, argmax over the four choices.
     Prompt and continuation are tokenised apart (as the harnesses do), so every choice sees the same prompt."""
@@ -159,6 +164,7 @@ def _score_cloze(
             p, c = len(prompts[i]), conts[i][j]
             picked = logp[row, p - 1 : p - 1 + len(c)].gather(-1, torch.tensor(c, device=device)[:, None])
             scores[(i, j)] = picked.sum().item() / len(f" {questions[i].choices[j]}")
+        done(len(chunk))
     hits = {}
     for i, q in enumerate(questions):
         best = max(range(len(q.choices)), key=lambda j: scores[(i, j)])

@@ -4,6 +4,7 @@ the loader on the shared data, and a scored, cached, lineage-recorded evaluation
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,23 @@ def test_mmlu_k_shot_on_the_shared_data(shared_data: Path) -> None:
 
 
 def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
-    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings, s3_prefix: str
+    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings, s3_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
     split = _split(store, demo_build, s3_prefix)
     lineage = Lineage("eval-1", settings=stack_settings)
     ctx = RunContext("eval-1", f"{s3_prefix}/runs/eval-1", store, lineage)
     cfg = demo_evaluate_config(demo_build.world_uri)
-    first = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
+    with caplog.at_level(logging.INFO, logger="amnesia"):
+        first = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
+    # no terminal here: progress comes as log lines, and each phase's last one says it finished
+    progress = [r.getMessage().split(",")[0] for r in caplog.records if "(100%)" in r.getMessage()]
+    total = sum(first.counts[g] for g in ("forget", "retain", "retain_held_out"))
+    mia = first.counts["mia_members"] + first.counts["mia_nonmembers"]
+    assert progress == [
+        f"evaluate base: generating: item {total}/{total} (100%)",
+        f"evaluate base: MIA: document {mia}/{mia} (100%)",
+        f"evaluate base: MMLU: question {first.mmlu_questions}/{first.mmlu_questions} (100%)",
+    ]
     assert not first.cached and first.model_digest == demo_build.model_digest
     assert first.forget["Task2"]["knowledge"] >= 0.95 and first.task_aggregate < 0.1  # it remembers everything
     assert first.mia_auc is not None and first.mia_auc > 0.9 and first.mmlu is not None and first.mmlu >= 0.9
