@@ -137,19 +137,24 @@ def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path)
     assert "{{$.pipeline_job_uuid}}" not in compile_pipeline(ClusterConfig(), tmp_path / "one.yaml").read_text()
 
 
+def compile_against_golden(out: Path, golden: str, *options: str) -> None:
+    """`amnesia compile` (golden image tag) to out, compared with tests/golden/<golden>; after an intended
+    change, AMNESIA_UPDATE_GOLDEN=1 rewrites the golden file."""
+    import os
+
+    args = ["compile", *options, "--image", "ghcr.io/selective-amnesia/amnesia:golden", "-o", str(out)]
+    run = subprocess.run([sys.executable, "-m", "amnesia.cli", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    path = ROOT / "tests" / "golden" / golden
+    if os.environ.get("AMNESIA_UPDATE_GOLDEN"):
+        path.write_text(out.read_text())
+    assert out.read_text() == path.read_text(), "compiled pipeline changed: review it, then update the golden file"
+
+
 def test_compile_matches_the_golden_file(tmp_path: Path) -> None:
     """`amnesia compile` output is reviewed like code: a change to the DAG or a component shows up here.
     After an intended change: AMNESIA_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden"""
-    import os
-
-    out = tmp_path / "pipeline.yaml"
-    args = ["compile", "--image", "ghcr.io/selective-amnesia/amnesia:golden", "-o", str(out)]
-    run = subprocess.run([sys.executable, "-m", "amnesia.cli", *args], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    golden = ROOT / "tests" / "golden" / "pipeline.yaml"
-    if os.environ.get("AMNESIA_UPDATE_GOLDEN"):
-        golden.write_text(out.read_text())
-    assert out.read_text() == golden.read_text(), "compiled pipeline changed: review it, then update the golden file"
+    compile_against_golden(tmp_path / "pipeline.yaml", "pipeline.yaml")
 
 
 def test_a_failing_stage_is_recorded_by_the_exit_handler(

@@ -27,6 +27,7 @@ from amnesia.models import as_model_config
 from amnesia.storage import ArtifactStore
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.launch import read_result, write_job
+from tests.test_pipeline import compile_against_golden
 from tests.test_unlearn import _split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,13 +186,7 @@ def test_compiled_pipeline_with_the_trainjob_option_matches_golden_and_loads_bac
     cluster["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     cfg.write_text(yaml.safe_dump({"cluster": cluster}))
     out = tmp_path / "pipeline.yaml"
-    args = ["compile", "--config", str(cfg), "--image", "ghcr.io/selective-amnesia/amnesia:golden", "-o", str(out)]
-    run = subprocess.run([sys.executable, "-m", "amnesia.cli", *args], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    golden = ROOT / "tests" / "golden" / "pipeline-trainjob.yaml"
-    if os.environ.get("AMNESIA_UPDATE_GOLDEN"):
-        golden.write_text(out.read_text())
-    assert out.read_text() == golden.read_text(), "compiled pipeline changed: review it, then update the golden file"
+    compile_against_golden(out, "pipeline-trainjob.yaml", "--config", str(cfg))
 
     assert components.load_component_from_file(str(out)).name == "selective-amnesia-unlearning"
     spec = next(yaml.safe_load_all(out.read_text()))
