@@ -24,8 +24,7 @@ from amnesia.unlearn.checkpoint import Checkpoint, CheckpointStore
 from amnesia.unlearn.config import UnlearnConfig
 from amnesia.unlearn.data import Batch, Encoded, PairedBatches, chunks
 from amnesia.unlearn.distributed import ONE, World, from_main, full, like, unwrap
-from amnesia.unlearn.methods import Method, StepInfo
-from amnesia.unlearn.methods.base import Micro
+from amnesia.unlearn.methods import Method, Micro, StepInfo
 
 log = logging.getLogger("amnesia.unlearn")
 
