@@ -604,6 +604,22 @@ def reject_cmd(name: str, version: str, reviewer: str, note: str, root: str | No
     click.echo(f"{name} v{version} rejected")
 
 
+@cli.command("pending")
+@click.argument("name", required=False)
+def pending_cmd(name: str | None) -> None:
+    """Versions waiting for a person's decision (every model's, or NAME's): gate, key figures, age."""
+    from amnesia.progress import span
+    from amnesia.registry import pending
+
+    rows = pending(client_settings(), name)
+    if not rows:
+        click.echo("nothing waits for a decision")
+    for r in rows:
+        figures = "  ".join(f"{k} {v:.3f}" for k, v in r["figures"].items())
+        click.echo(f"{r['name']} v{r['version']:<4} gate {r['gate']:<10} {figures}  waiting {span(r['age_s'])}")
+        click.echo(f"    run {r['pipeline_run_id']} by {r['runner']}: `amnesia audit {r['name']} {r['version']}`")
+
+
 @cli.command("history")
 @click.argument("name")
 def history_cmd(name: str) -> None:

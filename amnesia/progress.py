@@ -41,7 +41,7 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         share = 100 * self.done / max(self.total, 1)
         text = f"{self.desc}: {self.unit} {self.done}/{self.total} ({share:.0f}%), {rate:.3g} {self.unit}/s"
-        text += f", ETA {_span(eta)}"
+        text += f", ETA {span(eta)}"
         if figures:
             text += "; " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
         return text
@@ -57,7 +57,7 @@ class Progress:
         self.close()
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     if seconds == float("inf"):
         return "unknown"
     seconds = int(round(seconds))

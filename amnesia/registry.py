@@ -2,8 +2,10 @@
 
 A passing candidate becomes an MLflow model version (source: its S3 folder) tagged with everything an
 auditor needs, under alias `candidate`, status `pending_approval`. Only a person other than the one who
-ran the pipeline can approve it: that moves alias `champion`, records the previous champion, and moves
-the fulfilled requests out of the queue. Reviewer notes are free text (they may name a person), so they
+ran the pipeline can approve it, and only after the version's whole chain re-verifies against its
+recorded digests and the stored gate verdict passed (tags alone are never trusted): that moves alias
+`champion` (and takes `candidate` off), records the previous champion, and moves the fulfilled requests
+out of the queue. Reviewer notes are free text (they may name a person), so they
 live in the artifact store; MLflow holds their URI and sha256.
 """
 
@@ -142,10 +144,10 @@ def _decide(
         raise RegistryError(
             f"{name} version {version} is {tags.get(Tag.STATUS, 'not registered by amnesia')}, not pending"
         )
-    if what == APPROVED and tags.get(Tag.GATE_PASSED) != "true":
-        raise RegistryError(f"{name} version {version} did not pass its gate; it cannot be approved")
-    if reviewer == tags.get(RUNNER):
+    if same_person(reviewer, tags.get(RUNNER, "")):
         raise RegistryError(f"{reviewer} ran the pipeline that made version {version}; another person must decide")
+    if what == APPROVED and not verified_gate(settings, store, name, version):
+        raise RegistryError(f"{name} version {version} did not pass its gate (stored verdict); it cannot be approved")
     Guard().check("tag", APPROVER, reviewer)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {"name": name, "version": version, "decision": what, "reviewer": reviewer, "note": note, "at": when}
@@ -155,15 +157,42 @@ def _decide(
     return client, mv, decided
 
 
+def same_person(a: str, b: str) -> bool:
+    """Identities compared as people write them: case and surrounding space do not make another person."""
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def verified_gate(settings: Settings, store: ArtifactStore, name: str, version: str) -> bool:
+    """The gate's verdict as stored in its digest-checked report, after the whole chain re-verifies
+    (`amnesia audit`): a version's tags are editable by anyone who can write to MLflow, its stored
+    artifacts are checked against digests recorded when they were made."""
+    from amnesia.audit import audit  # the audit reads the registry's tag names
+
+    checked = audit(settings, store, name, version)
+    broken = [link for link in checked.links if not link.ok and link.step != "approval"]
+    if broken:
+        first = broken[0]
+        why = first.detail.get("error") or f"recorded {first.expected}, found {first.actual}"
+        raise RegistryError(
+            f"{name} version {version}: its chain does not verify at '{first.step}' ({why}); "
+            f"see `amnesia audit {name} {version}`"
+        )
+    gate = next(link for link in checked.links if link.step == "gate")
+    return bool(gate.detail["passed"])
+
+
 def approve(
     settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str
 ) -> dict[str, str]:
-    """Promote a pending, gate-passed version to `champion`; returns the tags set."""
+    """Promote a pending version to `champion` (it loses `candidate`) once its chain re-verifies and its
+    stored gate verdict passed; returns the tags set."""
     client, mv, tags = _decide(settings, store, root, name, version, reviewer, note, APPROVED)
     tags[PREVIOUS_CHAMPION] = _alias(client, name, CHAMPION) or "none"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION, version)
+    if _alias(client, name, CANDIDATE) == str(version):  # decided: no longer a candidate
+        client.delete_registered_model_alias(name, CANDIDATE)
     split_uri = (mv.tags or {}).get(Tag.SPLIT_URI)
     if split_uri and store.exists(join(split_uri, "requests.jsonl")):
         ids = [r.request_id for r in load_requests_uri(store, join(split_uri, "requests.jsonl"))]
@@ -189,9 +218,47 @@ def _alias(client: Any, name: str, alias: str) -> str | None:
     return client.get_registered_model(name).aliases.get(alias)
 
 
+def _known(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model named {name!r} in {client.tracking_uri}") from None
+
+
+PENDING_FIGURES = ("forget_score", "retain_score", "held_out_retain_score", "mmlu")
+
+
+def pending(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
+    """Versions awaiting a decision (every model's, or one's), oldest first: what a reviewer's queue shows."""
+    client = _client(settings)
+    if name:
+        _known(client, name)
+    query = f"tags.`{Tag.STATUS}` = '{PENDING}'" + (f" and name = '{name}'" if name else "")
+    now = datetime.now(UTC).timestamp()
+    rows = []
+    for mv in client.search_model_versions(query):
+        tags = mv.tags or {}
+        figures = {k: float(tags[METRIC_PREFIX + k]) for k in PENDING_FIGURES if METRIC_PREFIX + k in tags}
+        rows.append(
+            {
+                "name": mv.name,
+                "version": str(mv.version),
+                "gate": "passed" if tags.get(Tag.GATE_PASSED) == "true" else "not passed",
+                "figures": figures,
+                "age_s": max(0.0, now - mv.creation_timestamp / 1000),
+                "pipeline_run_id": tags.get(Tag.PIPELINE_RUN_ID, ""),
+                "runner": tags.get(RUNNER, ""),
+            }
+        )
+    return sorted(rows, key=lambda r: -r["age_s"])
+
+
 def history(settings: Settings, name: str) -> list[dict[str, str]]:
     """Every decision on the model's versions, oldest first: version, status, reviewer, time, previous champion."""
     client = _client(settings)
+    _known(client, name)
     rows = []
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from amnesia.progress import Progress, _span
+from amnesia.progress import Progress, span
 
 
 def test_without_a_terminal_it_logs_step_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
@@ -31,7 +31,7 @@ def test_lines_are_rate_limited_but_the_last_is_always_logged(caplog: pytest.Log
 
 
 def test_time_spans_read_as_a_person_would() -> None:
-    assert [_span(s) for s in (0, 42, 61, 3599, 3661, float("inf"))] == [
+    assert [span(s) for s in (0, 42, 61, 3599, 3661, float("inf"))] == [
         "0s",
         "42s",
         "1m01s",

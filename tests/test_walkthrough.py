@@ -70,10 +70,15 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     assert "reused demo" in again.stdout and "gate    PASS" in again.stdout
     assert "built demo" not in again.stdout and "\ntrain   " not in again.stdout  # no base-model rebuild
     assert f"model   {MODEL_NAME} version 1 (pending_approval); already registered by run demo-" in again.stdout
+    waiting = cli("pending").stdout  # the reviewer's queue: the version, its gate and figures
+    assert f"{MODEL_NAME} v1    gate passed" in waiting and "forget_score " in waiting and "mmlu " in waiting, waiting
     approved = cli("approve", MODEL_NAME, "1", "--reviewer", "dpo-reviewer", "--note", "report and audit read")
     assert approved.returncode == 0, approved.stderr
+    assert cli("pending").stdout == "nothing waits for a decision\n"
     audit = cli("audit", MODEL_NAME, "1")
     assert audit.returncode == 0 and "(approved): OK" in audit.stdout, audit.stdout + audit.stderr
     last = cli("demo")
     assert last.returncode == 0 and "nothing pending" in last.stdout, last.stderr[-2000:]
     assert "approved" in cli("history", MODEL_NAME).stdout
+    unknown = cli("history", "no-such-model")
+    assert unknown.returncode != 0 and "no registered model named 'no-such-model'" in unknown.stderr
