@@ -436,6 +436,7 @@ def evaluate_cmd(
     """Stage 4 (and 5): the SemEval scorer's metrics, MIA and MMLU; with --candidate, the gate and the
     report. Exit status 3 when the candidate fails the gate."""
     from amnesia.config import EvaluateConfig, GateConfig, load_yaml, parse_model
+    from amnesia.errors import ConfigError
     from amnesia.evaluate import run_evaluate
     from amnesia.gate import run_gate, scores
     from amnesia.split import load_split_result
@@ -443,6 +444,9 @@ def evaluate_cmd(
     from amnesia.trace import TraceResult
 
     cfg, ctx = _stage_setup("evaluate", EvaluateConfig, config_path, run_id, root, no_track)
+    gate_cfg = parse_model(GateConfig, load_yaml(config_path).get("gate", {}), f"{config_path}: gate")
+    if candidate_uri and (problem := gate_cfg.unmeasured(cfg)):  # before two evaluations, not after
+        raise ConfigError(f"{config_path}: gate.{problem}")
     split = load_split_result(ctx.store, split_uri)
     model = _model_section(config_path, model_uri)
     evals = [run_evaluate(cfg, ctx, model, split, "base")]
@@ -459,7 +463,6 @@ def evaluate_cmd(
         click.echo(f"  {name:<38}{cells}")
     if not candidate_uri:
         return
-    gate_cfg = parse_model(GateConfig, load_yaml(config_path).get("gate", {}), f"{config_path}: gate")
     trace = None
     if trace_uri:
         agg = ctx.store.get_json(join(trace_uri, "aggregate.json"))

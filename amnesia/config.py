@@ -176,6 +176,17 @@ class GateConfig(StrictModel):
         description="Further floors on any reported metric by name (e.g. robustness metrics added later).",
     )
 
+    def unmeasured(self, evaluate: EvaluateConfig) -> str | None:
+        """A floor the evaluation config gives no number for, as 'field: why' (None: all measurable).
+        Caught when the config loads, not after two evaluations have run."""
+        if evaluate.mmlu is None:
+            for name in ("mmlu_floor", "mmlu_relative_floor"):
+                if getattr(self, name) is not None:
+                    return f"{name}: evaluate.mmlu is null, so there is no MMLU to compare (set {name}: null)"
+        if not evaluate.mia and self.mia_floor is not None:
+            return "mia_floor: evaluate.mia is off, so there is no MIA score (set mia_floor: null)"
+        return None
+
     @model_validator(mode="after")
     def _floors_in_range(self) -> GateConfig:
         bad = {k: v for k, v in self.floors.items() if not 0 <= v <= 1}
@@ -234,12 +245,13 @@ class RunConfig(StrictModel):
 
 
 def describe_error(err: ValidationError, source: str) -> str:
-    """One line: '<source>: <dotted.field>: <message>' (+N more)."""
+    """One line: '<source>: <dotted.field>: <message>' (+N more); a check across fields names its fields
+    in the message itself."""
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(root)"
+    field = ".".join(str(p) for p in first["loc"])
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {field}: {message}{more}"
+    return f"{source}: {field + ': ' if field else ''}{message}{more}"
 
 
 def parse_model(model: type[M], data: Any, source: str) -> M:

@@ -102,13 +102,22 @@ def load(
     return loaded, where
 
 
+# What a tokenizer leaves in a model folder (fast, sentencepiece, BPE and WordPiece files).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 def check_weights(folder: Path) -> None:
-    """Refuse a folder without safetensors weights, naming what it holds instead."""
+    """Refuse a folder without safetensors weights (naming what it holds instead) or without a tokenizer."""
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: not a model folder")
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder}: no config.json (not a Hugging Face model folder)")
     if any(folder.glob("*.safetensors")):
+        if not any((folder / name).exists() for name in _TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"{folder}: no tokenizer ({' / '.join(_TOKENIZER_FILES[:2])}); save the tokenizer beside the "
+                "weights (tokenizer.save_pretrained(folder))"
+            )
         return
     pickles = sorted(p.name for pat in _PICKLE_WEIGHTS for p in folder.glob(pat))
     if pickles:

@@ -3,7 +3,7 @@ stage's own model), the base model, the registered model's name, and the cluster
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from amnesia.config import (
     ClusterConfig,
@@ -41,6 +41,13 @@ class PipelineConfig(StrictModel):
         if not model.uri:
             raise ValueError("uri: the base model is required (a local folder, an s3:// folder or a hub id)")
         return model
+
+    @model_validator(mode="after")
+    def _gate_measurable(self) -> PipelineConfig:
+        problem = self.gate.unmeasured(self.evaluate)
+        if problem:
+            raise ValueError(f"gate.{problem}")
+        return self
 
     def store_root(self, bucket: str) -> str:
         return self.store.root or f"s3://{bucket}"

@@ -75,4 +75,4 @@ def test_cli_split(tmp_path: Path, s3_prefix: str) -> None:
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and "split: (root): request mode needs both corpus and requests" in bad.stderr
+    assert bad.returncode == 1 and "split: request mode needs both corpus and requests" in bad.stderr

@@ -131,4 +131,15 @@ def test_mmlu_config_validates() -> None:
     with pytest.raises(ConfigError, match=r"evaluate: mmlu.shots: Input should be less than or equal to 10"):
         parse_model(EvaluateConfig, {"mmlu": {"shots": 11}}, "evaluate")
     assert parse_model(EvaluateConfig, {"mmlu": None}, "e").mmlu is None
+    # a gate floor on a number the evaluation will not produce fails at load, naming the field
+    from amnesia.config import GateConfig
+    from amnesia.pipeline_config import PipelineConfig
+
+    no_mmlu = parse_model(EvaluateConfig, {"mmlu": None}, "e")
+    assert GateConfig().unmeasured(no_mmlu).startswith("mmlu_relative_floor: evaluate.mmlu is null")
+    assert GateConfig(mmlu_relative_floor=None).unmeasured(no_mmlu) is None
+    assert GateConfig(mia_floor=0.5).unmeasured(EvaluateConfig(mia=False)).startswith("mia_floor: evaluate.mia is off")
+    run = {"model": "m", "split": {"forget": "f.jsonl", "retain": "r.jsonl"}, "evaluate": {"mmlu": None}}
+    with pytest.raises(ConfigError, match=r"run.yaml: gate.mmlu_relative_floor: evaluate.mmlu is null"):
+        parse_model(PipelineConfig, run, "run.yaml")
     assert MMLUConfig().uri == "cais/mmlu" and MMLUConfig().shots == 5

@@ -51,6 +51,12 @@ def test_folders_without_weights_or_config_are_refused(tiny_model_dir: Path, tmp
         load_model(str(no_weights))
     with pytest.raises(ModelLoadError, match="no such model folder"):
         load_model(str(tmp_path / "absent"))
+    no_tokenizer = tmp_path / "no-tokenizer"  # weights alone once loaded and failed late, in evaluate
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, no_tokenizer / name)
+    with pytest.raises(ModelLoadError, match=r"no-tokenizer: no tokenizer \(tokenizer.json / tokenizer_config.json\)"):
+        load_model(str(no_tokenizer))
 
 
 def test_custom_code_is_not_run_by_default(tiny_model_dir: Path, tmp_path: Path) -> None:
