@@ -5,6 +5,7 @@ secrets, resources, retries and the image."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,9 +122,15 @@ def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path)
     from amnesia.errors import ConfigError
     from pipelines.remote import check_cron
 
-    assert check_cron("0 0 3 * * *") == "0 0 3 * * *"
+    for good in ("0 0 3 * * *", "0 */15 9-17 * * MON-FRI", "0 0 0 1,15 * ?", "0 30 2 * JAN,JUL SUN"):
+        assert check_cron(good) == good
     for bad in ("0 3 * * *", "0 0 3 * * * *", "0 0 3 * * ;rm"):
         with pytest.raises(ConfigError, match="KFP wants 6 fields, seconds first"):
+            check_cron(bad)
+    for bad, why in (("0 0 25 * * *", "hours '25' is not in 0-23"), ("0 0 3 0 * *", "day of month '0' is not in 1-31"),
+                     ("0 0 3 * * 7", "day of week '7' is not in 0-6"), ("0 0 5-3 * * *", "the range runs backwards"),
+                     ("0 */0 3 * * *", "a step of 0"), ("0 0 3 * * FUN", "day of week 'FUN'")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"--cron '{re.escape(bad)}': .*{re.escape(why)}"):
             check_cron(bad)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"model": "s3://b/m", "split": {"forget": "f.jsonl", "retain": "r.jsonl"}}))
@@ -132,6 +139,13 @@ def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path)
          "--cron", "0 3 * * *"], capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 1 and "Error: --cron '0 3 * * *': KFP wants 6 fields" in out.stderr
+    unreachable = subprocess.run(  # nothing listens on port 9: one line, no traceback
+        [sys.executable, "-m", "amnesia.cli", "schedule", "--config", str(cfg), "--host", "http://127.0.0.1:9",
+         "--cron", "0 0 3 * * *"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    errors = [line for line in unreachable.stderr.splitlines() if line.startswith("Error: ")]
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr, unreachable.stderr
+    assert errors and errors[0].startswith("Error: KFP at http://127.0.0.1:9: ") and "refused" in errors[0], errors
     recurring = compile_pipeline(ClusterConfig(), tmp_path / "recurring.yaml", run_id_from_job=True).read_text()
     assert "{{$.pipeline_job_uuid}}" in recurring
     assert "{{$.pipeline_job_uuid}}" not in compile_pipeline(ClusterConfig(), tmp_path / "one.yaml").read_text()
