@@ -32,6 +32,8 @@ class RunContext:
         s = settings or default_settings()
         base = store_root or f"s3://{s.bucket}"
         lineage = Lineage(pipeline_run_id, experiment=experiment, settings=s) if track else None
+        if lineage is not None:  # before the stage writes anything: no outputs without their lineage
+            lineage.check_reachable()
         return cls(pipeline_run_id, join(base, "runs", pipeline_run_id), ArtifactStore(s), lineage)
 
 

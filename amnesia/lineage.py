@@ -241,6 +241,24 @@ class Lineage:
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
 
+    def check_reachable(self, timeout_s: float = 5.0) -> None:
+        """Fail in one line, before a stage writes anything, when the tracking server does not answer
+        (MLflow's own client would retry for minutes and then end in a traceback)."""
+        uri = self.settings.mlflow_tracking_uri or ""
+        if not uri.startswith(("http://", "https://")):
+            return  # a file or database store: nothing to reach
+        import requests
+
+        try:
+            answer = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as err:
+            raise LineageError(
+                f"MLflow at {uri}: not reachable ({type(err).__name__}); start the local stack (`amnesia stack up`) "
+                "or fix MLFLOW_TRACKING_URI"
+            ) from None
+        if answer.status_code >= 500:
+            raise LineageError(f"MLflow at {uri}: answered HTTP {answer.status_code} to its health check")
+
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:

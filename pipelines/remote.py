@@ -68,9 +68,13 @@ class KFPError(AmnesiaError):
 
 def _client(host: str) -> Any:
     """kfp.Client for host; its first call (a health check) already needs the server."""
+    import warnings
+
     import kfp
 
-    return kfp.Client(host=host)
+    with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later": noise
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host)
 
 
 def _failure(host: str, err: Exception) -> KFPError:

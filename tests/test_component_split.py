@@ -1,6 +1,7 @@
 """The split component: its spec, and a real run in kfp.local against the session stack."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_runs_in_kfp_local(store: ArtifactStore, s3_prefix: str, tmp_path: Path)
     assert len({r.document_id for r in forget}) == 2
 
 
-def test_cli_split(tmp_path: Path, s3_prefix: str) -> None:
+def test_cli_split(tmp_path: Path, s3_prefix: str, store: ArtifactStore) -> None:
     files = generate(WorldConfig(seed=6, forget_people=2, retain_people=4, nonmember_people=1)).write(tmp_path / "w")
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
@@ -76,3 +77,14 @@ def test_cli_split(tmp_path: Path, s3_prefix: str) -> None:
         timeout=60,
     )
     assert bad.returncode == 1 and "split: request mode needs both corpus and requests" in bad.stderr
+    # MLflow down: one line before anything is written (it used to write the split, then fail on lineage)
+    cfg.write_text(
+        yaml.safe_dump({"split": {"corpus": str(files / "corpus.jsonl"), "requests": str(files / "requests.jsonl")}})
+    )
+    env = os.environ | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    args = ["split", "--config", str(cfg), "--root", s3_prefix, "--run-id", "cli-split-2"]
+    down = subprocess.run([sys.executable, "-m", "amnesia.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
+    assert "Error: MLflow at http://127.0.0.1:9: not reachable" in down.stderr
+    assert store.list(f"{s3_prefix}/runs/cli-split-2") == []
