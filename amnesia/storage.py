@@ -156,6 +156,13 @@ _CLIENT_HINTS = {
 }
 
 
+def _from_s3(err: Any) -> bool:
+    """Whether an error response came from an S3 server: every S3 implementation sends x-amz-* headers
+    (a request id at least); a web server at the wrong address answers 404 without them."""
+    headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return not headers or any(k.lower().startswith("x-amz-") for k in headers)
+
+
 def _describe(err: BaseException, uri: str, bucket: str | None, endpoint: str, attempts: int) -> str:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
@@ -169,6 +176,14 @@ def _describe(err: BaseException, uri: str, bucket: str | None, endpoint: str, a
 
     if isinstance(err, S3UploadFailedError) and err.__context__ is not None:
         err = err.__context__
+    if isinstance(err, ClientError) and not _from_s3(err):
+        headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        server = f", server {headers['server']!r}" if "server" in headers else ""
+        return (
+            f"{endpoint} does not answer as an S3 server (HTTP {status} without S3 headers{server}); "
+            "check AMNESIA_S3_ENDPOINT_URL (AWS_ENDPOINT_URL_S3)"
+        )
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
         hint = _CLIENT_HINTS.get(code)
@@ -248,7 +263,8 @@ class ArtifactStore:
             yield
         except (ClientError, BotoCoreError, Boto3Error) as err:
             msg = _describe(err, loc.uri, loc.bucket, self.endpoint, self.settings.s3_max_attempts)
-            missing = isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in _NOT_FOUND
+            code = err.response.get("Error", {}).get("Code") if isinstance(err, ClientError) else None
+            missing = code in _NOT_FOUND and _from_s3(err)
             raise (MissingError if missing else StoreError)(f"{action} failed: {msg}") from None
 
     # -------------------------------------------------------- bytes and small objects
@@ -298,7 +314,7 @@ class ArtifactStore:
             try:
                 self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
             except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                if err.response.get("Error", {}).get("Code") in _NOT_FOUND and _from_s3(err):
                     return False
                 raise
         return True

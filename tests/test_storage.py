@@ -13,7 +13,7 @@ import pytest
 from amnesia import stack
 from amnesia.errors import IntegrityError, StoreError
 from amnesia.settings import load_settings
-from amnesia.storage import MANIFEST_NAME, ArtifactStore, Manifest, join, parse_uri, sha256_file
+from amnesia.storage import MANIFEST_NAME, ArtifactStore, Manifest, MissingError, join, parse_uri, sha256_file
 from tests.conftest import settings_for
 
 
@@ -160,6 +160,16 @@ def test_missing_bucket_gives_one_line_message(store: ArtifactStore, tmp_path: P
     msg = _one_line_error(lambda: store.put_file(f, "s3://no-such-bucket-here/x/f.txt"), "does not exist")
     assert "bucket 'no-such-bucket-here'" in msg and "AMNESIA_BUCKET" in msg
     _one_line_error(lambda: store.put_dir(tmp_path, "s3://no-such-bucket-here/x"), "bucket 'no-such-bucket-here'")
+
+
+def test_an_endpoint_that_is_not_s3_is_named_as_such(stack_state: stack.StackState, s3_prefix: str) -> None:
+    """MLflow's address given as the S3 endpoint: its 404 pages are not 'the object does not exist'."""
+    st = ArtifactStore(settings_for(stack_state, s3_endpoint_url=stack_state.client_settings().mlflow_tracking_uri))
+    for call in (lambda: st.get_bytes(join(s3_prefix, "k")), lambda: st.exists(join(s3_prefix, "k"))):
+        msg = _one_line_error(call, "does not answer as an S3 server (HTTP 404 without S3 headers")
+        assert "check AMNESIA_S3_ENDPOINT_URL" in msg and "does not exist" not in msg
+    with pytest.raises(MissingError):  # the real server's 404 still means missing
+        ArtifactStore(stack_state.client_settings()).get_bytes(join(s3_prefix, "k"))
 
 
 def test_unreachable_endpoint_is_bounded(tmp_path: Path) -> None:
