@@ -18,6 +18,7 @@ from amnesia.config import ClusterConfig, Toleration
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_unlearn_config
 from amnesia.lineage import Tag
 from amnesia.pipeline_config import PipelineConfig
+from amnesia.records import load_records
 from amnesia.registry import CANDIDATE, CHAMPION
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
@@ -73,6 +74,15 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     assert len(RequestQueue(store, s3_prefix).list("fulfilled")) == 2
     hist = subprocess.run([sys.executable, "-m", "amnesia.cli", "history", "e2e-model"], capture_output=True, text=True)
     assert f"v{mv.version}" in hist.stdout and "approved" in hist.stdout and "alice" in hist.stdout
+
+    # MLflow's own way in: the champion loads as a pyfunc (from the S3 folder) and generates.
+    import mlflow
+
+    mlflow.set_tracking_uri(stack_settings.mlflow_tracking_uri)
+    champion = mlflow.pyfunc.load_model("models:/e2e-model@champion")
+    record = load_records(join(demo_build.world_uri, "retain.jsonl"), store=store)[0]
+    out = champion.predict([record.input], params={"max_new_tokens": 12, "do_sample": False})
+    assert isinstance(out[0], str) and out[0].startswith(record.input) and len(out[0]) > len(record.input), out
 
     # The auditor: the whole chain re-hashed; then one byte of the candidate changed, and it fails.
     audit = [sys.executable, "-m", "amnesia.cli", "audit", "e2e-model", mv.version]

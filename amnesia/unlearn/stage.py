@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from amnesia import mlmodel
 from amnesia.arch import inspect_model
 from amnesia.config import ModelConfig, config_hash
 from amnesia.context import RunContext
@@ -230,6 +231,7 @@ def _store(
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, state_dict=weights)  # safetensors; weights: gathered from shards
         tokenizer.save_pretrained(folder)
+        mlmodel.write(folder, model, tokenizer, base.uri)  # also an MLflow model (pyfunc, transformers)
         (folder / "amnesia_unlearn.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         ref = ctx.store.put_dir(folder, model_uri)
         report = Path(tmp) / "report"
