@@ -14,15 +14,25 @@ from amnesia import __version__
 from amnesia.errors import AmnesiaError
 from amnesia.settings import Settings, load_settings
 
+# Lineage opened by a stage command run on its own (`amnesia split …`): its parent run is closed when the
+# command ends, so it does not stay RUNNING (in the pipeline, the exit handler closes it).
+_STANDALONE: list[Any] = []
+
 
 class _Group(click.Group):
     """Turns library errors into one-line messages and a non-zero exit, without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        ok = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            ok = True
+            return result
         except AmnesiaError as err:
             raise click.ClickException(str(err)) from None
+        finally:
+            while _STANDALONE:
+                _STANDALONE.pop().end_parent(ok)
 
 
 def client_settings(home: Path | None = None) -> Settings:
@@ -331,7 +341,10 @@ def _stage_setup(
     from amnesia.context import RunContext
 
     cfg = parse_model(model, load_yaml(config_path).get(section, {}), f"{config_path}: {section}")
-    return cfg, RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    ctx = RunContext.create(_run_id(run_id), root, settings=client_settings(), track=not no_track)
+    if ctx.lineage is not None:
+        _STANDALONE.append(ctx.lineage)
+    return cfg, ctx
 
 
 @cli.command("split")

@@ -9,6 +9,7 @@ The tags are listed here, in `Tag`, so the audit reads exactly what the stages w
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import re
 import subprocess
@@ -279,6 +280,7 @@ class Lineage:
             Tag.PIPELINE_RUN_ID: self.pipeline_run_id,
             Tag.CODE_VERSION: code_version(),
             Tag.IMAGE: os.environ.get("AMNESIA_IMAGE_REF", f"{self.settings.image}:{__version__}"),
+            "mlflow.user": runner_identity(),  # MLflow's "User" column: who ran it, not "unknown"
         }
 
     def parent_run_id(self) -> str:
@@ -316,6 +318,12 @@ class Lineage:
             raise
         self.client.set_terminated(run.run_id, "FINISHED")
 
+    def end_parent(self, ok: bool) -> None:
+        """End the parent run this process opened (a stage command run on its own), if it opened one."""
+        if self._parent_id is not None:
+            with contextlib.suppress(Exception):  # closing is best effort: the command's own error matters
+                self.client.set_terminated(self._parent_id, "FINISHED" if ok else "FAILED")
+
     def close(self, status: str, **tags: Any) -> None:
         """End the parent run (the exit handler's job): status and final tags."""
         parent = StageRun(self.client, self.parent_run_id(), self.guard)
@@ -324,6 +332,29 @@ class Lineage:
 
 
 PIPELINE_STAGES = ("split", "trace", "unlearn", "evaluate-base", "evaluate-candidate", "gate")
+# What the parent run shows at a glance: the gate's headline figures (candidate and base) ...
+HEADLINE_METRICS = ("forget_score", "retain_score", "held_out_retain_score", "mmlu", "mia_score", "final")
+# ... and the settings that made the candidate.
+HEADLINE_PARAMS = {"unlearn": ("method", "target", "layers", "lr", "epochs", "model.dtype", "model.device")}
+
+
+def runner_identity() -> str:
+    """Who runs the pipeline: AMNESIA_RUNNER (a service identity on a cluster), else the OS user."""
+    return os.environ.get("AMNESIA_RUNNER") or getpass.getuser()
+
+
+def _headline(stages: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The parent run's params and metrics, taken from its stage runs (newest attempt of each)."""
+    params: dict[str, Any] = {"base_model_uri": ""}
+    for stage, keys in HEADLINE_PARAMS.items():
+        got = stages[stage].data.params if stage in stages else {}
+        params |= {k: got[k] for k in keys if k in got}
+    if "unlearn" in stages:
+        params["base_model_uri"] = stages["unlearn"].data.tags.get(Tag.BASE_MODEL_URI, "")
+    gate = stages["gate"].data.metrics if "gate" in stages else {}
+    metrics = {k: gate[k] for k in HEADLINE_METRICS if k in gate}
+    metrics |= {f"base.{k}": gate[f"base.{k}"] for k in HEADLINE_METRICS if f"base.{k}" in gate}
+    return {k: v for k, v in params.items() if v != ""}, metrics
 
 
 def finish_run(pipeline_run_id: str, store_root: str | None, state: str, settings: Settings | None = None) -> str:
@@ -336,7 +367,8 @@ def finish_run(pipeline_run_id: str, store_root: str | None, state: str, setting
     parent = lineage.parent_run_id()
     runs = lineage.client.search_runs([lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     # A retried stage has several runs: the newest one says how it ended.
-    seen = {r.data.tags.get(Tag.STAGE): r.info.status for r in sorted(runs, key=lambda r: r.info.start_time)}
+    newest = {r.data.tags.get(Tag.STAGE): r for r in sorted(runs, key=lambda r: r.info.start_time)}
+    seen = {stage: run.info.status for stage, run in newest.items()}
     failed_stage = next((n for n in PIPELINE_STAGES if seen.get(n) == "FAILED"), None)
     missing = next((n for n in PIPELINE_STAGES if n not in seen), None)
     ok = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE", "COMPLETED")
@@ -348,5 +380,11 @@ def finish_run(pipeline_run_id: str, store_root: str | None, state: str, setting
         verdict = store.get_json(verdict_uri)
         tags[Tag.GATE_PASSED] = str(verdict["passed"]).lower()
         tags[Tag.GATE_REASONS] = ",".join(verdict["codes"]) or "none"
+    params, metrics = _headline(newest)
+    headline = StageRun(lineage.client, parent, lineage.guard)
+    if params:
+        headline.log_params(params)
+    if metrics:
+        headline.log_metrics(metrics)
     lineage.close("succeeded" if ok else "failed", **tags)
     return "succeeded" if ok else "failed"

@@ -11,7 +11,6 @@ live in the artifact store; MLflow holds their URI and sha256.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from pydantic import BaseModel
 
 from amnesia import __version__
 from amnesia.errors import AmnesiaError
-from amnesia.lineage import Guard, Tag, code_version
+from amnesia.lineage import Guard, Tag, code_version, runner_identity
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
 from amnesia.storage import ArtifactStore, join
@@ -58,10 +57,6 @@ class Registration(BaseModel):
     version: str
     created: bool  # False: this request digest + base model already had a version
     source: str
-
-
-def runner_identity() -> str:
-    return os.environ.get("AMNESIA_RUNNER") or getpass.getuser()
 
 
 def _client(settings: Settings) -> Any:

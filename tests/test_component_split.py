@@ -12,6 +12,7 @@ from kfp import local
 from amnesia.config import SplitConfig
 from amnesia.demo.world import WorldConfig, generate
 from amnesia.records import load_records
+from amnesia.settings import load_settings
 from amnesia.storage import ArtifactStore
 from components import IMAGE
 from components.split import split
@@ -69,6 +70,13 @@ def test_cli_split(tmp_path: Path, s3_prefix: str, store: ArtifactStore) -> None
     assert out.returncode == 0, out.stderr
     assert f"split cli-split-1: {s3_prefix}/runs/cli-split-1/split" in out.stdout
     assert "forget_train        16 records      2 documents" in out.stdout
+    # on its own, the command closes the parent run it opened (it used to stay RUNNING forever)
+    from amnesia.lineage import Lineage, Tag
+
+    lineage = Lineage("cli-split-1", settings=load_settings())
+    query = f"tags.`{Tag.PIPELINE_RUN_ID}` = 'cli-split-1' and tags.`{Tag.ROLE}` = 'pipeline'"
+    parent = lineage.client.search_runs([lineage.experiment_id], query)[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.user"]
     cfg.write_text(yaml.safe_dump({"split": {"corpus": str(files / "corpus.jsonl")}}))
     bad = subprocess.run(
         [sys.executable, "-m", "amnesia.cli", "split", "--config", str(cfg), "--no-track"],

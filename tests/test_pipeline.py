@@ -58,6 +58,12 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     text = "\n".join(lines)
     assert "status  succeeded (stopped at: end)" in text and "gate    PASS" in text, text
     client = MlflowClient(stack_settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    query = f"tags.`{Tag.PIPELINE_RUN_ID}` = 'e2e-1' and tags.`{Tag.ROLE}` = 'pipeline'"
+    parent = client.search_runs([experiment], query)[0]  # the run at a glance: its figures and settings
+    assert {"forget_score", "retain_score", "mmlu", "base.mmlu"} <= set(parent.data.metrics), parent.data.metrics
+    assert parent.data.params["method"] == "sha256" and parent.data.params["base_model_uri"] == demo_build.model_uri
+    assert parent.data.tags["mlflow.user"] == "pipeline-bot" and parent.info.status == "FINISHED"
     mv = client.get_model_version_by_alias("e2e-model", CANDIDATE)
     assert mv.tags[Tag.STATUS] == "pending_approval" and mv.tags[Tag.PIPELINE_RUN_ID] == "e2e-1"
     assert mv.tags[Tag.MODEL_DIGEST] == store.verify(mv.source).digest  # the source is the S3 model folder
