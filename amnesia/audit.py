@@ -27,6 +27,7 @@ from amnesia.registry import (
     REPORT_DIGEST,
     _client,
     _version,
+    figures,
 )
 from amnesia.requests import load_requests_uri, request_digest
 from amnesia.settings import Settings
@@ -66,7 +67,8 @@ def _folder(store: ArtifactStore, step: str, what: str, uri: str | None, expecte
 
 
 def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> Audit:
-    mv = _version(_client(settings), name, version)
+    client = _client(settings)
+    mv = _version(client, name, version)
     t = mv.tags or {}
     links = [_requests(store, t)]
     links.append(
@@ -107,7 +109,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
         gate.ok = str(verdict["passed"]).lower() == t.get(Tag.GATE_PASSED)
     links.append(gate)
     links.append(_decision(store, t))
-    metrics = {k.removeprefix("amnesia.metric."): v for k, v in t.items() if k.startswith("amnesia.metric.")}
+    metrics = {k: f"{v:.6g}" for k, v in figures(client, mv).items()}
     status = t.get(Tag.STATUS, "unknown")
     return Audit(
         name=name, version=str(version), status=status, ok=all(link.ok for link in links), links=links, metrics=metrics

@@ -42,7 +42,7 @@ DECIDED_AT = "amnesia.decided_at"
 NOTE_URI = "amnesia.note_uri"
 NOTE_SHA256 = "amnesia.note_sha256"
 PREVIOUS_CHAMPION = "amnesia.previous_champion"
-METRIC_PREFIX = "amnesia.metric."
+LOGGED_MODEL = "amnesia.logged_model"  # the MLflow 3 LoggedModel holding the version's figures and settings
 REPORT_DIGEST = "amnesia.report_digest"
 BASE_EVALUATION = "amnesia.base_evaluation"  # uri#digest of the stored per-item results
 CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
@@ -76,6 +76,51 @@ def find_version(client: Any, name: str, request_digest: str, base_digest: str) 
     return None
 
 
+# Version tags hold what identifies the lineage (ids, digests, URIs), the verdict, the status and the
+# decision. These describe rather than identify: they go to the version's LoggedModel as params, beside
+# its figures (metrics), where MLflow's model page shows them.
+DESCRIPTIVE = (Tag.REQUEST_COUNT, Tag.IMAGE, Tag.CODE_VERSION, Tag.MODEL_URI)
+
+
+def _experiment_id(client: Any, settings: Settings, run_id: str | None) -> str:
+    if run_id:
+        return str(client.get_run(run_id).info.experiment_id)
+    found = client.get_experiment_by_name(settings.experiment)
+    return str(found.experiment_id if found else client.create_experiment(settings.experiment))
+
+
+def _logged_model(
+    client: Any, settings: Settings, name: str, run_id: str | None, params: dict[str, str], metrics: dict[str, float]
+) -> str:
+    """The version's LoggedModel (MLflow 3): its params and figures. Metrics are logged through a run:
+    the pipeline's parent run, or a short registration run when there is none."""
+    from mlflow.entities import Metric
+
+    experiment = _experiment_id(client, settings, run_id)
+    own_run = run_id is None
+    if own_run:
+        run_id = client.create_run(
+            experiment, tags={"mlflow.runName": f"register-{name}", Tag.ROLE: "register"}
+        ).info.run_id
+    model = client.create_logged_model(experiment, name=name, source_run_id=run_id, params=params)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    items = [Metric(k, float(v), now, 0, model_id=model.model_id) for k, v in sorted(metrics.items())]
+    for start in range(0, len(items), 500):  # log_batch's limit
+        client.log_batch(run_id, metrics=items[start : start + 500])
+    client.finalize_logged_model(model.model_id, "READY")
+    if own_run:
+        client.set_terminated(run_id, "FINISHED")
+    return str(model.model_id)
+
+
+def figures(client: Any, mv: Any) -> dict[str, float]:
+    """A version's figures: its LoggedModel's metrics."""
+    model_id = (mv.tags or {}).get(LOGGED_MODEL)
+    if not model_id:
+        return {}
+    return {m.key: float(m.value) for m in client.get_logged_model(model_id).metrics or []}
+
+
 def register(
     settings: Settings,
     name: str,
@@ -86,7 +131,8 @@ def register(
     run_id: str | None = None,
 ) -> Registration:
     """Create the version (or find the existing one) and point alias `candidate` at it. `tags` must hold
-    the request digest and the base model digest: they are the idempotency key."""
+    the request digest and the base model digest: they are the idempotency key. Figures and descriptive
+    settings go to the version's LoggedModel, not its tags."""
     if not gate_passed:
         raise RegistryError(f"{name}: refusing to register a candidate that did not pass its gate")
     for key in (Tag.REQUEST_DIGEST, Tag.BASE_MODEL_DIGEST):
@@ -94,13 +140,10 @@ def register(
             raise RegistryError(f"{name}: registration needs tag {key}")
     client = _client(settings)
     guard = Guard()
-    safe = {k: guard.check("tag", k, v) for k, v in tags.items()}
-    safe |= {f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()}
-    safe |= {
-        Tag.STATUS: PENDING,
-        RUNNER: guard.check("tag", RUNNER, runner_identity()),
-        Tag.CODE_VERSION: code_version(),
-    }
+    safe = {k: guard.check("tag", k, v) for k, v in tags.items() if k not in DESCRIPTIVE}
+    safe |= {Tag.STATUS: PENDING, RUNNER: guard.check("tag", RUNNER, runner_identity())}
+    params = {k: guard.check("param", k, v) for k, v in tags.items() if k in DESCRIPTIVE}
+    params[Tag.CODE_VERSION] = code_version()
     from mlflow.exceptions import MlflowException
 
     try:
@@ -111,6 +154,9 @@ def register(
     existing = find_version(client, name, tags[Tag.REQUEST_DIGEST], tags[Tag.BASE_MODEL_DIGEST])
     if existing is not None:
         return Registration(name=name, version=str(existing.version), created=False, source=existing.source)
+    # The version's source stays the S3 folder the audit re-hashes (a `models:/<id>` source would move
+    # the weights into MLflow's artifact store); the LoggedModel is linked by its id, a tag.
+    safe[LOGGED_MODEL] = _logged_model(client, settings, name, run_id, params, metrics)
     mv = client.create_model_version(name, source=source, run_id=run_id, tags=safe)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     return Registration(name=name, version=str(mv.version), created=True, source=source)
@@ -235,13 +281,13 @@ def pending(settings: Settings, name: str | None = None) -> list[dict[str, Any]]
     rows = []
     for mv in client.search_model_versions(query):
         tags = mv.tags or {}
-        figures = {k: float(tags[METRIC_PREFIX + k]) for k in PENDING_FIGURES if METRIC_PREFIX + k in tags}
+        got = figures(client, mv)
         rows.append(
             {
                 "name": mv.name,
                 "version": str(mv.version),
                 "gate": "passed" if tags.get(Tag.GATE_PASSED) == "true" else "not passed",
-                "figures": figures,
+                "figures": {k: got[k] for k in PENDING_FIGURES if k in got},
                 "age_s": max(0.0, now - mv.creation_timestamp / 1000),
                 "pipeline_run_id": tags.get(Tag.PIPELINE_RUN_ID, ""),
                 "runner": tags.get(RUNNER, ""),

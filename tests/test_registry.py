@@ -24,6 +24,7 @@ from amnesia.registry import (
     REPORT_DIGEST,
     RegistryError,
     approve,
+    figures,
     history,
     pending,
     register,
@@ -102,7 +103,9 @@ def test_register_approve_reject_history(
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     mv = client.get_model_version_by_alias(name, CANDIDATE)
     assert mv.version == first.version and mv.tags[Tag.STATUS] == "pending_approval"
-    assert mv.tags["amnesia.metric.final"] == "0.8" and mv.tags["amnesia.runner"] == "pipeline-bot"
+    assert mv.tags["amnesia.runner"] == "pipeline-bot" and not [k for k in mv.tags if "metric" in k]
+    assert figures(client, mv) == {"final": 0.8}  # figures are the LoggedModel's metrics, not tags
+    assert client.get_logged_model(mv.tags["amnesia.logged_model"]).params[Tag.CODE_VERSION]
 
     waiting = pending(stack_settings, name)
     assert [(r["version"], r["gate"], r["runner"]) for r in waiting] == [(first.version, "passed", "pipeline-bot")]
