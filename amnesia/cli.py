@@ -534,7 +534,8 @@ def run_cmd(config_path: Path, run_id: str | None) -> None:
     help="Pipeline config YAML: its `cluster:` section (secrets, GPUs, node selectors, tolerations).",
 )
 @click.option("--image", help="REPO:TAG of the project image for every component (default: the package version).")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True)  # fmt: skip
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Where to write the pipeline YAML.")  # fmt: skip
 def compile_cmd(config_path: Path | None, image: str | None, out: Path) -> None:
     """Write the pipeline YAML for a cluster (KFP v2)."""
     from amnesia.config import ClusterConfig, load_yaml, parse_model
@@ -548,11 +549,35 @@ def compile_cmd(config_path: Path | None, image: str | None, out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
+def _server_options(command: Any) -> Any:
+    """--host, --namespace, --experiment, --token: where and as whom to reach Kubeflow Pipelines."""
+    options = [
+        click.option("--host", required=True, help="The KFP API address, e.g. https://kubeflow.example/pipeline."),
+        click.option("--namespace", help="Multi-user Kubeflow: the profile namespace to run in."),
+        click.option("--experiment", help="KFP experiment (default: the config's experiment)."),
+        click.option(
+            "--token", envvar="KF_PIPELINES_TOKEN", help="Bearer token for the KFP API (env KF_PIPELINES_TOKEN)."
+        ),
+    ]
+    for option in reversed(options):  # click lists options in decorator order
+        command = option(command)
+    return command
+
+
+def _server(host: str, namespace: str | None, token: str | None) -> Any:
+    from pipelines.remote import Server
+
+    return Server(host=host, namespace=namespace, token=token)
+
+
 @cli.command("submit")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--host", required=True, help="The KFP API address, e.g. https://kubeflow.example/pipeline.")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Pipeline config YAML (amnesia.pipeline_config.PipelineConfig).")  # fmt: skip
+@_server_options
 @click.option("--run-id", help="Pipeline run id (default: <name>-<time>-<random>).")
-def submit_cmd(config_path: Path, host: str, run_id: str | None) -> None:
+def submit_cmd(
+    config_path: Path, host: str, namespace: str | None, experiment: str | None, token: str | None, run_id: str | None
+) -> None:
     """Compile and start one run on a Kubeflow Pipelines server, for the requests pending now."""
     import time
     import uuid
@@ -562,27 +587,35 @@ def submit_cmd(config_path: Path, host: str, run_id: str | None) -> None:
     from pipelines.remote import submit
 
     cfg = _pipeline_config(config_path)
+    if experiment:
+        cfg = cfg.model_copy(update={"experiment": experiment})
     settings = client_settings()
     root = cfg.store_root(settings.bucket)
     digest = queue_digest(ArtifactStore(settings), root) if cfg.split.requests == "queue" else ""
     rid = run_id or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    result = submit(cfg, host, rid, root, digest)
+    result = submit(cfg, _server(host, namespace, token), rid, root, digest)
     click.echo(f"submitted {rid}: KFP run {result.run_id}")
 
 
 @cli.command("schedule")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--host", required=True, help="The KFP API address.")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Pipeline config YAML (amnesia.pipeline_config.PipelineConfig).")  # fmt: skip
+@_server_options
 @click.option("--cron", required=True, help="Six fields, seconds first: '0 0 3 * * *' = 03:00 daily.")
-@click.option("--name", "job_name", default="amnesia-scheduled", show_default=True)
-def schedule_cmd(config_path: Path, host: str, cron: str, job_name: str) -> None:
+@click.option("--name", "job_name", default="amnesia-scheduled", show_default=True, help="The recurring run's name.")
+def schedule_cmd(
+    config_path: Path, host: str, namespace: str | None, experiment: str | None, token: str | None, cron: str,
+    job_name: str,
+) -> None:  # fmt: skip
     """A recurring run (one at a time, no catch-up) that works through the request queue on a schedule."""
     from pipelines.remote import check_cron, schedule
 
     check_cron(cron)
     cfg = _pipeline_config(config_path)
+    if experiment:
+        cfg = cfg.model_copy(update={"experiment": experiment})
     settings = load_settings()
-    job = schedule(cfg, host, cron, cfg.store_root(settings.bucket), job_name)
+    job = schedule(cfg, _server(host, namespace, token), cron, cfg.store_root(settings.bucket), job_name)
     click.echo(f"scheduled {job_name} ({cron}): recurring run {job.recurring_run_id}")
 
 
@@ -607,8 +640,8 @@ def approve_cmd(name: str, version: str, reviewer: str, note: str, root: str | N
 @cli.command("reject")
 @click.argument("name")
 @click.argument("version")
-@click.option("--reviewer", required=True)
-@click.option("--note", required=True)
+@click.option("--reviewer", required=True, help="Who decides (must not be the identity that ran the pipeline).")
+@click.option("--note", required=True, help="Why it is rejected (kept in the artifact store, not in MLflow).")
 @click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
 def reject_cmd(name: str, version: str, reviewer: str, note: str, root: str | None) -> None:
     """Reject a candidate; its requests stay pending for the next run."""
@@ -693,7 +726,8 @@ def requests_submit(path: Path, root: str | None) -> None:
 
 
 @requests.command("list")
-@click.option("--state", type=click.Choice(["pending", "fulfilled"]), default="pending", show_default=True)
+@click.option("--state", type=click.Choice(["pending", "fulfilled"]), default="pending", show_default=True,
+              help="Requests waiting for a run, or those an approved model fulfilled.")  # fmt: skip
 @click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
 def requests_list(state: str, root: str | None) -> None:
     """Request ids, dates and grounds (subjects are personal data: not printed)."""

@@ -221,9 +221,9 @@ class ClusterConfig(StrictModel):
     )
     mlflow_secret: str = Field("amnesia-mlflow", description="Secret with MLFLOW_TRACKING_URI (+ username/password).")
     accelerator: str | None = Field(
-        "nvidia.com/gpu", description="GPU resource for trace, unlearn and evaluate; None: CPU only."
+        None, description="GPU resource for trace, unlearn and evaluate, e.g. nvidia.com/gpu; None: CPU only."
     )
-    gpus: int = Field(1, ge=0, le=16)
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per compute task when an accelerator is set.")
     cpu: str = "4"
     memory: str = "32Gi"
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -262,18 +262,49 @@ def parse_model(model: type[M], data: Any, source: str) -> M:
         raise ConfigError(describe_error(err, source)) from None
 
 
+# Keys whose values name data or models: a relative path there means "next to the config file".
+PATH_KEYS = frozenset({"uri", "model", "corpus", "requests", "forget", "retain", "mia_members", "mia_nonmembers",
+                       "root"})  # fmt: skip
+
+
+def resolve_paths(data: Any, folder: Path) -> Any:
+    """Relative paths under PATH_KEYS made absolute against the config's folder, when that path exists
+    there: `forget: data/forget.jsonl` works from any working directory. Anything else (s3:// URIs, hub
+    ids such as `cais/mmlu`, names) is left as written."""
+    if isinstance(data, list):
+        return [resolve_paths(v, folder) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        if (
+            key in PATH_KEYS
+            and isinstance(value, str)
+            and value
+            and "://" not in value
+            and not Path(value).is_absolute()
+        ):
+            candidate = folder / value
+            out[key] = str(candidate.resolve()) if candidate.exists() else value
+        else:
+            out[key] = resolve_paths(value, folder)
+    return out
+
+
 def load_yaml(path: str | Path) -> Any:
+    """A YAML config file, its relative data and model paths resolved against its own folder."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
     try:
-        return yaml.safe_load(text) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    return resolve_paths(data, p.resolve().parent)
 
 
 def load_run_config(path: str | Path, model: type[M] = RunConfig) -> M:  # type: ignore[assignment]

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from amnesia.errors import AmnesiaError, ConfigError
 from amnesia.pipeline_config import PipelineConfig
 from pipelines.compile import compile_pipeline
@@ -66,15 +68,23 @@ class KFPError(AmnesiaError):
     """The Kubeflow Pipelines server could not be reached or refused the request."""
 
 
-def _client(host: str) -> Any:
-    """kfp.Client for host; its first call (a health check) already needs the server."""
+class Server(BaseModel):
+    """Where and as whom to reach Kubeflow Pipelines."""
+
+    host: str
+    namespace: str | None = None  # multi-user Kubeflow: the profile namespace
+    token: str | None = None  # a bearer token (multi-user Kubeflow; else kfp's own discovery)
+
+
+def _client(server: Server) -> Any:
+    """kfp.Client for the server; its first call (a health check) already needs it."""
     import warnings
 
     import kfp
 
     with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later": noise
         warnings.simplefilter("ignore", FutureWarning)
-        return kfp.Client(host=host)
+        return kfp.Client(host=server.host, namespace=server.namespace, existing_token=server.token)
 
 
 def _failure(host: str, err: Exception) -> KFPError:
@@ -88,21 +98,21 @@ def _failure(host: str, err: Exception) -> KFPError:
     return KFPError(f"KFP at {host}: {detail[:240]}")
 
 
-def _kfp_call(host: str, call: Any) -> Any:
+def _kfp_call(server: Server, call: Any) -> Any:
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     try:
-        return call(_client(host))
+        return call(_client(server))
     except (HTTPError, ApiException, OSError) as err:
-        raise _failure(host, err) from None
+        raise _failure(server.host, err) from None
 
 
-def submit(cfg: PipelineConfig, host: str, run_id: str, store_root: str, request_digest: str) -> Any:
+def submit(cfg: PipelineConfig, server: Server, run_id: str, store_root: str, request_digest: str) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg.cluster, Path(tmp) / "pipeline.yaml")
         return _kfp_call(
-            host,
+            server,
             lambda client: client.create_run_from_pipeline_package(
                 str(package),
                 arguments=cfg.arguments(run_id, store_root, request_digest),
@@ -113,14 +123,14 @@ def submit(cfg: PipelineConfig, host: str, run_id: str, store_root: str, request
         )
 
 
-def schedule(cfg: PipelineConfig, host: str, cron: str, store_root: str, job_name: str) -> Any:
+def schedule(cfg: PipelineConfig, server: Server, cron: str, store_root: str, job_name: str) -> Any:
     """A recurring run: at most one at a time, no catch-up of missed slots, no caching (the request queue
     changes between runs), each run's id taken from its KFP job."""
     check_cron(cron)
 
     def create(client: Any) -> Any:
         return client.create_recurring_run(
-            experiment_id=client.create_experiment(cfg.experiment).experiment_id,
+            experiment_id=client.create_experiment(cfg.experiment, namespace=server.namespace).experiment_id,
             job_name=job_name,
             cron_expression=cron,
             max_concurrency=1,
@@ -133,4 +143,4 @@ def schedule(cfg: PipelineConfig, host: str, cron: str, store_root: str, job_nam
 
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg.cluster, Path(tmp) / "pipeline.yaml", run_id_from_job=True)
-        return _kfp_call(host, create)
+        return _kfp_call(server, create)

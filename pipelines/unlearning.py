@@ -69,7 +69,8 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             unlearning_args = {"config_json": unlearn_config, "split_json": sets, "trace_json": traced, **base, **run}
             if cluster is not None and cluster.trainjob is not None:
                 u = k8s(unlearn_trainjob(**unlearning_args, **_trainjob_args(cluster)), "unlearn")
-                u.set_accelerator_limit(cluster.trainjob.gpus_per_node)  # per node, passed through
+                gpu = cluster.accelerator or "nvidia.com/gpu"  # a TrainJob's nodes are GPU nodes
+                u.set_accelerator_type(gpu).set_accelerator_limit(cluster.trainjob.gpus_per_node)  # per node
             else:
                 u = k8s(unlearn(**unlearning_args), "unlearn")
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}

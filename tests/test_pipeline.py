@@ -113,7 +113,10 @@ def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path)
 
     gpu_taint = Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     cluster = ClusterConfig(
-        image="registry.example/amnesia:9.9.9", node_selector={"pool": "gpu"}, tolerations=[gpu_taint]
+        image="registry.example/amnesia:9.9.9",
+        node_selector={"pool": "gpu"},
+        tolerations=[gpu_taint],
+        accelerator="nvidia.com/gpu",
     )
     out = compile_pipeline(cluster, tmp_path / "pipeline.yaml")
     loaded = components.load_component_from_file(str(out))
@@ -162,6 +165,8 @@ def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path)
     errors = [line for line in unreachable.stderr.splitlines() if line.startswith("Error: ")]
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr, unreachable.stderr
     assert errors and errors[0].startswith("Error: KFP at http://127.0.0.1:9: ") and "refused" in errors[0], errors
+    plain = compile_pipeline(ClusterConfig(), tmp_path / "plain.yaml").read_text()
+    assert "accelerator" not in plain  # GPUs only when the cluster section asks for them
     recurring = compile_pipeline(ClusterConfig(), tmp_path / "recurring.yaml", run_id_from_job=True).read_text()
     assert "{{$.pipeline_job_uuid}}" in recurring
     assert "{{$.pipeline_job_uuid}}" not in compile_pipeline(ClusterConfig(), tmp_path / "one.yaml").read_text()
