@@ -253,14 +253,15 @@ def store_verify(uri: str) -> None:
     show_default=True,
     help="Leave the local stack running afterwards (to browse MLflow).",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Show every task's whole output (else: in per-task log files).")
 @click.pass_context
-def demo(ctx: click.Context, keep_stack: bool) -> None:
+def demo(ctx: click.Context, keep_stack: bool, verbose: bool) -> None:
     """Run the whole story on the embedded demo world (what exists of it so far)."""
     if ctx.invoked_subcommand is not None:
         return
     from pipelines.demo import run_demo
 
-    run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo)
+    run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo, verbose=verbose)
 
 
 @demo.command("prepare")
@@ -506,7 +507,8 @@ def _pipeline_config(config_path: Path) -> Any:
 @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True,
               help="Pipeline config YAML (amnesia.pipeline_config.PipelineConfig).")  # fmt: skip
 @click.option("--run-id", help="Pipeline run id (default: <name>-<time>-<random>).")
-def run_cmd(config_path: Path, run_id: str | None) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show every task's whole output (else: in per-task log files).")
+def run_cmd(config_path: Path, run_id: str | None, verbose: bool) -> None:
     """Run the whole DAG in kfp.local against the local stack (or the S3/MLflow the environment names)."""
     import time
     import uuid
@@ -518,12 +520,14 @@ def run_cmd(config_path: Path, run_id: str | None) -> None:
     settings = client_settings()
     rid = run_id or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     workdir = Path(settings.home) / "kfp-local"
-    click.echo(f"run     {rid}: split → trace → unlearn → evaluate → gate → register (kfp.local)")
+    logs = workdir / rid / "logs"
+    click.echo(f"run     {rid}: preflight → split → trace → unlearn → evaluate → gate → register (kfp.local)")
     try:
-        run_local(cfg, settings, rid, workdir)
+        run_local(cfg, settings, rid, workdir, logs=logs, verbose=verbose)
     finally:
-        for line in summarize(cfg, settings, rid):
+        for line in summarize(cfg, settings, rid, reports=Path(settings.home) / "reports"):
             click.echo(line)
+        click.echo(f"logs    {logs} (one file per task)")
 
 
 @cli.command("compile")

@@ -139,7 +139,11 @@ def run_gate(
             ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn)
         )
         report.write(inputs, folder / "report")
-        verdict_json = {"passed": verdict.passed, "codes": [c.code() for c in verdict.checks if not c.passed]}
+        verdict_json = {
+            "passed": verdict.passed,
+            "codes": [c.code() for c in verdict.checks if not c.passed],
+            "reasons": verdict.reasons,  # the failed checks, or every check of a pass: the summary prints them
+        }
         (folder / "report" / "verdict.json").write_text(json.dumps(verdict_json))  # read by the exit handler
         ref = ctx.store.put_dir(folder / "report", uri)
         result = GateResult(

@@ -360,22 +360,23 @@ def _headline(stages: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, floa
 def finish_run(pipeline_run_id: str, store_root: str | None, state: str, settings: Settings | None = None) -> str:
     """The exit handler's work: close the parent run with the final status, the gate's verdict (read from
     the stored report) and the stage the run stopped at (a failed stage run, else the first one missing)."""
+    from amnesia.preflight import recorded_errors
     from amnesia.storage import ArtifactStore, join
 
     s = settings or default_settings()
+    store, root = ArtifactStore(s), join(store_root or f"s3://{s.bucket}", "runs", pipeline_run_id)
     lineage = Lineage(pipeline_run_id, settings=s)
     parent = lineage.parent_run_id()
     runs = lineage.client.search_runs([lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     # A retried stage has several runs: the newest one says how it ended.
     newest = {r.data.tags.get(Tag.STAGE): r for r in sorted(runs, key=lambda r: r.info.start_time)}
     seen = {stage: run.info.status for stage, run in newest.items()}
-    failed_stage = next((n for n in PIPELINE_STAGES if seen.get(n) == "FAILED"), None)
+    errors = recorded_errors(store, root)  # a stage's one-line failure (preflight has no stage run)
+    failed_stage = next((n for n in ("preflight", *PIPELINE_STAGES) if seen.get(n) == "FAILED" or n in errors), None)
     missing = next((n for n in PIPELINE_STAGES if n not in seen), None)
     ok = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE", "COMPLETED")
     tags: dict[str, Any] = {Tag.STOPPED_AT: "end" if ok and not failed_stage else failed_stage or missing or "register"}
-    base = store_root or f"s3://{s.bucket}"
-    verdict_uri = join(base, "runs", pipeline_run_id, "report", "verdict.json")
-    store = ArtifactStore(s)
+    verdict_uri = join(root, "report", "verdict.json")
     if store.exists(verdict_uri):
         verdict = store.get_json(verdict_uri)
         tags[Tag.GATE_PASSED] = str(verdict["passed"]).lower()

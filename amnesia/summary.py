@@ -3,11 +3,13 @@ and `make demo` end with (verdict, before/after, model version, MLflow address, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from amnesia.lineage import Lineage, Tag
+from amnesia.preflight import recorded_errors
 from amnesia.settings import Settings
-from amnesia.storage import join
+from amnesia.storage import ArtifactStore, join
 
 SHOWN = ("forget_score", "retain_score", "held_out_retain_score", "task_aggregate", "mia_score", "mmlu", "final")
 
@@ -36,21 +38,32 @@ def registered_version(settings: Settings, name: str, request_digest: str | None
         return None
 
 
-def summarize(cfg: Any, settings: Settings, run_id: str) -> list[str]:
+def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = None) -> list[str]:
+    """The closing lines; with `reports`, the gate's report is also copied there and named by local path."""
     rec = run_record(settings, cfg.experiment, run_id)
     parent, stages, lineage = rec["parent"], rec["stages"], rec["lineage"]
     tags = parent.data.tags
     lines = [f"status  {tags.get(Tag.STATUS, 'running?')} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
+    root = join(cfg.store_root(settings.bucket), "runs", run_id)
+    for line in recorded_errors(ArtifactStore(settings), root).values():
+        lines.append(f"error   {line}")  # the stage's own one line: what to fix
     gate = stages.get("gate")
     if gate is not None:
         passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"
         reasons = gate.data.tags.get(Tag.GATE_REASONS, "none")
         lines.append(f"gate    {'PASS' if passed else 'FAIL'}" + ("" if passed else f": {reasons}"))
+        report_uri = gate.data.tags[Tag.REPORT_URI]
+        store = ArtifactStore(settings)
+        verdict = store.get_json(join(report_uri, "verdict.json"))
+        lines += [f"        {reason}" for reason in verdict.get("reasons", [])]  # why, in words
         m = gate.data.metrics
         for name in SHOWN:
             if name in m and f"base.{name}" in m:
                 lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
-        lines.append(f"report  {join(gate.data.tags[Tag.REPORT_URI], 'report.html')}")
+        lines.append(f"report  {join(report_uri, 'report.html')}")
+        if reports is not None:  # a path a browser opens
+            local = store.get_file(join(report_uri, "report.html"), reports / run_id / "report.html")
+            lines.append(f"        {local}")
     split, unlearn = stages.get("split"), stages.get("unlearn")
     request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None
     base_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None

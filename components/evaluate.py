@@ -21,15 +21,18 @@ def evaluate(
     from amnesia.config import EvaluateConfig, ModelConfig
     from amnesia.context import RunContext
     from amnesia.evaluate import run_evaluate
+    from amnesia.preflight import one_line_errors
     from amnesia.split import SplitResult
 
-    result = run_evaluate(
-        EvaluateConfig.model_validate_json(config_json),
-        RunContext.create(pipeline_run_id, store_root),
-        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
-        SplitResult.model_validate_json(split_json),
-        role,
-    )
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, f"evaluate-{role}"):
+        result = run_evaluate(
+            EvaluateConfig.model_validate_json(config_json),
+            ctx,
+            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            SplitResult.model_validate_json(split_json),
+            role,
+        )
     for name, value in result.flat().items():  # KFP's metrics view (aggregates only)
         evaluation_out.log_metric(name, value)
     evaluation_out.metadata.update({"store_uri": result.uri, "digest": result.digest})

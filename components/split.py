@@ -20,12 +20,15 @@ def split(
     from amnesia.config import SplitConfig
     from amnesia.context import RunContext
     from amnesia.handoff import describe
+    from amnesia.preflight import one_line_errors
     from amnesia.split import SplitError, run_split
 
-    result = run_split(SplitConfig.model_validate_json(config_json), RunContext.create(pipeline_run_id, store_root))
-    if request_digest and result.request_digest != request_digest:
-        raise SplitError(
-            f"the request queue changed since this run was submitted (digest {str(result.request_digest)[:12]}…, "
-            f"submitted for {request_digest[:12]}…); submit the run again"
-        )
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "split"):
+        result = run_split(SplitConfig.model_validate_json(config_json), ctx)
+        if request_digest and result.request_digest != request_digest:
+            raise SplitError(
+                f"the request queue changed since this run was submitted (digest {str(result.request_digest)[:12]}…,"
+                f" submitted for {request_digest[:12]}…); submit the run again"
+            )
     return describe(splits, result, result.uri, result.digest)

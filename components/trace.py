@@ -19,13 +19,16 @@ def trace(
     from amnesia.config import ModelConfig, TraceConfig
     from amnesia.context import RunContext
     from amnesia.handoff import describe
+    from amnesia.preflight import one_line_errors
     from amnesia.split import SplitResult
     from amnesia.trace import run_trace
 
-    result = run_trace(
-        TraceConfig.model_validate_json(config_json),
-        RunContext.create(pipeline_run_id, store_root),
-        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
-        SplitResult.model_validate_json(split_json),
-    )
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "trace"):
+        result = run_trace(
+            TraceConfig.model_validate_json(config_json),
+            ctx,
+            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            SplitResult.model_validate_json(split_json),
+        )
     return describe(trace_out, result, result.uri, result.digest)

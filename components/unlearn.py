@@ -23,19 +23,22 @@ def unlearn(
     from amnesia.config import ModelConfig
     from amnesia.context import RunContext
     from amnesia.handoff import describe
+    from amnesia.preflight import one_line_errors
     from amnesia.split import SplitResult
     from amnesia.trace import TraceResult
     from amnesia.unlearn.config import UnlearnConfig
     from amnesia.unlearn.stage import run_unlearn
 
     layers = TraceResult.model_validate_json(trace_json).layers if trace_json else None
-    result = run_unlearn(
-        UnlearnConfig.model_validate_json(config_json),
-        RunContext.create(pipeline_run_id, store_root),
-        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
-        SplitResult.model_validate_json(split_json),
-        layers,
-    )
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "unlearn"):
+        result = run_unlearn(
+            UnlearnConfig.model_validate_json(config_json),
+            ctx,
+            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            SplitResult.model_validate_json(split_json),
+            layers,
+        )
     from collections import namedtuple
 
     payload = describe(model_out, result, result.uri, result.digest)

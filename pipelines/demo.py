@@ -51,7 +51,9 @@ def demo_pipeline_config(demo: DemoArtifacts, root: str) -> PipelineConfig:
     )
 
 
-def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) -> dict[str, object]:
+def run_demo(
+    settings: Settings, keep_stack: bool = True, echo: Echo = print, verbose: bool = False
+) -> dict[str, object]:
     was_running = stack.running(settings.home) is not None
     t0 = time.monotonic()
     state = stack.up(settings)
@@ -78,12 +80,14 @@ def run_demo(settings: Settings, keep_stack: bool = True, echo: Echo = print) ->
     else:
         run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pipeline = demo_pipeline_config(demo, root)
-        echo(f"run     {run_id}: split → trace → unlearn → evaluate → gate → register, in kfp.local")
+        echo(f"run     {run_id}: preflight → split → trace → unlearn → evaluate → gate → register, in kfp.local")
         t1 = time.monotonic()
+        work = Path(cfg.home) / "kfp-local"
         try:
-            run_local(pipeline, cfg, run_id, Path(cfg.home) / "kfp-local")
+            run_local(pipeline, cfg, run_id, work, logs=work / run_id / "logs", verbose=verbose)
         finally:
-            lines = summarize(pipeline, cfg, run_id)
+            lines = summarize(pipeline, cfg, run_id, reports=Path(cfg.home) / "reports")
+            lines.append(f"logs    {work / run_id / 'logs'} (one file per task)")
             for line in lines:
                 echo(line)
         echo(f"done    in {time.monotonic() - t1:.0f}s; the stack stays up for the MLflow UI (`amnesia stack down`)")

@@ -3,6 +3,7 @@ the settings point at, and read back what it left: verdict, registration, report
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from amnesia.pipeline_config import PipelineConfig
 from amnesia.requests import RequestQueue, request_digest
 from amnesia.settings import Settings
 from amnesia.storage import ArtifactStore
+from pipelines.console import task_console
 from pipelines.unlearning import build
 
 
@@ -22,8 +24,12 @@ def queue_digest(store: ArtifactStore, root: str) -> str:
     return request_digest(pending) if pending else ""
 
 
-def run_local(cfg: PipelineConfig, settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
-    """Run the DAG; raises when a task fails (after the exit handler closed the lineage)."""
+def run_local(
+    cfg: PipelineConfig, settings: Settings, run_id: str, workdir: Path, logs: Path | None = None, verbose: bool = False
+) -> dict[str, Any]:
+    """Run the DAG; raises when a task fails (after the exit handler closed the lineage). With `logs`, the
+    terminal shows a line per stage and the stages' progress, and each task's full output goes to
+    `logs/<task>.log` (`verbose`: everything on the terminal as well)."""
     store = ArtifactStore(settings)
     root = cfg.store_root(settings.bucket)
     digest = queue_digest(store, root) if cfg.split.requests == "queue" else ""
@@ -32,7 +38,8 @@ def run_local(cfg: PipelineConfig, settings: Settings, run_id: str, workdir: Pat
     os.environ.update(env)  # the task subprocesses inherit the stack's address and keys
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir), raise_on_error=True)
-        build(None, local=True)(**cfg.arguments(run_id, root, digest))
+        with task_console(logs, verbose) if logs is not None else contextlib.nullcontext():
+            build(None, local=True)(**cfg.arguments(run_id, root, digest))
     finally:
         for k, v in saved.items():
             if v is None:

@@ -1,4 +1,4 @@
-"""The compliance pipeline: split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
+"""The compliance pipeline: preflight → split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
 → register, inside an ExitHandler that closes the run's lineage whatever happens.
 
 Every stage is a thin component over the library; configs travel as JSON strings (kfp turns dict
@@ -17,6 +17,7 @@ from components import IMAGE
 from components.evaluate import evaluate
 from components.finish import finish
 from components.gate import gate
+from components.preflight import preflight
 from components.register import register
 from components.split import split
 from components.trace import trace
@@ -61,7 +62,13 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
         closing.set_caching_options(False)
         with dsl.ExitHandler(closing, name="compliance-run"):
             run = {"pipeline_run_id": pipeline_run_id, "store_root": store_root}
-            s = k8s(split(config_json=split_config, request_digest=request_digest, **run), "split")
+            checked = k8s(
+                preflight(model_uri=model_uri, model_config=model_config, split_config=split_config,
+                          evaluate_config=evaluate_config, **run),
+                "preflight",
+            )  # fmt: skip
+            checked.set_caching_options(False)  # the store and MLflow are checked now, not remembered
+            s = k8s(split(config_json=split_config, request_digest=request_digest, **run), "split").after(checked)
             sets = s.outputs["Output"]
             base = {"model_uri": model_uri, "model_config": model_config}  # the model section: every stage's
             t = k8s(trace(config_json=trace_config, split_json=sets, **base, **run), "trace")

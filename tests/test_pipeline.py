@@ -196,8 +196,9 @@ def test_a_failing_stage_is_recorded_by_the_exit_handler(
     demo_build: DemoArtifacts, stack_settings: Settings, s3_prefix: str, tmp_path: Path
 ) -> None:
     cfg = _config(demo_build, s3_prefix, "e2e-fail")
-    broken = cfg.split.model_copy(update={"corpus": join(s3_prefix, "no-such-corpus.jsonl")})
-    cfg = cfg.model_copy(update={"split": broken})
+    bad = join(s3_prefix, "bad-corpus.jsonl")  # there (preflight passes), but not records: split fails
+    ArtifactStore(stack_settings).put_bytes(b'{"id": "x"}\n', bad)
+    cfg = cfg.model_copy(update={"split": cfg.split.model_copy(update={"corpus": bad})})
     RequestQueue(ArtifactStore(stack_settings), s3_prefix).submit(
         load_requests_uri(ArtifactStore(stack_settings), join(demo_build.world_uri, "requests.jsonl"))[:1]
     )
@@ -205,3 +206,4 @@ def test_a_failing_stage_is_recorded_by_the_exit_handler(
         run_local(cfg, stack_settings, "e2e-fail-1", tmp_path / "kfp")
     text = "\n".join(summarize(cfg, stack_settings, "e2e-fail-1"))
     assert "status  failed (stopped at: split)" in text, text
+    assert "error   split: bad-corpus.jsonl: line 1: field" in text, text  # its own line, not a traceback

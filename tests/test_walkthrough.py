@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from amnesia.demo.prepare import DemoArtifacts, DemoConfig
@@ -18,10 +20,24 @@ from amnesia.settings import Settings
 from pipelines.demo import MODEL_NAME, run_demo
 
 
-def test_demo_runs_the_pipeline_and_logs_no_forget_text(stack_settings: Settings, demo_build: DemoArtifacts) -> None:
+def test_demo_runs_the_pipeline_and_logs_no_forget_text(
+    stack_settings: Settings, demo_build: DemoArtifacts, capsys: pytest.CaptureFixture[str]
+) -> None:
     lines: list[str] = []
     result = run_demo(stack_settings, keep_stack=True, echo=lines.append)
     text = "\n".join(lines)
+    # Quiet: a line per stage as it starts and ends, the stages' progress; the rest in per-task logs.
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) + len(lines) <= 60, "\n".join(shown + lines)
+    for task in ("preflight", "split", "trace", "unlearn", "evaluate", "gate", "register"):
+        assert any(line.startswith(f"stage   {task} ") and " succeeded in " in line for line in shown), shown
+    assert any("unlearning: step" in line and "(100%)" in line for line in shown), shown
+    logs = Path(stack_settings.home) / "kfp-local" / str(result["run_id"]) / "logs"
+    assert f"logs    {logs}" in text and "executorOutput" not in "\n".join(shown)
+    assert (logs / "unlearn.log").read_text().count("\n") > 10  # the task's whole output is kept there
+    report = next(line.strip() for line in lines if line.strip().endswith("/report.html") and "s3://" not in line)
+    assert "Gate: PASS" in Path(report).read_text()  # the report, as a local file a browser opens
+    assert any(line.strip().startswith("forget_score ") and " >= floor " in line for line in lines), text
     assert result["demo"]["model_digest"] == demo_build.model_digest and result["demo"]["reused"] is True  # type: ignore[index]
     assert "store   verified" in text and "status  succeeded (stopped at: end)" in text and "gate    PASS" in text, text
     assert f"model   {MODEL_NAME} version 1 (pending_approval)" in text and "report  s3://" in text

@@ -1,0 +1,27 @@
+"""Stage 0 component: check config, model folder, data, MMLU source, store and MLflow before any compute."""
+
+from components import amnesia_component
+
+
+@amnesia_component
+def preflight(
+    pipeline_run_id: str,
+    store_root: str,
+    model_uri: str,
+    model_config: str,
+    split_config: str,
+    evaluate_config: str,
+) -> str:
+    """Runs amnesia.preflight.run_preflight; a failure is one line (and the run stops, not retried)."""
+    from amnesia.config import EvaluateConfig, ModelConfig, SplitConfig
+    from amnesia.context import RunContext
+    from amnesia.lineage import Lineage
+    from amnesia.preflight import one_line_errors, run_preflight
+
+    ctx = RunContext.create(pipeline_run_id, store_root, track=False)  # MLflow is one of the checks
+    with one_line_errors(ctx, "preflight"):
+        ctx.lineage = Lineage(pipeline_run_id)
+        model = ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri})
+        split = SplitConfig.model_validate_json(split_config)
+        result = run_preflight(ctx, model, split, EvaluateConfig.model_validate_json(evaluate_config))
+    return result.model_dump_json()
