@@ -12,7 +12,10 @@ from typing import Any
 
 from kfp import dsl
 
-from amnesia.config import ClusterConfig
+from amnesia.config import ClusterConfig, EvaluateConfig, GateConfig, TraceConfig
+from amnesia.pipeline_config import PipelineConfig
+from amnesia.settings import Settings
+from amnesia.unlearn.config import UnlearnConfig
 from components import IMAGE
 from components.evaluate import evaluate
 from components.finish import finish
@@ -45,14 +48,14 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
     @dsl.pipeline(name=NAME, description="Make a model forget erasure requests, prove it, register a candidate.")
     def unlearning(
         pipeline_run_id: str,
-        store_root: str,
         model_uri: str,
-        model_name: str,
         split_config: str,
-        trace_config: str,
-        unlearn_config: str,
-        evaluate_config: str,
-        gate_config: str,
+        store_root: str = f"s3://{Settings.model_fields['bucket'].default}",
+        model_name: str = PipelineConfig.model_fields["model_name"].default,
+        trace_config: str = TraceConfig().model_dump_json(),  # the defaults: what a run config leaves out
+        unlearn_config: str = UnlearnConfig().model_dump_json(),
+        evaluate_config: str = EvaluateConfig().model_dump_json(),
+        gate_config: str = GateConfig().model_dump_json(),
         request_digest: str = "",
         model_config: str = "{}",
     ) -> None:
