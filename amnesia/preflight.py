@@ -53,6 +53,8 @@ def _exists(ctx: RunContext, field: str, uri: str) -> str:
 
 def _model(ctx: RunContext, model: ModelConfig) -> str:
     uri = model.uri
+    if not uri.strip():
+        raise PreflightError("model.uri: no model given (a local folder, an s3:// folder or a hub id)")
     if not _local_or_s3(uri):
         return f"model.uri: {uri} (a hub id: checked when loaded)"
     if uri.startswith("s3://"):

@@ -45,6 +45,7 @@ def test_checks_name_the_field_that_is_wrong(
         shutil.copy(tiny_model_dir / name, no_tokenizer / name)
     fails(str(no_tokenizer), r"weights-only: no tokenizer \(tokenizer.json")
     fails(str(tmp_path / "absent"), "absent: no such model folder")
+    fails(" ", "model.uri: no model given")
     fails(
         demo_build.model_uri, f"split.corpus: {s3_prefix}/nope.jsonl does not exist", corpus=f"{s3_prefix}/nope.jsonl"
     )
