@@ -54,6 +54,11 @@ class ModelConfig(StrictModel):
     def _from_uri(cls, data: Any) -> Any:
         return {"uri": data} if isinstance(data, str) else data
 
+    @classmethod
+    def from_task(cls, section_json: str, uri: str) -> ModelConfig:
+        """The section as a pipeline task receives it: the JSON of everything but the URI, and the URI."""
+        return cls.model_validate_json(section_json or "{}").model_copy(update={"uri": uri})
+
 
 class StoreConfig(StrictModel):
     """Where a run writes: runs under <root>/runs/<id>, the request queue under <root>/requests, cached

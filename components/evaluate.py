@@ -29,7 +29,7 @@ def evaluate(
         result = run_evaluate(
             EvaluateConfig.model_validate_json(config_json),
             ctx,
-            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            ModelConfig.from_task(model_config, model_uri),
             SplitResult.model_validate_json(split_json),
             role,
         )

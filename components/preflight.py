@@ -21,7 +21,7 @@ def preflight(
     ctx = RunContext.create(pipeline_run_id, store_root, track=False)  # MLflow is one of the checks
     with one_line_errors(ctx, "preflight"):
         ctx.lineage = Lineage(pipeline_run_id)
-        model = ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri})
+        model = ModelConfig.from_task(model_config, model_uri)
         split = SplitConfig.model_validate_json(split_config)
         result = run_preflight(ctx, model, split, EvaluateConfig.model_validate_json(evaluate_config))
     return result.model_dump_json()

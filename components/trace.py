@@ -28,7 +28,7 @@ def trace(
         result = run_trace(
             TraceConfig.model_validate_json(config_json),
             ctx,
-            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            ModelConfig.from_task(model_config, model_uri),
             SplitResult.model_validate_json(split_json),
         )
     return describe(trace_out, result, result.uri, result.digest)

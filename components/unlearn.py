@@ -35,7 +35,7 @@ def unlearn(
         result = run_unlearn(
             UnlearnConfig.model_validate_json(config_json),
             ctx,
-            ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+            ModelConfig.from_task(model_config, model_uri),
             SplitResult.model_validate_json(split_json),
             layers,
         )

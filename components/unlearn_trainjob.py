@@ -60,7 +60,7 @@ def unlearn_trainjob(
     result = trainjob.unlearn(
         UnlearnConfig.model_validate_json(config_json),
         RunContext.create(pipeline_run_id, store_root),
-        ModelConfig.model_validate_json(model_config or "{}").model_copy(update={"uri": model_uri}),
+        ModelConfig.from_task(model_config, model_uri),
         SplitResult.model_validate_json(split_json),
         TraceResult.model_validate_json(trace_json).layers if trace_json else None,
         image,
