@@ -67,7 +67,10 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     mv = client.get_model_version_by_alias("e2e-model", CANDIDATE)
     assert mv.tags[Tag.STATUS] == "pending_approval" and mv.tags[Tag.PIPELINE_RUN_ID] == "e2e-1"
     assert mv.tags[Tag.MODEL_DIGEST] == store.verify(mv.source).digest  # the source is the S3 model folder
-    assert mv.tags[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest and mv.tags[Tag.REQUEST_COUNT] == "2"
+    assert mv.tags[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest
+    logged = client.get_logged_model(mv.tags["amnesia.logged_model"])  # figures and settings live there
+    assert logged.params[Tag.REQUEST_COUNT] == "2" and {m.key for m in logged.metrics} >= {"forget_score", "base.mmlu"}
+    assert len(mv.tags) <= 25, sorted(mv.tags)  # lineage ids, digests, URIs, verdict, status: no figures
     assert f"model   e2e-model version {mv.version} (pending_approval)" in text
 
     approve = subprocess.run(
