@@ -209,4 +209,4 @@ def test_a_failing_stage_is_recorded_by_the_exit_handler(
         run_local(cfg, stack_settings, "e2e-fail-1", tmp_path / "kfp")
     text = "\n".join(summarize(cfg, stack_settings, "e2e-fail-1"))
     assert "status  failed (stopped at: split)" in text, text
-    assert "error   split: bad-corpus.jsonl: line 1: field" in text, text  # its own line, not a traceback
+    assert f"error   split: {bad}: line 1: field 'id'" in text, text  # its own line, not a traceback
