@@ -103,7 +103,7 @@ def load(
 
 
 # What a tokenizer leaves in a model folder (fast, sentencepiece, BPE and WordPiece files).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def check_weights(folder: Path) -> None:
@@ -113,9 +113,9 @@ def check_weights(folder: Path) -> None:
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder}: no config.json (not a Hugging Face model folder)")
     if any(folder.glob("*.safetensors")):
-        if not any((folder / name).exists() for name in _TOKENIZER_FILES):
+        if not any((folder / name).exists() for name in TOKENIZER_FILES):
             raise ModelLoadError(
-                f"{folder}: no tokenizer ({' / '.join(_TOKENIZER_FILES[:2])}); save the tokenizer beside the "
+                f"{folder}: no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the "
                 "weights (tokenizer.save_pretrained(folder))"
             )
         return

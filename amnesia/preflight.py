@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from amnesia.config import EvaluateConfig, ModelConfig, SplitConfig
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
-from amnesia.models import _TOKENIZER_FILES
+from amnesia.models import TOKENIZER_FILES
 from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
 
 
@@ -70,7 +70,7 @@ def _model(ctx: RunContext, model: ModelConfig) -> str:
     missing = [what for what, ok in (
         ("config.json", "config.json" in names),
         ("*.safetensors weights", any(n.endswith(".safetensors") for n in names)),
-        (f"tokenizer ({_TOKENIZER_FILES[0]} / {_TOKENIZER_FILES[1]})", any(n in names for n in _TOKENIZER_FILES)),
+        (f"tokenizer ({TOKENIZER_FILES[0]} / {TOKENIZER_FILES[1]})", any(n in names for n in TOKENIZER_FILES)),
     ) if not ok]  # fmt: skip
     if missing:
         raise PreflightError(f"model.uri: {uri}: no {', no '.join(missing)}")
