@@ -22,6 +22,7 @@ class Progress:
         self.terminal = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit) if self.terminal else None
         self.t0 = self.last = time.monotonic()
+        self.logged = initial  # `done` at the last log line
 
     def update(self, n: int = 1, figures: Mapping[str, float] | None = None) -> None:
         self.done += n
@@ -32,7 +33,7 @@ class Progress:
             return
         now = time.monotonic()
         if now - self.last >= self.every_s or self.done >= self.total:
-            self.last = now
+            self.last, self.logged = now, self.done
             self.log.info("%s", self.line(now, figures))
 
     def line(self, now: float, figures: Mapping[str, float] | None = None) -> str:
@@ -47,8 +48,12 @@ class Progress:
         return text
 
     def close(self) -> None:
+        """A loop that ends before its total (an early stop) says where it ended."""
         if self.bar is not None:
             self.bar.close()
+        elif self.done != self.logged:
+            elapsed = span(time.monotonic() - self.t0)
+            self.log.info("%s: %s %d/%d, ended after %s", self.desc, self.unit, self.done, self.total, elapsed)
 
     def __enter__(self) -> Progress:
         return self

@@ -22,7 +22,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '?([\w.\-]+)'?")
 _END = re.compile(r"Task '?([\w.\-]+)'? finished with status (\w+)")
 # Lines of the stages' own that a person wants live: progress (with an ETA) and one-line failures.
-_SHOWN = re.compile(r", ETA |^\s*ERROR \S+: ")
+_SHOWN = re.compile(r", ETA |, ended after |^\s*ERROR \S+: ")
 _WORDS = {"SUCCESS": "succeeded", "FAILURE": "FAILED", "CANCELED": "cancelled"}
 
 

@@ -22,6 +22,13 @@ def test_without_a_terminal_it_logs_step_rate_and_eta(caplog: pytest.LogCaptureF
     assert lines[1].startswith("unlearning: step 4/4 (100%)") and lines[1].endswith("ETA 0s")
 
 
+def test_an_early_stop_says_where_it_ended(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("amnesia.test-progress")
+    with caplog.at_level(logging.INFO, logger=log.name), Progress(600, "unlearning", "step", log, every_s=3600) as bar:
+        bar.update(70)
+    assert [r.getMessage() for r in caplog.records] == ["unlearning: step 70/600, ended after 0s"]
+
+
 def test_lines_are_rate_limited_but_the_last_is_always_logged(caplog: pytest.LogCaptureFixture) -> None:
     log = logging.getLogger("amnesia.test-progress")
     with caplog.at_level(logging.INFO, logger=log.name), Progress(100, "tracing", "fact", log, every_s=3600) as bar:

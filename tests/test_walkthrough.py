@@ -31,7 +31,7 @@ def test_demo_runs_the_pipeline_and_logs_no_forget_text(
     assert len(shown) + len(lines) <= 60, "\n".join(shown + lines)
     for task in ("preflight", "split", "trace", "unlearn", "evaluate", "gate", "register"):
         assert any(line.startswith(f"stage   {task} ") and " succeeded in " in line for line in shown), shown
-    assert any("unlearning: step" in line and "(100%)" in line for line in shown), shown
+    assert any(line.strip().startswith("unlearning: step ") for line in shown), shown  # it stops early
     logs = Path(stack_settings.home) / "kfp-local" / str(result["run_id"]) / "logs"
     assert f"logs    {logs}" in text and "executorOutput" not in "\n".join(shown)
     assert (logs / "unlearn.log").read_text().count("\n") > 10  # the task's whole output is kept there
