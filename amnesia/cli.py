@@ -496,11 +496,13 @@ def evaluate_cmd(
 # ---------------------------------------------------------------- the pipeline
 
 
-def _pipeline_config(config_path: Path) -> Any:
+def _pipeline_config(config_path: Path, experiment: str | None = None) -> Any:
+    """The run config; `experiment` (a command's --experiment) overrides its experiment."""
     from amnesia.config import load_run_config
     from amnesia.pipeline_config import PipelineConfig
 
-    return load_run_config(config_path, PipelineConfig)
+    cfg = load_run_config(config_path, PipelineConfig)
+    return cfg.model_copy(update={"experiment": experiment}) if experiment else cfg
 
 
 @cli.command("run")
@@ -590,9 +592,7 @@ def submit_cmd(
     from pipelines.local import queue_digest
     from pipelines.remote import submit
 
-    cfg = _pipeline_config(config_path)
-    if experiment:
-        cfg = cfg.model_copy(update={"experiment": experiment})
+    cfg = _pipeline_config(config_path, experiment)
     settings = client_settings()
     root = cfg.store_root(settings.bucket)
     digest = queue_digest(ArtifactStore(settings), root) if cfg.split.requests == "queue" else ""
@@ -615,9 +615,7 @@ def schedule_cmd(
     from pipelines.remote import check_cron, schedule
 
     check_cron(cron)
-    cfg = _pipeline_config(config_path)
-    if experiment:
-        cfg = cfg.model_copy(update={"experiment": experiment})
+    cfg = _pipeline_config(config_path, experiment)
     settings = load_settings()
     job = schedule(cfg, _server(host, namespace, token), cron, cfg.store_root(settings.bucket), job_name)
     click.echo(f"scheduled {job_name} ({cron}): recurring run {job.recurring_run_id}")
