@@ -92,11 +92,11 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     assert "reused demo" in again.stdout and "gate    PASS" in again.stdout
     assert "built demo" not in again.stdout and "\ntrain   " not in again.stdout  # no base-model rebuild
     assert f"model   {MODEL_NAME} version 1 (pending_approval); already registered by run demo-" in again.stdout
-    waiting = cli("pending").stdout  # the reviewer's queue: the version, its gate and figures
+    waiting = cli("pending", MODEL_NAME).stdout  # the reviewer's queue: the version, its gate and figures
     assert f"{MODEL_NAME} v1    gate passed" in waiting and "forget_score " in waiting and "mmlu " in waiting, waiting
     approved = cli("approve", MODEL_NAME, "1", "--reviewer", "dpo-reviewer", "--note", "report and audit read")
     assert approved.returncode == 0, approved.stderr
-    assert cli("pending").stdout == "nothing waits for a decision\n"
+    assert cli("pending", MODEL_NAME).stdout == "nothing waits for a decision\n"  # other tests' models may wait
     audit = cli("audit", MODEL_NAME, "1")
     assert audit.returncode == 0 and "(approved): OK" in audit.stdout, audit.stdout + audit.stderr
     last = cli("demo")
