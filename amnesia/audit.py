@@ -79,8 +79,10 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     )
     trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST))
     if trace.ok:
-        layers = store.get_json(join(trace.uri or "", "aggregate.json"))["layers"]
+        agg = store.get_json(join(trace.uri or "", "aggregate.json"))
+        layers = agg["layers"]
         trace.detail = {"layers": layers, "rule": t.get(Tag.LAYER_RULE), "unlearned_layers": t.get(Tag.LAYERS)}
+        trace.detail |= {k: agg[k] for k in ("method", "group", "confidence", "warning") if agg.get(k) is not None}
         trace.ok = ",".join(map(str, layers)) == t.get(Tag.LAYERS) or t.get(Tag.LAYER_RULE) == "explicit"
     links.append(trace)
     model = _folder(store, "candidate", "unlearned model folder", mv.source, t.get(Tag.MODEL_DIGEST))

@@ -384,9 +384,13 @@ def trace_cmd(
     result = run_trace(cfg, ctx, _model_section(config_path, model_uri), load_split_result(ctx.store, split_uri))
     click.echo(f"trace {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     click.echo("  facts     " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))
-    effects = " ".join(f"{x:.3f}" for x in result.mlp_last_subject_effect)
-    click.echo(f"  effect    MLP at the last subject token, per layer: {effects}")
-    click.echo(f"  layers    {result.layers} ({result.rule})")
+    effects = " ".join(f"{x:+.3f}" for x in result.effect)
+    if result.group:
+        click.echo(f"  effect    MLP at the {result.group}, per layer: {effects}")
+    sure = f", confidence {result.confidence:.1f}" if result.confidence is not None else ""
+    click.echo(f"  layers    {result.layers} ({result.rule}{sure}; {result.method} tracing)")
+    if result.warning:
+        click.echo(f"  WARNING   {result.warning}")
     for uri in result.heatmaps:
         click.echo(f"  heatmap   {uri}")
 
@@ -479,11 +483,7 @@ def evaluate_cmd(
         return
     trace = None
     if trace_uri:
-        agg = ctx.store.get_json(join(trace_uri, "aggregate.json"))
-        heatmaps = [u for u in ctx.store.list(join(trace_uri, "heatmaps")) if "/aggregate_" in u]
-        trace = TraceResult(uri=trace_uri, digest=ctx.store.ref(trace_uri).digest, layers=agg["layers"],
-                            rule=agg["rule"], counts=agg["counts"], mlp_last_subject_effect=[], heatmaps=heatmaps,
-                            noise_std=agg["noise_std"])  # fmt: skip
+        trace = TraceResult.load(ctx.store, trace_uri)
     verdict = run_gate(gate_cfg, ctx, evals[0], evals[1], trace)
     click.echo(f"gate    {'PASS' if verdict.passed else 'FAIL'}")
     for reason in verdict.reasons:

@@ -177,7 +177,10 @@ def _facts(
         ("evaluations", f"{base.uri} · {candidate.uri}"),
     ]
     if trace is not None:
-        facts.append(("layers (trace)", f"{trace.layers} — {trace.rule}"))
+        sure = f", confidence {trace.confidence:.1f}" if trace.confidence is not None else ""
+        facts.append(("layers (trace)", f"{trace.layers} — {trace.rule}{sure} ({trace.method} tracing)"))
+        if trace.warning:
+            facts.append(("WARNING (trace)", trace.warning))
     if unlearn is not None:
         facts.append(("method", f"{unlearn.method} on {unlearn.target} of layers {unlearn.layers}, "
                                 f"{unlearn.trainable_params:,} of {unlearn.total_params:,} parameters, "

@@ -47,6 +47,9 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
     root = join(cfg.store_root(settings.bucket), "runs", run_id)
     for line in recorded_errors(ArtifactStore(settings), root).values():
         lines.append(f"error   {line}")  # the stage's own one line: what to fix
+    trace = stages.get("trace")
+    if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):
+        lines.append(f"WARNING trace: {trace.data.tags[Tag.TRACE_WARNING]}")  # the layers are a fallback, not a finding
     gate = stages.get("gate")
     if gate is not None:
         passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"

@@ -9,21 +9,26 @@ knows (its top-1 next token is the expected one) and whose answer depends on the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
 from amnesia.arch import inspect_model
+from amnesia.attribution import atp_trace, confirm, hybrid_trace
 from amnesia.config import ModelConfig, TraceConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
+from amnesia.layer_choice import LayerChoice, choose, per_fact_effects
 from amnesia.lineage import Tag
 from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import heatmap
@@ -31,17 +36,21 @@ from amnesia.progress import Progress
 from amnesia.records import UnlearningRecord, load_records
 from amnesia.requests import load_requests_uri
 from amnesia.split import SplitResult, normalise
-from amnesia.storage import join
+from amnesia.storage import ArtifactStore, join
 from amnesia.tracing import (
     GROUPS,
     Fact,
     FactTrace,
+    Restoration,
     aggregate,
-    choose_layers,
     corrupted_score,
     subject_embedding_std,
+    token_groups,
     trace_fact,
 )
+
+T = TypeVar("T")
+RULE_KIND = "mlp"  # what unlearning trains: the rule reads the MLP effects
 
 
 class TraceError(AmnesiaError):
@@ -54,9 +63,23 @@ class TraceResult(BaseModel):
     layers: list[int]
     rule: str
     counts: dict[str, int]  # facts: total, traced, and each reason for skipping
-    mlp_last_subject_effect: list[float]  # per layer: what the automatic rule looked at
     heatmaps: list[str]  # aggregate heatmaps (no record text): the ones that may go to MLflow
     noise_std: float
+    method: str = "exact"
+    group: str | None = None  # the token group the rule read
+    effect: list[float] = []  # per layer: the MLP effect in that group (what the rule looked at)
+    confidence: float | None = None  # the chosen window's effect over its bootstrap spread
+    warning: str | None = None  # the choice is noise (a fallback was used): said in the summary, report, MLflow
+
+    @classmethod
+    def load(cls, store: ArtifactStore, uri: str) -> TraceResult:
+        """A stored trace, read back from its folder (the CLI's evaluate/gate commands take one)."""
+        agg = store.get_json(join(uri, "aggregate.json"))
+        heatmaps = [u for u in store.list(join(uri, "heatmaps")) if "/aggregate_" in u]
+        return cls.model_validate(
+            {k: agg[k] for k in cls.model_fields if k in agg}
+            | {"uri": uri, "digest": store.ref(uri).digest, "heatmaps": heatmaps}
+        )
 
 
 # ---------------------------------------------------------------- facts
@@ -111,91 +134,186 @@ def _top1(model: torch.nn.Module, fact: Fact) -> int:
 # ---------------------------------------------------------------- the stage
 
 
+def answer_kind(output: str) -> str:
+    """A coarse class of the expected answer, one stratum of the fact sample."""
+    text = output.strip()
+    return "number" if text[:1].isdigit() else "name" if text[:1].isupper() else "text"
+
+
+def _stratum(record: UnlearningRecord, subjects: list[str]) -> str:
+    lowered = record.input.casefold()
+    request = next((s for s in sorted(subjects, key=len, reverse=True) if normalise(s) in lowered), "")
+    return f"{hashlib.sha256(request.encode()).hexdigest()[:12]}/{answer_kind(record.output)}"
+
+
+def stratified_order(items: list[T], key: Callable[[T], str], seed: int) -> list[T]:
+    """A seeded order whose every prefix holds each stratum in proportion to its size (systematic sampling:
+    an item's place is its rank in its shuffled stratum over the stratum's size, plus a random offset)."""
+    rng = random.Random(seed)
+    strata: dict[str, list[T]] = defaultdict(list)
+    for x in items:
+        strata[key(x)].append(x)
+    placed = []
+    for name in sorted(strata):
+        members = strata[name]
+        rng.shuffle(members)
+        offset = rng.random()
+        placed += [((i + offset) / len(members), name, i, x) for i, x in enumerate(members)]
+    placed.sort(key=lambda p: p[:3])
+    return [p[3] for p in placed]
+
+
 def _facts(
     cfg: TraceConfig, ctx: RunContext, split: SplitResult, tokenizer: Any, model: torch.nn.Module, counts: Counter[str]
-) -> list[Fact]:
+) -> tuple[list[Fact], float]:
     records = [
         r
         for name in ("forget_train", "forget_eval")
         for r in load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)
-        if r.kind == "qa"
     ]
-    records.sort(key=lambda r: r.id)
     req_uri = join(split.uri, "requests.jsonl")
     subjects = [q.subject for q in load_requests_uri(ctx.store, req_uri)] if ctx.store.exists(req_uri) else []
+    return select_facts(cfg, records, subjects, tokenizer, model, counts)
+
+
+def select_facts(
+    cfg: TraceConfig,
+    records: list[UnlearningRecord],
+    subjects: list[str],
+    tokenizer: Any,
+    model: torch.nn.Module,
+    counts: Counter[str],
+) -> tuple[list[Fact], float]:
+    """The facts to trace among the QA records (known to the model, carried by the subject; at most
+    max_facts of them, sampled per stratum) and the noise std (over every tokenised fact's subject: no
+    forward needed)."""
+    records = sorted((r for r in records if r.kind == "qa"), key=lambda r: r.id)
     counts["facts"] = len(records)
-    facts = []
-    for r in records:
-        fact = make_fact(tokenizer, r, subjects, counts)
-        if fact is None:
-            continue
+    made = [(r, f) for r in records if (f := make_fact(tokenizer, r, subjects, counts)) is not None]
+    if not made:
+        raise TraceError(f"no traceable facts among {counts['facts']} forget QA items ({dict(counts)})")
+    layout = inspect_model(model)
+    std = cfg.noise_multiplier * subject_embedding_std(layout, [f for _r, f in made])
+    if cfg.max_facts is not None:
+        made = stratified_order(made, lambda rf: _stratum(rf[0], subjects), cfg.seed)
+    facts: list[Fact] = []
+    for n, (_r, fact) in enumerate(made):
+        if cfg.max_facts is not None and len(facts) == cfg.max_facts:
+            counts["skipped_over_max_facts"] += len(made) - n
+            break
         if _top1(model, fact) != fact.target:
             counts["skipped_unknown"] += 1
             continue
-        facts.append(fact)
-    return facts
-
-
-def _sensitive(
-    model: torch.nn.Module, layout: Any, facts: list[Fact], cfg: TraceConfig, std: float, counts: Counter[str]
-) -> list[Fact]:
-    """Facts whose answer depends on the subject: corrupting it must lower p(target) by min_drop."""
-    kept = []
-    for fact in facts:
         clean, low = corrupted_score(model, layout, fact, cfg.samples, std, cfg.seed)
         if clean - low < cfg.min_drop:
             counts["skipped_subject_insensitive"] += 1
-        else:
-            kept.append(fact)
-    return kept
+            continue
+        facts.append(fact)
+    return facts, std
+
+
+def trace_facts(
+    cfg: TraceConfig, model: torch.nn.Module, layout: Any, facts: list[Fact], std: float, ctx: RunContext
+) -> list[FactTrace]:
+    cpu = next(model.parameters()).device.type == "cpu"
+    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
+    kinds = tuple(cfg.kinds)
+    traces = []
+    with Progress(len(facts), f"tracing ({cfg.method})", "fact", ctx.log) as bar:
+        for f in facts:
+            if cfg.method == "exact":
+                tr = trace_fact(
+                    model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache
+                )
+            elif cfg.method == "atp":
+                tr, _screen = atp_trace(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.graddrop)
+            else:
+                tr = hybrid_trace(
+                    model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.confirm, cfg.graddrop,
+                    cfg.max_rows, prefix_cache,
+                )  # fmt: skip
+            traces.append(tr)
+            bar.update(1)
+    return traces
+
+
+def _rule(cfg: TraceConfig, traces: list[FactTrace]) -> LayerChoice:
+    return choose(
+        per_fact_effects(traces, RULE_KIND),
+        cfg.k,
+        RULE_KIND,
+        cfg.group,
+        cfg.min_confidence,
+        cfg.fallback_layers,
+        cfg.resamples,
+        cfg.seed,
+    )
+
+
+def confirmed_choice(
+    cfg: TraceConfig, model: torch.nn.Module, layout: Any, traces: list[FactTrace], std: float
+) -> LayerChoice:
+    """hybrid: patch the chosen group's MLP row exactly in every fact and choose again, until the choice
+    stands on a group whose row is exact (at most one round per group)."""
+    cpu = next(model.parameters()).device.type == "cpu"
+    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
+    done: set[str] = set()
+    while True:
+        choice = _rule(cfg, traces)
+        if cfg.method != "hybrid" or choice.group is None or choice.group in done:
+            return choice
+        done.add(choice.group)
+        for tr in traces:
+            positions = token_groups(len(tr.fact.ids), tr.fact.subject)[choice.group]
+            cells = [Restoration(RULE_KIND, t, layer) for t in positions for layer in range(layout.num_layers)]
+            confirm(model, layout, tr, cells, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
 
 
 def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split: SplitResult) -> TraceResult:
     mcfg = as_model_config(model)
+    if cfg.layers is None and RULE_KIND not in cfg.kinds:
+        raise TraceError("no MLP effects to choose layers from: trace 'mlp' (trace.kinds) or give trace.layers")
     loaded, where = load(mcfg, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
     ctx.log.info("trace: model on %s in %s", where.device_map or where.device, where.dtype)
     layout = inspect_model(model)
+    _check_explicit(cfg, layout.num_layers)
     counts: Counter[str] = Counter()
-    facts = _facts(cfg, ctx, split, tokenizer, model, counts)
+    facts, std = _facts(cfg, ctx, split, tokenizer, model, counts)
     if not facts:
         raise TraceError(f"no traceable facts among {counts['facts']} forget QA items ({dict(counts)})")
-    std = cfg.noise_multiplier * subject_embedding_std(layout, facts)
-    facts = _sensitive(model, layout, facts, cfg, std, counts)
-    if cfg.max_facts is not None and len(facts) > cfg.max_facts:
-        counts["skipped_over_max_facts"] += len(facts) - cfg.max_facts
-        facts = facts[: cfg.max_facts]
-    kinds = tuple(cfg.kinds)
-    cpu = next(model.parameters()).device.type == "cpu"
-    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
-    traces = []
-    with Progress(len(facts), "tracing", "fact", ctx.log) as bar:
-        for f in facts:
-            traces.append(
-                trace_fact(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
-            )
-            bar.update(1)
+    traces = trace_facts(cfg, model, layout, facts, std, ctx)
     counts["traced"] = len(traces)
-    agg = {kind: aggregate(traces, kind) for kind in kinds} if traces else {}
-    last_subject = GROUPS.index("last subject token")
-    effect = agg["mlp"][last_subject] if "mlp" in agg else np.full(layout.num_layers, np.nan)
-    layers, rule = _choose(cfg, effect, layout.num_layers)
-    result = _store(cfg, ctx, tokenizer, traces, agg, layers, rule, counts, effect, std)
+    choice = confirmed_choice(cfg, model, layout, traces, std) if RULE_KIND in cfg.kinds else None
+    layers, rule = decide_layers(cfg, choice)
+    counts["cells_exact"] = int(sum(m.sum() for tr in traces for m in tr.exact.values()))
+    counts["cells"] = int(sum(m.size for tr in traces for m in tr.exact.values()))
+    agg = {kind: aggregate(traces, kind) for kind in cfg.kinds}
+    result = _store(cfg, ctx, tokenizer, traces, agg, layers, rule, counts, choice, std)
+    if result.warning:
+        ctx.log.warning("trace: WARNING %s", result.warning)
     if ctx.lineage is not None:
         _record_lineage(cfg, ctx, result, mcfg, where, loaded.digest)
-    ctx.log.info("trace: %d facts traced, layers %s (%s)", len(traces), layers, rule)
+    ctx.log.info("trace: %d facts traced (%s), layers %s (%s)", len(traces), cfg.method, layers, rule)
     return result
 
 
-def _choose(cfg: TraceConfig, effect: np.ndarray, num_layers: int) -> tuple[list[int], str]:
+def _check_explicit(cfg: TraceConfig, num_layers: int) -> None:
+    for name, given in (("layers", cfg.layers), ("fallback_layers", cfg.fallback_layers)):
+        if given is not None and (not given or any(not 0 <= x < num_layers for x in given)):
+            raise TraceError(f"trace.{name} {given}: the model has layers 0..{num_layers - 1}")
+
+
+def decide_layers(cfg: TraceConfig, choice: LayerChoice | None) -> tuple[list[int], str]:
+    """The layers and the rule's name; refuses a choice that is noise unless there is a fallback."""
     if cfg.layers is not None:
-        bad = [layer for layer in cfg.layers if not 0 <= layer < num_layers]
-        if bad or not cfg.layers:
-            raise TraceError(f"trace.layers {cfg.layers}: the model has layers 0..{num_layers - 1}")
         return sorted(set(cfg.layers)), "explicit"
-    if np.isnan(effect).all():
-        raise TraceError("no MLP effects to choose layers from: trace 'mlp' (trace.kinds) or give trace.layers")
-    return choose_layers(np.nan_to_num(effect), cfg.k), f"max-mlp-last-subject-window-k{cfg.k}"
+    assert choice is not None
+    if not choice.layers:
+        raise TraceError(f"{choice.warning}; set trace.layers, or trace.fallback_layers to proceed anyway")
+    if choice.fallback:
+        return choice.layers, "fallback"
+    return choice.layers, f"max-{choice.kind}-window-k{len(choice.layers)} at the {choice.group}"
 
 
 def _store(
@@ -207,10 +325,13 @@ def _store(
     layers: list[int],
     rule: str,
     counts: Counter[str],
-    effect: np.ndarray,
+    choice: LayerChoice | None,
     std: float,
 ) -> TraceResult:
     uri = join(ctx.root, "trace")
+    effect: list[float] = []
+    if choice is not None and choice.group is not None:
+        effect = [float(x) for x in np.nan_to_num(agg[RULE_KIND][GROUPS.index(choice.group)])]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         aggregate_pngs = []
@@ -242,6 +363,13 @@ def _store(
                     "corrupted_mean": float(np.mean([t.corrupted for t in traces])),
                     "layers": layers,
                     "rule": rule,
+                    "method": cfg.method,
+                    "group": choice.group if choice else None,
+                    "effect": effect,
+                    "confidence": _finite(choice.confidence) if choice else None,
+                    "warning": choice.warning if choice and rule != "explicit" else None,
+                    "choice": choice.evidence() if choice else None,  # every group's window, spread, stability
+                    "sample_seed": cfg.seed,
                     "counts": dict(counts),
                     "noise_std": std,
                     "config_hash": config_hash(cfg),
@@ -261,6 +389,7 @@ def _store(
                             "clean": tr.clean,
                             "corrupted": tr.corrupted,
                             "scores": {k: v.tolist() for k, v in tr.scores.items()},
+                            "exact": {k: v.astype(int).tolist() for k, v in tr.exact.items()},
                         }
                     )
                     + "\n"
@@ -272,10 +401,18 @@ def _store(
         layers=layers,
         rule=rule,
         counts=dict(counts),
-        mlp_last_subject_effect=[float(x) for x in np.nan_to_num(effect)],
         heatmaps=[join(uri, "heatmaps", p) for p in aggregate_pngs],
         noise_std=std,
+        method=cfg.method,
+        group=choice.group if choice else None,
+        effect=effect,
+        confidence=_finite(choice.confidence) if choice else None,
+        warning=choice.warning if choice and rule != "explicit" else None,
     )
+
+
+def _finite(x: float) -> float:
+    return float(min(max(x, -1e6), 1e6))  # JSON and MLflow take no infinity
 
 
 def _record_lineage(
@@ -296,6 +433,10 @@ def _record_lineage(
                 "seed": cfg.seed,
                 "k": cfg.k,
                 "kinds": ",".join(cfg.kinds),
+                "method": cfg.method,
+                "group": cfg.group,
+                "min_confidence": cfg.min_confidence,
+                "max_facts": cfg.max_facts or "all",
                 "min_drop": cfg.min_drop,
                 "explicit_layers": ",".join(map(str, cfg.layers or [])) or "none",
             }
@@ -308,13 +449,19 @@ def _record_lineage(
             Tag.LAYERS: ",".join(map(str, result.layers)),
             Tag.LAYER_RULE: result.rule,
             Tag.BASE_MODEL_URI: mcfg.uri,
+            Tag.LAYER_GROUP: result.group or "none",
         }
+        if result.warning:
+            tags[Tag.TRACE_WARNING] = result.warning
         if model_digest:
             tags[Tag.BASE_MODEL_DIGEST] = model_digest
         run.set_tags(tags)
-        run.log_metrics({f"facts_{k}": v for k, v in result.counts.items()} | {"noise_std": result.noise_std})
-        for layer, value in enumerate(result.mlp_last_subject_effect):
-            run.log_metrics({"mlp_last_subject_effect": value}, step=layer)
+        figures = {"noise_std": result.noise_std} | (
+            {"layer_confidence": result.confidence} if result.confidence is not None else {}
+        )
+        run.log_metrics({f"facts_{k}": v for k, v in result.counts.items()} | figures)
+        for layer, value in enumerate(result.effect):
+            run.log_metrics({"rule_effect": value}, step=layer)
         with tempfile.TemporaryDirectory() as tmp:
             for uri in result.heatmaps:
                 local = ctx.store.get_file(uri, Path(tmp) / Path(uri).name)

@@ -38,6 +38,11 @@ class FactTrace:
     clean: float  # p(target) on the clean prompt
     corrupted: float  # p(target) with the subject corrupted and nothing restored
     scores: dict[str, np.ndarray]  # kind -> [tokens, layers] p(target) after restoring
+    exact: dict[str, np.ndarray] = None  # type: ignore[assignment]  # kind -> [tokens, layers]: patched, not estimated
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = {k: np.ones(v.shape, dtype=bool) for k, v in self.scores.items()}
 
     def effect(self, kind: str) -> np.ndarray:
         """Indirect effect: restored minus fully corrupted."""
@@ -127,23 +132,46 @@ def trace_fact(
     low = float(_patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window).mean())
     scores = {k: np.full((tokens, layers), low) for k in kinds}
     todo = [Restoration(k, t, layer) for t in range(fact.subject[0], tokens) for k in kinds for layer in range(layers)]
+    values = exact_scores(model, layout, fact, todo, states, noise, window, max_rows, prefix_cache)
+    for r, value in zip(todo, values, strict=True):
+        scores[r.kind][r.token, r.layer] = value  # type: ignore[index]
+    return FactTrace(fact=fact, clean=clean, corrupted=low, scores=scores)
+
+
+@torch.no_grad()
+def exact_scores(
+    model: torch.nn.Module,
+    layout: Layout,
+    fact: Fact,
+    todo: list[Restoration],
+    states: dict[str, list[torch.Tensor]],
+    noise: torch.Tensor,
+    window: int,
+    max_rows: int = 2048,
+    prefix_cache: bool = True,
+) -> list[float]:
+    """Mean p(target) after each restoration in `todo` (in its order), batched `max_rows` rows a forward."""
+    samples = noise.shape[0]
     per_chunk = max(1, max_rows // samples)
+    out: dict[int, float] = {}
     if prefix_cache:
-        for t in range(fact.subject[0], tokens):
-            at_t = [r for r in todo if r.token == t]
-            prefix = _corrupted_prefix(model, layout, fact, t, noise)
+        tokens = sorted({r.token for r in todo})
+        # One corrupted run up to the last restored token; each token's prefix is a crop of its cache (the
+        # causal mask makes the first t positions the same whatever follows them).
+        full = _corrupted_prefix(model, layout, fact, tokens[-1], noise)
+        for t in tokens:
+            at_t = [i for i, r in enumerate(todo) if r.token == t]
+            prefix = _crop(full, t, tokens[-1])
             for start in range(0, len(at_t), per_chunk):
                 chunk = at_t[start : start + per_chunk]
-                probs = _patched_suffix(model, layout, fact, t, chunk, states, noise, window, prefix)
-                for r, value in zip(chunk, probs.tolist(), strict=True):
-                    scores[r.kind][t, r.layer] = value  # type: ignore[index]
+                probs = _patched_suffix(model, layout, fact, t, [todo[i] for i in chunk], states, noise, window, prefix)
+                out.update(zip(chunk, probs.tolist(), strict=True))
     else:
         for start in range(0, len(todo), per_chunk):
             chunk = todo[start : start + per_chunk]
             probs = _patched_forward(model, layout, fact, chunk, states, noise, window).view(len(chunk), samples)
-            for r, value in zip(chunk, probs.mean(1).tolist(), strict=True):
-                scores[r.kind][r.token, r.layer] = value  # type: ignore[index]
-    return FactTrace(fact=fact, clean=clean, corrupted=low, scores=scores)
+            out.update(zip(range(start, start + len(chunk)), probs.mean(1).tolist(), strict=True))
+    return [out[i] for i in range(len(todo))]
 
 
 def _restore_plan(
@@ -188,6 +216,19 @@ def _noise_hook(noise: torch.Tensor, lo: int, hi: int) -> Callable[..., torch.Te
     return corrupt
 
 
+def _crop(cache: object, t: int, length: int) -> object:
+    """The first t positions of a cache holding `length` (a copy; None when t is 0). A negative crop
+    removes that many positions in every transformers version (positive values changed meaning)."""
+    import copy
+
+    if t == 0 or cache is None:
+        return None
+    out = copy.deepcopy(cache)
+    if t < length:
+        out.crop(t - length)  # type: ignore[attr-defined]
+    return out
+
+
 def _corrupted_prefix(model: torch.nn.Module, layout: Layout, fact: Fact, t: int, noise: torch.Tensor) -> object:
     """The KV cache of the corrupted prompt's first t tokens (one entry per noise sample), or None."""
     if t == 0:
@@ -197,7 +238,8 @@ def _corrupted_prefix(model: torch.nn.Module, layout: Layout, fact: Fact, t: int
     hooks = [layout.embeddings.register_forward_hook(_noise_hook(noise[:, : hi - s], s, hi))] if s < hi else []
     try:
         ids = torch.tensor([fact.ids[:t]], device=noise.device).expand(noise.shape[0], -1)
-        return model(input_ids=ids, use_cache=True).past_key_values
+        out = model(input_ids=ids, use_cache=True)
+        return out.cache if hasattr(out, "cache") else out.past_key_values
     finally:
         for h in hooks:
             h.remove()
@@ -238,7 +280,7 @@ def _patched_suffix(
         cache.batch_repeat_interleave(n)  # type: ignore[attr-defined]
     try:
         ids = torch.tensor([fact.ids[t:]], device=noise.device).expand(samples * n, -1)
-        logits = _last_logits(model, ids, past_key_values=cache, use_cache=cache is not None)
+        logits = _last_logits(model, ids, use_cache=cache is not None, **{_cache_keyword(model): cache})
     finally:
         for h in hooks:
             h.remove()
@@ -282,6 +324,13 @@ def corrupted_score(
     noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
     low = _patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window=1)
     return clean, float(low.mean())
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """`cache` where the model takes it (transformers >= 5.24; `past_key_values` is removed in 5.40)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _last_logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
@@ -338,12 +387,3 @@ def aggregate(traces: list[FactTrace], kind: str) -> np.ndarray:
                 counts[g] += 1
     with np.errstate(invalid="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def choose_layers(mlp_last_subject: np.ndarray, k: int) -> list[int]:
-    """The contiguous window of k layers with the largest mean MLP indirect effect at the last subject
-    token; ties go to the earlier window."""
-    k = max(1, min(k, len(mlp_last_subject)))
-    means = [float(np.mean(mlp_last_subject[i : i + k])) for i in range(len(mlp_last_subject) - k + 1)]
-    best = int(np.argmax(means))
-    return list(range(best, best + k))

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,7 +18,36 @@ def test_trace_bench_runs_and_methods_agree() -> None:
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
-    assert "speed-up:" in out.stdout and "max |score difference|" in out.stdout
+    assert "speed-up: hybrid" in out.stdout and "max |score difference|: " in out.stdout
+    rows = {
+        line.split()[0]: line
+        for line in out.stdout.splitlines()
+        if line.split()[:1] in (["exact"], ["atp"], ["hybrid"])
+    }
+    assert set(rows) == {"exact", "atp", "hybrid"} and "Spearman r of cell effects" in out.stdout
+
+
+def test_layers_bench_runs_every_variant(tmp_path: Path) -> None:
+    """The layer-choice ablation end to end at smoke size (random weights: the trace refuses, and says so)."""
+    import json
+
+    from PIL import Image
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "layers.py"), "--model", "random", "--items", "4", "--epochs", "1",
+         "--random-seeds", "2", "--threads", "1", "--json", str(tmp_path / "t.json"),
+         "--plot", str(tmp_path / "t.png")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "traced: refused (" in out.stdout
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["base model", "random (seed 0)", "random (seed 1)", "first k", "last k",
+                                            "all layers"]  # fmt: skip
+    assert rows[3]["layers"] == [0, 1] and rows[5]["layers"] == [0, 1, 2, 3, 4, 5]
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("forget", "retain", "held_out", "utility"))
+    img = np.asarray(Image.open(tmp_path / "t.png").convert("L"), dtype=float)
+    assert img.shape[1] > 600 and img.std() > 20  # rendered, not blank
 
 
 def test_unlearn_bench_runs_and_compares() -> None:

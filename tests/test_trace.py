@@ -24,8 +24,8 @@ from amnesia.requests import ErasureRequest, RequestQueue
 from amnesia.settings import Settings
 from amnesia.split import run_split
 from amnesia.storage import ArtifactStore, join
-from amnesia.trace import TraceError, _choose, heuristic_subject, run_trace, subject_span
-from amnesia.tracing import Fact, aggregate, choose_layers, token_groups, trace_fact
+from amnesia.trace import TraceError, _check_explicit, decide_layers, heuristic_subject, run_trace, subject_span
+from amnesia.tracing import Fact, aggregate, token_groups, trace_fact
 from tests.reference_trace import reference_trace
 
 SMALL = {
@@ -125,16 +125,12 @@ def test_unknown_layout_is_refused_naming_what_is_missing() -> None:
         inspect_model(no_count)
 
 
-def test_layer_choice_rule_on_constructed_effects() -> None:
-    assert choose_layers(np.array([0.1, 0.5, 0.6, 0.2, 0.0]), 2) == [1, 2]
-    assert choose_layers(np.array([0.1, 0.5, 0.6, 0.2, 0.0]), 3) == [1, 2, 3]
-    assert choose_layers(np.array([0.3, 0.3, 0.0, 0.3, 0.3]), 2) == [0, 1]  # ties: the earlier window
-    assert choose_layers(np.array([0.1, 0.2]), 5) == [0, 1]  # k clipped to the layer count
-    effect = np.array([0.0, 0.9, 0.9, 0.0])
-    assert _choose(TraceConfig(k=2), effect, 4) == ([1, 2], "max-mlp-last-subject-window-k2")
-    assert _choose(TraceConfig(layers=[3, 0, 3]), effect, 4) == ([0, 3], "explicit")  # explicit wins
+def test_explicit_layers_win_and_bad_ones_are_named() -> None:
+    assert decide_layers(TraceConfig(layers=[3, 0, 3]), None) == ([0, 3], "explicit")
     with pytest.raises(TraceError, match=r"trace.layers \[7\]: the model has layers 0..3"):
-        _choose(TraceConfig(layers=[7]), effect, 4)
+        _check_explicit(TraceConfig(layers=[7]), 4)
+    with pytest.raises(TraceError, match=r"trace.fallback_layers \[\]: the model has layers 0..3"):
+        _check_explicit(TraceConfig(fallback_layers=[]), 4)
 
 
 def test_token_groups_and_aggregate() -> None:
@@ -176,8 +172,12 @@ def test_trace_on_the_demo_model(
     result = run_trace(demo_trace_config(), ctx, demo_build.model_uri, split)
 
     assert result.counts["facts"] == 96 and result.counts["traced"] >= 60
-    assert result.layers and len(result.layers) == 2 and result.rule == "max-mlp-last-subject-window-k2"
+    # The rule reads the group with the signal: a positive MLP window well above the noise bar.
+    assert result.layers == [0, 1] and result.rule == "max-mlp-window-k2 at the last token", result.rule
+    assert result.warning is None and result.confidence is not None and result.confidence > 10
+    assert all(result.effect[i] > 0.1 for i in result.layers)
     agg = json.loads(store.get_bytes(join(result.uri, "aggregate.json")))
+    assert agg["choice"]["confidence"] > agg["choice"]["noise_level"] and agg["choice"]["candidates"]
     hidden = np.array(agg["kinds"]["hidden"], dtype=float)
     # Where the facts are: restoring the last token's final hidden state gives the answer back.
     assert hidden[-1, -1] > 0.5 and agg["clean_mean"] - agg["corrupted_mean"] > 0.3
@@ -193,7 +193,29 @@ def test_trace_on_the_demo_model(
         f"tags.`{Tag.STAGE}` = 'trace' and tags.`{Tag.PIPELINE_RUN_ID}` = '{lineage.pipeline_run_id}'",
     )
     assert run.data.tags[Tag.LAYERS] == ",".join(map(str, result.layers))
+    assert run.data.tags[Tag.LAYER_GROUP] == "last token" and Tag.TRACE_WARNING not in run.data.tags
+    assert run.data.metrics["layer_confidence"] == pytest.approx(result.confidence)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "trace")}
     assert logged == {f"trace/aggregate_{k}.png" for k in ("hidden", "mlp", "attn")}  # no single-fact pictures
     secrets = [r.subject for r in world_requests]
     assert not [s for s in secrets if s.lower() in json.dumps(run.data.to_dictionary()).lower()]
+
+    # hybrid on a stratified sample of 30 facts: the same layers from a fraction of the exact cells.
+    fast_cfg = demo_trace_config().model_copy(update={"method": "hybrid", "max_facts": 30})
+    fast = run_trace(fast_cfg, RunContext("y", f"{s3_prefix}/runs/y", store, None), demo_build.model_uri, split)
+    assert fast.layers == result.layers and fast.counts["traced"] == 30 and fast.counts["skipped_over_max_facts"] > 0
+    assert fast.counts["cells_exact"] < fast.counts["cells"] / 3
+
+    # The last subject token carries nothing on this model: reading it is refused, or falls back loudly.
+    noise_cfg = fast_cfg.model_copy(update={"group": "last subject token"})
+    with pytest.raises(TraceError, match="no mlp window has a positive effect above noise"):
+        run_trace(noise_cfg, RunContext("z", f"{s3_prefix}/runs/z", store, None), demo_build.model_uri, split)
+    lineage2 = Lineage(f"trace-{uuid.uuid4().hex[:8]}", experiment="trace-tests", settings=stack_settings)
+    ctx2 = RunContext(lineage2.pipeline_run_id, f"{s3_prefix}/runs/w", store, lineage2)
+    fell = run_trace(noise_cfg.model_copy(update={"fallback_layers": [4, 5]}), ctx2, demo_build.model_uri, split)
+    assert fell.layers == [4, 5] and fell.rule == "fallback" and "FELL BACK" in (fell.warning or "")
+    (run2,) = client.search_runs(
+        [lineage2.experiment_id],
+        f"tags.`{Tag.STAGE}` = 'trace' and tags.`{Tag.PIPELINE_RUN_ID}` = '{lineage2.pipeline_run_id}'",
+    )
+    assert "FELL BACK" in run2.data.tags[Tag.TRACE_WARNING] and run2.data.tags[Tag.LAYER_RULE] == "fallback"

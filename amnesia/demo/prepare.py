@@ -134,3 +134,27 @@ def demo_trace_config() -> TraceConfig:
     """Tracing for the 6-layer demo model: ROME's window of 10 would restore every layer at once,
     making all rows alike, so restore 2 at a time and pick 2 layers."""
     return TraceConfig(window=2, k=2)
+
+
+def local_base_model(
+    cfg: DemoConfig | None = None, cache_root: Path | None = None, echo: Callable[[str], None] = print
+) -> Path:
+    """The demo base model as a local folder, trained once per content key under cache_root (default
+    ~/.cache/amnesia/models; ~3 min on 2 cores): what the benchmarks trace and unlearn without a stack."""
+    import os
+    import shutil
+
+    cfg = cfg or DemoConfig()
+    root = Path(cache_root or Path.home() / ".cache" / "amnesia" / "models")
+    folder = root / f"demo-{content_key(cfg)}"
+    if (folder / "model.safetensors").exists():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+    try:
+        echo(f"training the demo base model once into {folder} …")
+        train_base_model(generate(cfg.world), cfg.train, tmp, log=echo)
+        os.replace(tmp, folder)  # whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
