@@ -71,6 +71,45 @@ def test_a_well_known_fact_traces_the_same_exact_and_batched(smollm) -> None:
     assert np.abs(fast.scores["mlp"] - ref["mlp"]).max() < 1e-5
 
 
+def test_attribution_patching_ranks_cells_like_exact_patching_on_a_real_model(smollm) -> None:
+    """AtP against exact patching on SmolLM2's MLPs (capital-city facts it knows): the cells rank alike,
+    and hybrid, which confirms the rule's row exactly, chooses the window exact tracing chooses."""
+    from amnesia.attribution import atp_trace
+    from amnesia.config import TraceConfig
+    from amnesia.layer_choice import candidates, per_fact_effects
+    from amnesia.trace import confirmed_choice, trace_facts
+
+    tok, model = smollm.tokenizer, smollm.model
+    layout = inspect_model(model)
+    facts = []
+    for country in ("France", "Japan", "Italy", "Egypt", "Spain"):
+        ids = tuple(tok(f"The capital city of {country} is", add_special_tokens=False)["input_ids"])
+        start = len(tok("The capital city of", add_special_tokens=False)["input_ids"])
+        target = tok(f" {CAPITALS[country]}", add_special_tokens=False)["input_ids"][0]
+        facts.append(Fact(country, ids, (start, len(ids) - 1), target))
+    std = 3 * subject_embedding_std(layout, facts)
+    cfg = TraceConfig(kinds=["mlp"], samples=3, window=10, k=3)
+    log = type("Ctx", (), {"log": type("L", (), {"info": lambda *a: None})()})()
+    exact = trace_facts(cfg, model, layout, facts, std, log)  # type: ignore[arg-type]
+    rhos = []
+    for fact, ex in zip(facts, exact, strict=True):
+        est, _ = atp_trace(model, layout, fact, ("mlp",), 3, std, 10, 0)
+        s = fact.subject[0]
+        a, b = est.effect("mlp")[s:].ravel(), ex.effect("mlp")[s:].ravel()
+        rhos.append(np.corrcoef(a.argsort().argsort(), b.argsort().argsort())[0, 1])
+    print(f"SmolLM2 MLP cells, Spearman r atp vs exact per fact: {np.round(rhos, 3).tolist()}")
+    assert np.median(rhos) > 0.5  # measured: 0.60-0.73 per fact with 3 samples
+    hcfg = cfg.model_copy(update={"method": "hybrid"})
+    hybrid = trace_facts(hcfg, model, layout, facts, std, log)  # type: ignore[arg-type]
+    chosen = confirmed_choice(hcfg, model, layout, hybrid, std).candidates[0]
+    best = candidates(per_fact_effects(exact, "mlp"), 3)[0]
+    assert (chosen.group, chosen.layers) == (best.group, best.layers)
+    for h, ex in zip(hybrid, exact, strict=True):  # what hybrid confirmed is exact patching's value
+        mask = h.exact["mlp"]
+        assert mask[h.fact.subject[0] :].any() and not mask.all()
+        assert np.abs(h.scores["mlp"][mask] - ex.scores["mlp"][mask]).max() < 1e-5
+
+
 def test_chat_labels_are_what_the_template_renders(smollm) -> None:
     from amnesia.records import UnlearningRecord
     from amnesia.unlearn.data import encode
