@@ -178,6 +178,45 @@ class MMLUConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
 
 
+class QuantizationAttackConfig(StrictModel):
+    """Re-score the forget set after round-to-nearest weight quantization of the linear layers."""
+
+    bits: list[int] = Field([8, 4], min_length=1, description="One variant per bit width (2..8).")
+    group_size: int = Field(128, ge=0, description="Input columns per quantization group (0: a whole row).")
+    schemes: list[Literal["sym", "asym"]] = Field(["sym", "asym"], min_length=1)
+
+    @model_validator(mode="after")
+    def _bits_in_range(self) -> QuantizationAttackConfig:
+        if any(not 2 <= b <= 8 for b in self.bits):
+            raise ValueError(f"bits must lie in 2..8: {self.bits}")
+        return self
+
+    def schemes_symmetric(self) -> list[bool]:
+        return [s == "sym" for s in self.schemes]
+
+
+class RelearningAttackConfig(StrictModel):
+    """Fine-tune on k − 1 folds of the forget documents, score the held-out fold, rotate (RTT). The
+    defaults are cheap (CI); an audit raises steps (e.g. 100-200) and uses the model's own lr."""
+
+    folds: int = Field(5, ge=2, le=50)
+    steps: int = Field(20, ge=1, description="AdamW steps per fold.")
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    layers: list[int] | None = Field(
+        None, description="Fine-tune only these layers (e.g. the unlearned ones); none: all."
+    )
+    prompt_format: Literal["raw", "chat"] = "raw"
+    seed: int = Field(0, ge=0)
+
+
+class AttackConfig(StrictModel):
+    """Attacks on forgetting, run on every evaluated model's forget set; null turns one off."""
+
+    quantization: QuantizationAttackConfig | None = QuantizationAttackConfig()
+    relearning: RelearningAttackConfig | None = RelearningAttackConfig()
+
+
 class EvaluateConfig(StrictModel):
     """Stage 4: the official scorer's metrics on a model; the base model's results are cached."""
 
@@ -186,6 +225,9 @@ class EvaluateConfig(StrictModel):
     mia: bool = Field(True, description="Membership inference on the split's MIA sets.")
     mmlu: MMLUConfig | None = Field(MMLUConfig(), description="None: no utility benchmark (no final score).")
     cache: bool = Field(True, description="Reuse a stored result for the same model, data and config.")
+    attacks: AttackConfig | None = Field(
+        AttackConfig(), description="Quantization and relearning attacks on the forget set (null: none)."
+    )
 
 
 class GateConfig(StrictModel):
@@ -204,6 +246,26 @@ class GateConfig(StrictModel):
         0.75, ge=0, le=1, description="MMLU accuracy as a share of the base model's (SemEval's 0.75)."
     )
     mia_floor: float | None = Field(None, ge=0, le=1, description="MIA score (1 = attack at chance).")
+    held_out_retain_relative_floor: float | None = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Held-out retain score (people in neither set: everyone else the model knows) as a share "
+        "of the base model's: the collateral damage a candidate may do.",
+    )
+    quantization_recovery_ceiling: float | None = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="The largest share of the forgotten knowledge any quantization variant brings back "
+        "(Zhang et al.: 4-bit brought back ~83% of it for most methods).",
+    )
+    relearning_recovery_ceiling: float | None = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="The largest share a relearning attack (fine-tuning on the other folds) brings back.",
+    )
     floors: dict[str, float] = Field(
         default_factory=dict,
         description="Further floors on any reported metric by name (e.g. robustness metrics added later).",
@@ -218,6 +280,15 @@ class GateConfig(StrictModel):
                     return f"{name}: evaluate.mmlu is null, so there is no MMLU to compare (set {name}: null)"
         if not evaluate.mia and self.mia_floor is not None:
             return "mia_floor: evaluate.mia is off, so there is no MIA score (set mia_floor: null)"
+        attacks = evaluate.attacks
+        for name, attack in (("quantization", "quantization"), ("relearning", "relearning")):
+            if getattr(self, f"{name}_recovery_ceiling") is not None and (
+                attacks is None or getattr(attacks, attack) is None
+            ):
+                return (
+                    f"{name}_recovery_ceiling: evaluate.attacks.{attack} is off, so there is no recovery to "
+                    f"compare (set {name}_recovery_ceiling: null)"
+                )
         return None
 
     @model_validator(mode="after")

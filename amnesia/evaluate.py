@@ -59,6 +59,12 @@ class Evaluation(BaseModel):
     final: float | None
     counts: dict[str, int]
     seconds: float
+    attacks: dict[str, dict[str, float]] = {}  # variant -> forget metric means under that attack
+
+    @property
+    def plain(self) -> dict[str, float]:
+        """The forget metric means with no attack, on the items the attacks scored (the whole forget set)."""
+        return self.attacks.get("none", {})
 
     def flat(self) -> dict[str, float]:
         """Every figure under one dotted name: the gate's and MLflow's view."""
@@ -69,6 +75,8 @@ class Evaluation(BaseModel):
         for name in ("mia_auc", "mia_score", "mmlu", "mmlu_macro", "final"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        for variant, metrics in self.attacks.items():
+            out.update({f"attack.{variant}.{m}": v for m, v in metrics.items()})
         return out
 
 
@@ -193,6 +201,9 @@ def _evaluate(
                 gens[r.id] = text
     if not scores["forget"] or not scores["retain"]:
         raise ValueError("evaluation needs forget and retain items")
+    attacks, attack_rows = _attacks(
+        cfg, model, tok, sets["forget"], [i["score"] for i in items if i["set"] == "forget"], role, ctx
+    )
     mia = _mia(cfg, ctx, split, model, tok, role)
     m, mmlu = cfg.mmlu, None
     if m:
@@ -225,12 +236,40 @@ def _evaluate(
         mmlu_sampling=_sampling(cfg),
         mmlu_format=mmlu.format if mmlu else "none",
         final=final_score(agg, mscore, mmlu.accuracy) if mmlu and mscore is not None else None,
+        attacks=attacks,
         counts={g: len(r) for g, r in sets.items()}
         | {"mia_members": len(mia[0]) if mia else 0, "mia_nonmembers": len(mia[1]) if mia else 0}
         | {"mmlu_shots_reduced": mmlu.shots_reduced if mmlu else 0},
         seconds=round(time.monotonic() - t0, 1),
     )
-    return _store(ctx, result, items, gens, mia)
+    return _store(ctx, result, items, gens, mia, attack_rows)
+
+
+def _attacks(
+    cfg: EvaluateConfig,
+    model: Any,
+    tok: Any,
+    forget: list[UnlearningRecord],
+    plain: list[float],
+    role: str,
+    ctx: RunContext,
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """The configured attacks on this model's forget set, with the unattacked figures as "none"."""
+    if cfg.attacks is None:
+        return {}, []
+    from amnesia.attacks import means, run_attacks
+
+    a = cfg.attacks
+    runs = (len(a.quantization.bits) * len(a.quantization.schemes) if a.quantization else 0) + (
+        1 if a.relearning else 0
+    )
+    with Progress(runs * len(forget), f"evaluate {role}: attacks", "item", ctx.log) as bar:
+
+        def score(m: Any, records: Sequence[UnlearningRecord]) -> list[float]:
+            return score_items(m, tok, records, cfg, bar.update)[1]
+
+        figures, rows = run_attacks(a, model, tok, forget, score)
+    return {"none": means(forget, plain)} | figures, rows
 
 
 def _sampling(cfg: EvaluateConfig) -> str:
@@ -265,6 +304,7 @@ def _store(
     items: list[dict[str, Any]],
     gens: dict[str, str],
     mia: tuple[list[float], list[float], list[str], list[str]] | None,
+    attack_rows: list[dict[str, Any]],
 ) -> Evaluation:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -277,6 +317,8 @@ def _store(
             rows = [{"id": i, "member": True, "loss": x} for i, x in zip(mia[2], mia[0], strict=True)]
             rows += [{"id": i, "member": False, "loss": x} for i, x in zip(mia[3], mia[1], strict=True)]
             (folder / "mia.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if attack_rows:  # per item under each attack: ids and scores, no text
+            (folder / "attacks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in attack_rows))
         ref = ctx.store.put_dir(folder, result.uri)
     return result.model_copy(update={"digest": ref.digest})
 

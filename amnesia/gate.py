@@ -19,7 +19,7 @@ from amnesia.config import GateConfig
 from amnesia.context import RunContext
 from amnesia.evaluate import Evaluation
 from amnesia.lineage import Tag
-from amnesia.plots import tradeoff
+from amnesia.plots import recovery_bars, tradeoff
 from amnesia.scoring import harmonic_mean
 from amnesia.storage import join
 from amnesia.trace import TraceResult
@@ -29,18 +29,21 @@ from amnesia.unlearn.stage import UnlearnResult
 class Check(BaseModel):
     name: str
     value: float | None  # None: not measured (a failure: a floor on a missing figure cannot be cleared)
-    floor: float
+    floor: float  # the bound: a floor, or with ceiling=True a ceiling
     passed: bool
+    ceiling: bool = False  # lower is better (an attack's recovery)
 
     def reason(self) -> str:
+        bound = "ceiling" if self.ceiling else "floor"
         if self.value is None:
-            return f"{self.name}: not measured (floor {self.floor:.3f})"
-        return f"{self.name} {self.value:.3f} {'>=' if self.passed else '<'} floor {self.floor:.3f}"
+            return f"{self.name}: not measured ({bound} {self.floor:.3f})"
+        sign = ("<=" if self.passed else ">") if self.ceiling else (">=" if self.passed else "<")
+        return f"{self.name} {self.value:.3f} {sign} {bound} {self.floor:.3f}"
 
     def code(self) -> str:
-        """The same as an MLflow-safe token: name=value/floor."""
+        """The same as an MLflow-safe token: name=value/floor (a ceiling: name=value/max<ceiling>)."""
         value = "none" if self.value is None else f"{self.value:.3f}"
-        return f"{self.name}={value}/{self.floor:.3f}"
+        return f"{self.name}={value}/{'max' if self.ceiling else ''}{self.floor:.3f}"
 
 
 class Verdict(BaseModel):
@@ -75,13 +78,47 @@ def scores(ev: Evaluation) -> dict[str, float | None]:
     return out
 
 
-def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation) -> Verdict:
-    got = scores(candidate)
-    wanted: list[tuple[str, float | None, float]] = []
+def recoveries(base: Evaluation, candidate: Evaluation) -> dict[str, float]:
+    """recovery.<attack>.<metric>: the share of what unlearning removed (base − candidate, unattacked)
+    that the attack brings back in the candidate, in [0, 1]."""
+    from amnesia.attacks import recovery
 
-    def floor(name: str, threshold: float | None, value: float | None = None, use_value: bool = False) -> None:
+    b, c = base.plain, candidate.plain
+    out = {}
+    for variant, metrics in candidate.attacks.items():
+        if variant != "none":
+            for m, attacked in metrics.items():
+                if m in b and m in c:
+                    out[f"recovery.{variant}.{m}"] = recovery(b[m], c[m], attacked)
+    return out
+
+
+def _worst(figures: Mapping[str, float], prefix: str) -> float | None:
+    values = [v for k, v in figures.items() if k.startswith(prefix)]
+    return max(values) if values else None
+
+
+def robustness(base: Evaluation, candidate: Evaluation) -> dict[str, float | None]:
+    """The gate's attack and collateral figures: every recovery, the worst per attack, and the held-out
+    retain score relative to the base model's."""
+    rec = recoveries(base, candidate)
+    b, c = retain_score(base.retain_held_out), retain_score(candidate.retain_held_out)
+    return dict(rec) | {
+        "quantization_recovery": _worst(rec, "recovery.quant."),
+        "relearning_recovery": _worst(rec, "recovery.rtt."),
+        "held_out_retain_relative_to_base": c / b if b and c is not None else None,
+    }
+
+
+def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation) -> Verdict:
+    got = scores(candidate) | robustness(base, candidate)
+    wanted: list[tuple[str, float | None, float, bool]] = []
+
+    def floor(
+        name: str, threshold: float | None, value: float | None = None, use_value: bool = False, ceiling: bool = False
+    ) -> None:
         if threshold is not None:
-            wanted.append((name, value if use_value else got.get(name), threshold))
+            wanted.append((name, value if use_value else got.get(name), threshold, ceiling))
 
     floor("forget_score", cfg.forget_floor)
     if cfg.forget_task_floor is not None:
@@ -94,9 +131,15 @@ def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation) -> Verdict:
         rel = candidate.mmlu / base.mmlu if candidate.mmlu is not None and base.mmlu else None
         floor("mmlu_relative_to_base", cfg.mmlu_relative_floor, rel, use_value=True)
     floor("mia_score", cfg.mia_floor)
+    floor("held_out_retain_relative_to_base", cfg.held_out_retain_relative_floor)
+    floor("quantization_recovery", cfg.quantization_recovery_ceiling, ceiling=True)
+    floor("relearning_recovery", cfg.relearning_recovery_ceiling, ceiling=True)
     for name, threshold in sorted(cfg.floors.items()):
         floor(name, threshold)
-    checks = [Check(name=n, value=v, floor=f, passed=v is not None and v >= f) for n, v, f in wanted]
+    checks = [
+        Check(name=n, value=v, floor=f, ceiling=up, passed=v is not None and (v <= f if up else v >= f))
+        for n, v, f, up in wanted
+    ]
     return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -127,6 +170,15 @@ def run_gate(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         images = {"Forget / retain trade-off": _tradeoff(cfg, base, candidate, folder / "src" / "tradeoff.png")}
+        rec = recoveries(base, candidate)
+        if rec:
+            by_variant: dict[str, dict[str, float]] = {}
+            for key, value in rec.items():
+                _r, rest = key.split(".", 1)
+                variant, metric = rest.rsplit(".", 1)
+                by_variant.setdefault(variant, {})[metric] = value
+            ceilings = {"quant": cfg.quantization_recovery_ceiling, "rtt": cfg.relearning_recovery_ceiling}
+            images["Attacks: recovery"] = recovery_bars(by_variant, ceilings, folder / "src" / "recovery.png")
         if trace is not None:
             for h in trace.heatmaps:
                 images[f"Causal trace, {Path(h).stem.replace('_', ' ')}"] = ctx.store.get_file(
@@ -199,5 +251,6 @@ def _record_lineage(ctx: RunContext, result: GateResult, base: Evaluation, candi
             }
         )
         cand = {k: v for k, v in scores(candidate).items() if v is not None}
-        run.log_metrics(cand | {f"base.{k}": v for k, v in scores(base).items() if v is not None})
+        robust = {k: v for k, v in robustness(base, candidate).items() if v is not None}
+        run.log_metrics(cand | robust | {f"base.{k}": v for k, v in scores(base).items() if v is not None})
         run.log_artifact(folder, "report")

@@ -25,6 +25,7 @@ from amnesia.tracing import GROUPS, FactTrace, token_groups
 # The groups the automatic rule may choose from (ROME's first/subsequent tokens carry the prompt, not
 # the subject's identity).
 RULE_GROUPS = ("first subject token", "middle subject tokens", "last subject token", "last token")
+MIN_FACTS = 7  # the fewest facts whose sign flips can put a window above the 99th percentile of noise
 
 
 @dataclass
@@ -48,7 +49,8 @@ class LayerChoice:
     confident: bool
     noise_level: float = 0.0  # what the best window of pure noise reaches (99th percentile, sign flips)
     fallback: bool = False
-    warning: str | None = None
+    warning: str | None = None  # a sentence, for people: the summary, the report, the stage's log
+    code: str | None = None  # the same as an MLflow-safe token (tags take no free text)
     candidates: list[Candidate] = field(default_factory=list)
 
     def evidence(self) -> dict[str, object]:
@@ -157,9 +159,17 @@ def choose(
         f"no {kind} window has a positive effect above noise (best: {best.group}, layers {best.layers}, "
         f"effect {best.effect:+.4f}, confidence {best.confidence:.1f} < {bar:.1f})"
     )
+    if best.facts < MIN_FACTS:  # 2^n sign patterns: under 7 facts, 1% of them is less than one
+        noise += f"; {best.facts} facts cannot show it: trace at least {MIN_FACTS}"
+    window = ",".join(map(str, best.layers))
+    choice.code = (
+        f"no-signal,group={best.group.replace(' ', '-')},layers=[{window}],effect={best.effect:.4f},"
+        f"confidence={best.confidence:.1f},bar={bar:.1f},facts={best.facts}"
+    )
     if fallback is None:
         choice.layers, choice.warning = [], noise
     else:
         choice.layers, choice.fallback = sorted(set(fallback)), True
         choice.warning = f"{noise}; FELL BACK to the configured layers {sorted(set(fallback))}"
+        choice.code += f",fallback=[{','.join(map(str, choice.layers))}]"
     return choice

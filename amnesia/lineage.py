@@ -49,9 +49,9 @@ class Tag(StrEnum):
     TRACE_URI = "amnesia.trace_uri"
     TRACE_DIGEST = "amnesia.trace_digest"
     LAYERS = "amnesia.layers"  # comma list of the layers chosen for unlearning
-    LAYER_RULE = "amnesia.layer_rule"  # "explicit", "fallback" or "max-mlp-window-k<k> at the <token group>"
-    LAYER_GROUP = "amnesia.layer_group"  # the token group the rule read ("none": explicit layers)
-    TRACE_WARNING = "amnesia.trace_warning"  # set only when the layer choice is noise (a fallback was used)
+    LAYER_RULE = "amnesia.layer_rule"  # "explicit", "fallback" or "max-mlp-window-k<k>@<token-group>"
+    LAYER_GROUP = "amnesia.layer_group"  # the token group the rule read, hyphenated ("none": explicit layers)
+    TRACE_WARNING = "amnesia.trace_warning"  # only when the choice is noise (a fallback): no-signal,group=…,…
     METHOD = "amnesia.method"  # the unlearning method's registered name
     MODEL_URI = "amnesia.model_uri"  # the unlearned (candidate) model folder
     MODEL_DIGEST = "amnesia.model_digest"

@@ -122,3 +122,33 @@ def tradeoff(points: Mapping[str, tuple[float, float]], floors: tuple[float | No
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def recovery_bars(figures: Mapping[str, Mapping[str, float]], ceilings: Mapping[str, float | None], path: Path) -> Path:
+    """Recovery per attack variant (bars per forget metric), with each attack's gate ceiling as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = list(figures)
+    metrics = sorted({m for v in figures.values() for m in v})
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(variants) + 2), 3.6))
+    width = 0.8 / max(1, len(metrics))
+    for i, m in enumerate(metrics):
+        ax.bar(np.arange(len(variants)) + i * width, [figures[v].get(m, 0.0) for v in variants], width, label=m)
+    for j, v in enumerate(variants):
+        ceiling = ceilings.get("rtt" if v == "rtt" else "quant")
+        if ceiling is not None:
+            ax.hlines(ceiling, j - width / 2, j + 0.8 - width / 2, colors="#c0392b", linestyles="--")
+    ax.set_xticks(np.arange(len(variants)) + 0.4 - width / 2, variants, rotation=15, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recovery")
+    ax.set_title("Attacks on forgetting: share of the forgotten brought back (dashed: gate ceiling)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

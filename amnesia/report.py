@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amnesia.evaluate import Evaluation
-from amnesia.gate import Verdict, scores
+from amnesia.gate import Check, Verdict, scores
 
 DERIVED = ("forget_score", "retain_score", "held_out_retain_score", "task_aggregate", "mia_auc", "mia_score",
            "mmlu", "mmlu_macro", "final")  # fmt: skip
@@ -32,9 +32,39 @@ class ReportInputs:
 def rows(base: Evaluation, candidate: Evaluation) -> list[tuple[str, float | None, float | None]]:
     """(metric, base, candidate): every per-task metric, then the derived scores."""
     b, c = scores(base), scores(candidate)
-    names = sorted(k for k in set(b) | set(c) if k.count(".") == 2)  # group.task.metric
+    names = sorted(k for k in set(b) | set(c) if k.count(".") == 2 and not k.startswith("attack."))  # group.task.m
     names += [k for k in DERIVED if k in b or k in c]
     return [(n, b.get(n), c.get(n)) for n in names]
+
+
+def attack_rows(base: Evaluation, candidate: Evaluation) -> list[tuple[str, ...]]:
+    """(attack, metric, base, base attacked, candidate, candidate attacked, recovery) for every attack and
+    forget metric both evaluations measured: the recovery with its parts."""
+    from amnesia.gate import recoveries
+
+    rec = recoveries(base, candidate)
+    out = []
+    for variant, metrics in candidate.attacks.items():
+        if variant == "none":
+            continue
+        for m, attacked in metrics.items():
+            base_attacked = base.attacks.get(variant, {}).get(m)
+            parts = (
+                base.plain.get(m),
+                base_attacked,
+                candidate.plain.get(m),
+                attacked,
+                rec.get(f"recovery.{variant}.{m}"),
+            )
+            out.append((variant, m, *map(_fmt, parts)))
+    return out
+
+
+ATTACK_HEAD = ["attack", "forget metric", "base", "base attacked", "candidate", "candidate attacked", "recovery"]
+
+
+def _bound(check: Check) -> str:
+    return f"{'≤' if check.ceiling else '≥'} {check.floor:.3f}"
 
 
 def _fmt(x: float | None) -> str:
@@ -53,7 +83,11 @@ def markdown(inp: ReportInputs, image_names: dict[str, str]) -> str:
     out += ["## Metrics", "", "| metric | base | candidate | change |", "|---|---:|---:|---:|"]
     out += [f"| {n} | {_fmt(b)} | {_fmt(c)} | {_delta(b, c)} |" for n, b, c in rows(inp.base, inp.candidate)]
     out += ["", "## Gate checks", "", "| check | value | floor | result |", "|---|---:|---:|---|"]
-    out += [f"| {c.name} | {_fmt(c.value)} | {c.floor:.3f} | {'pass' if c.passed else 'FAIL'} |" for c in v.checks]
+    out += [f"| {c.name} | {_fmt(c.value)} | {_bound(c)} | {'pass' if c.passed else 'FAIL'} |" for c in v.checks]
+    attacks = attack_rows(inp.base, inp.candidate)
+    if attacks:
+        out += ["", "## Attacks on forgetting", "", "| " + " | ".join(ATTACK_HEAD) + " |", "|---|---|" + "---:|" * 5]
+        out += ["| " + " | ".join(r) + " |" for r in attacks]
     if inp.candidate.mmlu_subjects:
         out += ["", f"## Utility by subject ({inp.candidate.mmlu_sampling})", "", "| subject | base | candidate |",
                 "|---|---:|---:|"]  # fmt: skip
@@ -101,9 +135,16 @@ def render_html(inp: ReportInputs) -> str:
                     [(n, _fmt(b), _fmt(c), _delta(b, c)) for n, b, c in rows(inp.base, inp.candidate)],
                     [False, True, True, True]),
              "<h2>Gate checks</h2>",
-             _table(["check", "value", "floor", "result"],
-                    [(c.name, _fmt(c.value), f"{c.floor:.3f}", "pass" if c.passed else "FAIL") for c in v.checks],
+             _table(["check", "value", "bound", "result"],
+                    [(c.name, _fmt(c.value), _bound(c), "pass" if c.passed else "FAIL") for c in v.checks],
                     [False, True, True, False], ["" if c.passed else "failed" for c in v.checks])]  # fmt: skip
+    attacks = attack_rows(inp.base, inp.candidate)
+    if attacks:
+        parts.append("<h2>Attacks on forgetting</h2>")
+        parts.append("<p>Recovery = (candidate attacked − candidate) / (base − candidate), clipped to [0, 1]: the "
+                     "share of what unlearning removed that the attack brings back. The base model attacked the same "
+                     "way is the ceiling.</p>")  # fmt: skip
+        parts.append(_table(ATTACK_HEAD, attacks, [False, False] + [True] * 5))
     if inp.candidate.mmlu_subjects:
         parts.append(f"<h2>Utility by subject ({html.escape(inp.candidate.mmlu_sampling)})</h2>")
         subjects = inp.candidate.mmlu_subjects.items()

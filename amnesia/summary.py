@@ -48,8 +48,9 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
     for line in recorded_errors(ArtifactStore(settings), root).values():
         lines.append(f"error   {line}")  # the stage's own one line: what to fix
     trace = stages.get("trace")
-    if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):
-        lines.append(f"WARNING trace: {trace.data.tags[Tag.TRACE_WARNING]}")  # the layers are a fallback, not a finding
+    if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):  # the layers are a fallback, not a finding
+        agg = ArtifactStore(settings).get_json(join(trace.data.tags[Tag.TRACE_URI], "aggregate.json"))
+        lines.append(f"WARNING trace: {agg.get('warning') or trace.data.tags[Tag.TRACE_WARNING]}")
     gate = stages.get("gate")
     if gate is not None:
         passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"

@@ -70,6 +70,7 @@ class TraceResult(BaseModel):
     effect: list[float] = []  # per layer: the MLP effect in that group (what the rule looked at)
     confidence: float | None = None  # the chosen window's effect over its bootstrap spread
     warning: str | None = None  # the choice is noise (a fallback was used): said in the summary, report, MLflow
+    warning_code: str | None = None  # the same as a tag-safe token
 
     @classmethod
     def load(cls, store: ArtifactStore, uri: str) -> TraceResult:
@@ -313,7 +314,12 @@ def decide_layers(cfg: TraceConfig, choice: LayerChoice | None) -> tuple[list[in
         raise TraceError(f"{choice.warning}; set trace.layers, or trace.fallback_layers to proceed anyway")
     if choice.fallback:
         return choice.layers, "fallback"
-    return choice.layers, f"max-{choice.kind}-window-k{len(choice.layers)} at the {choice.group}"
+    return choice.layers, f"max-{choice.kind}-window-k{len(choice.layers)}@{_slug(choice.group)}"
+
+
+def _slug(group: str | None) -> str:
+    """A token group as an MLflow-safe word ("last token" -> "last-token")."""
+    return (group or "none").replace(" ", "-")
 
 
 def _store(
@@ -368,6 +374,7 @@ def _store(
                     "effect": effect,
                     "confidence": _finite(choice.confidence) if choice else None,
                     "warning": choice.warning if choice and rule != "explicit" else None,
+                    "warning_code": choice.code if choice and rule != "explicit" else None,
                     "choice": choice.evidence() if choice else None,  # every group's window, spread, stability
                     "sample_seed": cfg.seed,
                     "counts": dict(counts),
@@ -408,6 +415,7 @@ def _store(
         effect=effect,
         confidence=_finite(choice.confidence) if choice else None,
         warning=choice.warning if choice and rule != "explicit" else None,
+        warning_code=choice.code if choice and rule != "explicit" else None,
     )
 
 
@@ -449,10 +457,10 @@ def _record_lineage(
             Tag.LAYERS: ",".join(map(str, result.layers)),
             Tag.LAYER_RULE: result.rule,
             Tag.BASE_MODEL_URI: mcfg.uri,
-            Tag.LAYER_GROUP: result.group or "none",
+            Tag.LAYER_GROUP: _slug(result.group),
         }
-        if result.warning:
-            tags[Tag.TRACE_WARNING] = result.warning
+        if result.warning_code:
+            tags[Tag.TRACE_WARNING] = result.warning_code
         if model_digest:
             tags[Tag.BASE_MODEL_DIGEST] = model_digest
         run.set_tags(tags)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from amnesia import stack
-from amnesia.config import GateConfig
 from amnesia.demo.prepare import (
     DemoArtifacts,
     DemoConfig,
     demo_evaluate_config,
+    demo_gate_config,
     demo_split_config,
     demo_trace_config,
     demo_unlearn_config,
@@ -47,7 +47,7 @@ def demo_pipeline_config(demo: DemoArtifacts, root: str) -> PipelineConfig:
         trace=demo_trace_config(),
         unlearn=demo_unlearn_config(),
         evaluate=demo_evaluate_config(demo.world_uri),
-        gate=GateConfig(),
+        gate=demo_gate_config(),
     )
 
 

@@ -35,7 +35,7 @@ def test_spec() -> None:
 
 def test_runs_in_kfp_local(demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tmp_path: Path) -> None:
     split = _split(store, demo_build, s3_prefix)
-    cfg = TraceConfig(window=2, k=2, max_facts=3, heatmap_facts=1)
+    cfg = TraceConfig(window=2, k=2, max_facts=8, heatmap_facts=1, method="hybrid")  # 8: above the noise bar
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     task = trace(
         config_json=cfg.model_dump_json(),
@@ -46,7 +46,7 @@ def test_runs_in_kfp_local(demo_build: DemoArtifacts, store: ArtifactStore, s3_p
         split_json=split.model_dump_json(),
     )
     result = json.loads(task.outputs["Output"])
-    assert result["counts"]["traced"] == 3 and len(result["layers"]) == 2
+    assert result["counts"]["traced"] == 8 and result["layers"] == [0, 1] and result["confidence"] > 3
     assert task.outputs["trace_out"].metadata == {"store_uri": result["uri"], "digest": result["digest"]}
     assert store.verify(result["uri"]).digest == result["digest"]
 
@@ -77,4 +77,4 @@ def test_cli_trace(demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: s
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "layers    [1, 3] (explicit)" in out.stdout and "heatmap   s3://" in out.stdout
+    assert "layers    [1, 3] (explicit; exact tracing)" in out.stdout and "heatmap   s3://" in out.stdout

@@ -93,8 +93,10 @@ def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
     progress = [r.getMessage().split(",")[0] for r in caplog.records if "(100%)" in r.getMessage()]
     total = sum(first.counts[g] for g in ("forget", "retain", "retain_held_out"))
     mia = first.counts["mia_members"] + first.counts["mia_nonmembers"]
+    attacked = first.counts["forget"] * 5  # 4 quantization variants and the relearning folds
     assert progress == [
         f"evaluate base: generating: item {total}/{total} (100%)",
+        f"evaluate base: attacks: item {attacked}/{attacked} (100%)",
         f"evaluate base: MIA: document {mia}/{mia} (100%)",
         f"evaluate base: MMLU: question {first.mmlu_questions}/{first.mmlu_questions} (100%)",
     ]
@@ -114,9 +116,16 @@ def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
 
     items = [json.loads(line) for line in store.get_bytes(join(first.uri, "items.jsonl")).splitlines()]
     assert {i["set"] for i in items} == {"forget", "retain", "retain_held_out"}
+    # The attacks: per item in S3 (ids and scores), means in the result; the memorising base keeps it all.
+    attacked_items = [json.loads(x) for x in store.get_bytes(join(first.uri, "attacks.jsonl")).splitlines()]
+    assert len(attacked_items) == attacked and set(attacked_items[0]) == {"attack", "id", "score"}
+    assert set(first.attacks) == {"none", "quant.int8-g128-sym", "quant.int8-g128-asym", "quant.int4-g128-sym",
+                                  "quant.int4-g128-asym", "rtt"}  # fmt: skip
+    assert all(first.attacks[v]["all"] >= 0.9 for v in first.attacks)
     run = lineage.client.search_runs([lineage.experiment_id], f"tags.`{Tag.PIPELINE_RUN_ID}` = 'eval-1'")
     stage = next(r for r in run if r.data.tags.get(Tag.STAGE) == "evaluate-base")
     assert stage.data.metrics["forget.Task2.knowledge"] == first.forget["Task2"]["knowledge"]
+    assert stage.data.metrics["attack.rtt.all"] == first.attacks["rtt"]["all"]
     assert stage.data.tags[Tag.EVALUATION_DIGEST] == first.digest
     gens = [
         json.loads(line)["generation"] for line in store.get_bytes(join(first.uri, "generations.jsonl")).splitlines()

@@ -30,6 +30,8 @@ def _ev(
         task_aggregate=0.5, mia_auc=auc, mia_score=1 - 2 * abs(auc - 0.5), mmlu=mmlu, mmlu_macro=mmlu,
         mmlu_subjects={"astronomy": mmlu or 0.0}, mmlu_questions=10, mmlu_sampling="test, 1 subjects, 0-shot",
         final=None, counts={}, seconds=1.0,
+        # attacked as robustly as it was unlearned: no recovery (tests/test_attacks.py has the leaky ones)
+        attacks={v: {"knowledge": forget[0]} for v in ("none", "quant.int4-g128-asym", "rtt")},
     )  # fmt: skip
 
 
@@ -41,8 +43,10 @@ def test_a_good_candidate_passes_with_every_check_listed() -> None:
     verdict = decide(GateConfig(), BASE, cand)
     assert verdict.passed
     assert forget_score(cand.forget) == pytest.approx(2 / (1 / 0.95 + 1 / 0.7))
-    assert [c.name for c in verdict.checks] == ["forget_score", "retain_score", "mmlu_relative_to_base"]
+    assert [c.name for c in verdict.checks] == ["forget_score", "retain_score", "mmlu_relative_to_base",
+        "held_out_retain_relative_to_base", "quantization_recovery", "relearning_recovery"]  # fmt: skip
     assert verdict.reasons[2] == "mmlu_relative_to_base 0.917 >= floor 0.750"
+    assert verdict.reasons[4] == "quantization_recovery 0.000 <= ceiling 0.100"
 
 
 def test_failures_name_the_check_and_the_numbers() -> None:

@@ -55,10 +55,14 @@ def test_noise_is_refused_or_falls_back_loudly() -> None:
         decide_layers(TraceConfig(k=2), refused)
     fell = choose(noise, k=2, fallback=[3, 1])
     assert fell.layers == [1, 3] and fell.fallback and "FELL BACK to the configured layers [1, 3]" in fell.warning
+    assert fell.code.startswith("no-signal,group=") and fell.code.endswith(",fallback=[1,3]") and " " not in fell.code
     assert decide_layers(TraceConfig(k=2, fallback_layers=[3, 1]), fell) == ([1, 3], "fallback")
     # Negative everywhere (the demo's old last-subject-token picture) is refused too, however tight.
     negative = _effects(60, 6, {g: np.full(6, -0.003) for g in RULE_GROUPS}, noise=0.0005)
     assert choose(negative, k=2).layers == []
+    # Too few facts to tell anything from noise, however strong: said so.
+    few = choose(_effects(5, 6, {"last token": np.full(6, 0.5)}, noise=0.01), k=2)
+    assert few.layers == [] and "5 facts cannot show it: trace at least 7" in (few.warning or "")
 
 
 def test_pure_noise_rarely_passes_for_a_finding() -> None:

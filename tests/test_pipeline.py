@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from amnesia.config import ClusterConfig, Toleration
-from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_unlearn_config
+from amnesia.demo.prepare import DemoArtifacts, demo_gate_config, demo_split_config, demo_unlearn_config
 from amnesia.lineage import Tag
 from amnesia.pipeline_config import PipelineConfig
 from amnesia.records import load_records
@@ -38,9 +38,10 @@ def _config(demo: DemoArtifacts, prefix: str, name: str) -> PipelineConfig:
             "model_name": name,
             "store": {"root": prefix},
             "split": demo_split_config(demo.world_uri).model_dump(),
-            "trace": {"window": 2, "k": 2, "max_facts": 6, "samples": 3},
+            "trace": {"window": 2, "k": 2, "max_facts": 8, "samples": 3, "method": "hybrid"},
             "unlearn": demo_unlearn_config().model_dump(),
             "evaluate": {"max_new_tokens": 48, "mmlu": {"uri": join(demo.world_uri, "utility"), "shots": 0}},
+            "gate": demo_gate_config().model_dump(),
         }
     )
 

@@ -173,7 +173,7 @@ def test_trace_on_the_demo_model(
 
     assert result.counts["facts"] == 96 and result.counts["traced"] >= 60
     # The rule reads the group with the signal: a positive MLP window well above the noise bar.
-    assert result.layers == [0, 1] and result.rule == "max-mlp-window-k2 at the last token", result.rule
+    assert result.layers == [0, 1] and result.rule == "max-mlp-window-k2@last-token", result.rule
     assert result.warning is None and result.confidence is not None and result.confidence > 10
     assert all(result.effect[i] > 0.1 for i in result.layers)
     agg = json.loads(store.get_bytes(join(result.uri, "aggregate.json")))
@@ -193,7 +193,7 @@ def test_trace_on_the_demo_model(
         f"tags.`{Tag.STAGE}` = 'trace' and tags.`{Tag.PIPELINE_RUN_ID}` = '{lineage.pipeline_run_id}'",
     )
     assert run.data.tags[Tag.LAYERS] == ",".join(map(str, result.layers))
-    assert run.data.tags[Tag.LAYER_GROUP] == "last token" and Tag.TRACE_WARNING not in run.data.tags
+    assert run.data.tags[Tag.LAYER_GROUP] == "last-token" and Tag.TRACE_WARNING not in run.data.tags
     assert run.data.metrics["layer_confidence"] == pytest.approx(result.confidence)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "trace")}
     assert logged == {f"trace/aggregate_{k}.png" for k in ("hidden", "mlp", "attn")}  # no single-fact pictures
@@ -218,4 +218,6 @@ def test_trace_on_the_demo_model(
         [lineage2.experiment_id],
         f"tags.`{Tag.STAGE}` = 'trace' and tags.`{Tag.PIPELINE_RUN_ID}` = '{lineage2.pipeline_run_id}'",
     )
-    assert "FELL BACK" in run2.data.tags[Tag.TRACE_WARNING] and run2.data.tags[Tag.LAYER_RULE] == "fallback"
+    code = run2.data.tags[Tag.TRACE_WARNING]
+    assert code.startswith("no-signal,group=last-subject-token,") and code.endswith(",fallback=[4,5]")
+    assert run2.data.tags[Tag.LAYER_RULE] == "fallback"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.config import EvaluateConfig, MMLUConfig, SplitConfig, StrictModel, TraceConfig
+from amnesia.config import EvaluateConfig, GateConfig, MMLUConfig, SplitConfig, StrictModel, TraceConfig
 from amnesia.demo.base_model import TrainConfig, train_base_model
 from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
 from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
@@ -128,6 +128,14 @@ def demo_evaluate_config(world_uri: str) -> EvaluateConfig:
     """The demo model answers in under 64 tokens and its context is 160 positions; its utility set
     (MMLU columns) was trained zero-shot, so it is asked zero-shot."""
     return EvaluateConfig(max_new_tokens=64, mmlu=MMLUConfig(uri=join(world_uri, "utility"), shots=0))
+
+
+def demo_gate_config() -> GateConfig:
+    """The default floors and ceilings, but held-out people may keep 60% (default 90%) of the base model's
+    score: the 2M-parameter demo model stores everyone's facts in the same few MLP units, so forgetting
+    16 people costs the others (measured on the demo: 0.69 of base; bench/layers.py). A real model
+    keeps the default."""
+    return GateConfig(held_out_retain_relative_floor=0.6)
 
 
 def demo_trace_config() -> TraceConfig:
