@@ -287,8 +287,9 @@ def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split
     counts["traced"] = len(traces)
     choice = confirmed_choice(cfg, model, layout, traces, std) if RULE_KIND in cfg.kinds else None
     layers, rule = decide_layers(cfg, choice)
-    counts["cells_exact"] = int(sum(m.sum() for tr in traces for m in tr.exact.values()))
-    counts["cells"] = int(sum(m.size for tr in traces for m in tr.exact.values()))
+    # From the subject on (before it, every cell equals the corrupted run: exact for free).
+    counts["cells_exact"] = int(sum(m[tr.fact.subject[0] :].sum() for tr in traces for m in tr.exact.values()))
+    counts["cells"] = int(sum(m[tr.fact.subject[0] :].size for tr in traces for m in tr.exact.values()))
     agg = {kind: aggregate(traces, kind) for kind in cfg.kinds}
     result = _store(cfg, ctx, tokenizer, traces, agg, layers, rule, counts, choice, std)
     if result.warning:
@@ -372,7 +373,7 @@ def _store(
                     "method": cfg.method,
                     "group": choice.group if choice else None,
                     "effect": effect,
-                    "confidence": _finite(choice.confidence) if choice else None,
+                    "confidence": _finite(choice.confidence) if choice and rule != "explicit" else None,
                     "warning": choice.warning if choice and rule != "explicit" else None,
                     "warning_code": choice.code if choice and rule != "explicit" else None,
                     "choice": choice.evidence() if choice else None,  # every group's window, spread, stability
@@ -413,7 +414,7 @@ def _store(
         method=cfg.method,
         group=choice.group if choice else None,
         effect=effect,
-        confidence=_finite(choice.confidence) if choice else None,
+        confidence=_finite(choice.confidence) if choice and rule != "explicit" else None,
         warning=choice.warning if choice and rule != "explicit" else None,
         warning_code=choice.code if choice and rule != "explicit" else None,
     )
@@ -442,7 +443,7 @@ def _record_lineage(
                 "k": cfg.k,
                 "kinds": ",".join(cfg.kinds),
                 "method": cfg.method,
-                "group": cfg.group,
+                "group": _slug(cfg.group),
                 "min_confidence": cfg.min_confidence,
                 "max_facts": cfg.max_facts or "all",
                 "min_drop": cfg.min_drop,

@@ -171,3 +171,33 @@ def test_the_report_shows_each_attack_with_its_parts(tmp_path) -> None:  # type:
     assert ("quant.int4-g128-asym", "knowledge", "1.000", "0.950", "0.100", "0.600", "0.556") in rows
     page = render_html(ReportInputs("r", base, cand, decide(GateConfig(), base, cand), {}))
     assert "Attacks on forgetting" in page and "candidate attacked" in page and "≤ 0.100" in page
+
+
+def test_a_weak_unlearning_run_is_caught_by_the_attacks(demo_build, store, s3_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Eight steps of plain gradient ascent on the demo model: the forget set barely moves, and what
+    moved comes back under 4-bit quantization and relearning. The gate fails it on both ceilings."""
+    from amnesia.context import RunContext
+    from amnesia.demo.prepare import demo_evaluate_config, demo_split_config, demo_unlearn_config
+    from amnesia.evaluate import run_evaluate
+    from amnesia.requests import RequestQueue, load_requests_uri
+    from amnesia.split import run_split
+    from amnesia.storage import join
+    from amnesia.unlearn.stage import run_unlearn
+
+    RequestQueue(store, s3_prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl")))
+    ctx = RunContext("weak", f"{s3_prefix}/runs/weak", store)
+    split = run_split(demo_split_config(demo_build.world_uri), ctx)
+    weak = demo_unlearn_config().model_copy(
+        update={"method": "grad_ascent", "method_args": {}, "max_steps": 8, "early_stop_forget_exact": None}
+    )
+    cand = run_unlearn(weak, ctx, demo_build.model_uri, split, [0, 1])
+    cfg = demo_evaluate_config(demo_build.world_uri)
+    base_ev = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
+    cand_ev = run_evaluate(cfg, ctx, cand.uri, split, "candidate")
+    assert base_ev.plain["all"] > cand_ev.plain["all"] + 0.05  # it did forget something
+    figures = robustness(base_ev, cand_ev)
+    print({k: round(v, 3) for k, v in figures.items() if v is not None})
+    verdict = decide(GateConfig(), base_ev, cand_ev)
+    failed = {c.name for c in verdict.checks if not c.passed}
+    assert {"quantization_recovery", "relearning_recovery"} <= failed, verdict.reasons
+    assert figures["relearning_recovery"] > 0.4  # RTT brings most of it back (Deeb & Roger: 88%)
