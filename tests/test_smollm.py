@@ -174,9 +174,13 @@ def test_layer_selected_unlearning_of_real_facts_gated_on_real_mmlu(
           f"{c['held_out_retain_score']:.2f}, MMLU cloze {base.mmlu:.3f} -> {candidate.mmlu:.3f}; "
           f"gate {'PASS' if verdict.passed else 'FAIL'}: {verdict.reasons}")  # fmt: skip
     assert candidate.forget["Task3"]["regurgitation"] <= 0.25 and candidate.mmlu_format == "cloze"
-    assert verdict.passed, verdict.reasons
-    assert {ch.name for ch in verdict.checks} == {"forget_score", "retain_score", "mmlu_relative_to_base"}
+    # It forgets and keeps utility, but the attacks undo it and the unseen capitals pay: the gate says so.
+    failed = {ch.name for ch in verdict.checks if not ch.passed}
+    assert failed == {"held_out_retain_relative_to_base", "quantization_recovery", "relearning_recovery"}, (
+        verdict.reasons
+    )
+    assert {ch.name for ch in verdict.checks} - failed == {"forget_score", "retain_score", "mmlu_relative_to_base"}
     # Collateral on the capitals the run never saw: measured, and a floor on it fails the candidate.
     assert c["held_out_retain_score"] < b["held_out_retain_score"]
     strict = decide(gate.model_copy(update={"held_out_retain_floor": 0.6}), base, candidate)
-    assert not strict.passed and strict.reasons[0].startswith("held_out_retain_score"), strict.reasons
+    assert not strict.passed and any(r.startswith("held_out_retain_score") for r in strict.reasons), strict.reasons
