@@ -213,11 +213,15 @@ def select_facts(
     return facts, std
 
 
+def _prefix_cache(cfg: TraceConfig, model: torch.nn.Module) -> bool:
+    """trace.prefix_cache, with auto resolved: on for a CPU (compute-bound), off for a GPU."""
+    return cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else next(model.parameters()).device.type == "cpu"
+
+
 def trace_facts(
     cfg: TraceConfig, model: torch.nn.Module, layout: Any, facts: list[Fact], std: float, ctx: RunContext
 ) -> list[FactTrace]:
-    cpu = next(model.parameters()).device.type == "cpu"
-    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
+    prefix_cache = _prefix_cache(cfg, model)
     kinds = tuple(cfg.kinds)
     traces = []
     with Progress(len(facts), f"tracing ({cfg.method})", "fact", ctx.log) as bar:
@@ -256,8 +260,7 @@ def confirmed_choice(
 ) -> LayerChoice:
     """hybrid: patch the chosen group's MLP row exactly in every fact and choose again, until the choice
     stands on a group whose row is exact (at most one round per group)."""
-    cpu = next(model.parameters()).device.type == "cpu"
-    prefix_cache = cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else cpu
+    prefix_cache = _prefix_cache(cfg, model)
     done: set[str] = set()
     while True:
         choice = _rule(cfg, traces)
