@@ -50,6 +50,7 @@ def test_sharding_units_are_the_modules_that_only_train(tiny_model_dir: Path) ->
         ("ngdiff", "ddp", 2, {}),
         ("blur", "fsdp", 2, {"gamma": 0.5}),
         ("rmu", "ddp", 2, {"alpha": 10.0}),  # its coefficient comes from the run's first batch everywhere
+        ("sam+sha256", "fsdp", 2, {"rho": 0.05}),  # eps from the whole batch's forget gradient, on shards
     ],
 )
 def test_two_processes_give_the_one_process_weights(

@@ -225,3 +225,31 @@ def test_gradient_checkpointing_changes_memory_not_results(
         weights.append(load_file(store.fetch_dir(result.uri, tmp_path / "cache") / "model.safetensors"))
     for name, tensor in weights[0].items():
         torch.testing.assert_close(tensor, weights[1][name], rtol=1e-6, atol=1e-7)
+
+
+def test_llm_surgery_learns_its_update_set_and_refuses_one_that_names_a_forget_id(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.unlearn.stage import UnlearnError
+
+    split = _split(store, demo_build, s3_prefix, n=1)
+    forget = _records(store, split, "forget_train")
+    corrected = [
+        {"id": f"upd{i}qa0", "input": r.input, "output": "unknown", "task": r.task} for i, r in enumerate(forget)
+    ]
+    update = tmp_path / "update.jsonl"
+    update.write_text("".join(json.dumps(r) + "\n" for r in corrected))
+    base = {"method": "surgery", "layers": [0, 1], "batch_size": 4, "max_steps": 6, "early_stop_forget_exact": None}
+    cfg = UnlearnConfig(**base, method_args={"update_records": str(update)}, eval_every=100, lr=3e-3)
+    result = run_unlearn(cfg, RunContext("u", f"{s3_prefix}/runs/u", store), str(tiny_model_dir), split)
+    history = store.get_json(join(result.report_uri, "curves.json"))["history"]
+    assert history[-1]["update_loss"] < history[0]["update_loss"]  # it learnt the corrected answers
+    assert history[-1]["forget_loss"] > history[0]["forget_loss"]
+
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(json.dumps(corrected[0] | {"id": forget[0].id}) + "\n")
+    bad = UnlearnConfig(**base, method_args={"update_records": str(clash)})
+    message = f"update records {clash} share ids with the forget set: \\['{forget[0].id}'\\]"
+    with pytest.raises(UnlearnError, match=message):
+        run_unlearn(bad, RunContext("c", f"{s3_prefix}/runs/c", store), str(tiny_model_dir), split)

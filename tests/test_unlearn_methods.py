@@ -14,8 +14,8 @@ from amnesia.arch import inspect_model
 from amnesia.models import load_model
 from amnesia.records import UnlearningRecord
 from amnesia.unlearn.config import UnlearnConfig
-from amnesia.unlearn.data import Batch, PairedBatches, chunks, collate, encode
-from amnesia.unlearn.methods import METHODS, Micro, StepInfo, method_class
+from amnesia.unlearn.data import Batch, ChunkedBatches, DataError, PairedBatches, chunks, collate, encode
+from amnesia.unlearn.methods import METHODS, Micro, StepInfo, method_class, method_names
 from amnesia.unlearn.methods.rmu import hidden_at
 from amnesia.unlearn.params import freeze_all_but, trainable_names
 from amnesia.unlearn.stage import _frozen_copy
@@ -99,9 +99,21 @@ INFO = StepInfo(step=0, epoch=0, lr=1e-3)
 
 
 def test_registry_lists_every_method() -> None:
-    assert set(METHODS) == {"sha256", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "ngdiff", "blur"}
+    assert set(METHODS) == {
+        "sha256", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "ngdiff", "blur", "chunked", "surgery"
+    }  # fmt: skip
     with pytest.raises(ValueError, match="unknown method 'nope'; registered: blur"):
         method_class("nope")
+    # SAM wraps the separable methods, not the gradient-surgery ones (nor itself)
+    assert {"sam+sha256", "sam+npo", "sam+chunked"} <= set(method_names())
+    assert not {n for n in method_names() if n in ("sam+ngdiff", "sam+blur")}
+    with pytest.raises(ValueError, match="sam wraps methods whose loss is a forget part plus a retain part; ngdiff"):
+        method_class("sam+ngdiff")
+    with pytest.raises(ValueError, match="unknown method 'sam\\+sam\\+npo'"):
+        method_class("sam+sam+npo")
+    assert method_class("sam+npo") is method_class("sam+npo")
+    cfg = UnlearnConfig(method="sam+npo", method_args={"rho": 0.05, "beta": 0.2})
+    assert (cfg.method_config().rho, cfg.method_config().beta) == (0.05, 0.2)
 
 
 def test_method_args_are_validated_by_the_methods_config() -> None:
@@ -236,7 +248,95 @@ def test_blur_projects_retain_gradient_off_the_forget_gradient(setup) -> None:  
     assert float(_ce(model, fb)) > ce_f  # the forget objective -CE_F went down
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+def test_chunked_schedule_runs_each_chunk_in_turn_with_cycled_retain(setup) -> None:  # type: ignore[no-untyped-def]
+    _, tok, _, _, _, _, _, retain = setup
+    items = [encode(tok, UnlearningRecord(id=f"f{i}qa0", input=f"Q{i}?", output=f"A{i}", task="t")) for i in range(10)]
+    plain = PairedBatches(items, retain, 2, 0, tok.pad_token_id)
+    method = method_class("chunked")
+    data = method.schedule(method.config_cls(chunks=3, retain_ratio=3), plain, epochs=2)
+    assert isinstance(data, ChunkedBatches)
+    sizes = [len(p) for p in data.parts]
+    assert sorted(sizes) == [3, 3, 4] and sorted(e.id for p in data.parts for e in p) == sorted(e.id for e in items)
+    assert data.batches_per_epoch == 6  # 2 + 2 + 2 batches of at most 2
+    seen = [{e.id for e in data.forget_items(i)} for i in range(data.batches_per_epoch * 2)]
+    for c, part in enumerate(data.parts):  # chunk c fills indices [4c, 4c + 4): both passes, then the next
+        ids = {e.id for e in part}
+        assert set().union(*seen[4 * c : 4 * c + 2]) == ids and set().union(*seen[4 * c + 2 : 4 * c + 4]) == ids
+    forget_batch, retain_batch = data.micro_batch(0)
+    assert retain_batch.size == 6  # retain_ratio x batch_size, cycled
+    assert data.micro_batch(5)[0].input_ids.tolist() == data.micro_batch(5)[0].input_ids.tolist()
+    with pytest.raises(DataError, match="chunked: retain batch = method_args.retain_ratio x batch_size"):
+        method.schedule(method.config_cls(), PairedBatches(items, retain, 2, 0, tok.pad_token_id, 4), 1)
+
+
+def test_chunked_loss_is_grad_diff(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("chunked", model, params, gamma=0.5, alpha=2.0)
+    out = m.loss(fb, rb, INFO)
+    assert float(out.total) == pytest.approx(float(-0.5 * _ce(model, fb) + 2.0 * _ce(model, rb)), rel=1e-5)
+    assert out.logs["forget_loss"] == pytest.approx(float(_ce(model, fb)), rel=1e-5)
+
+
+def test_llm_surgery_three_terms(setup, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok, _, params, fb, rb, _, _ = setup
+    update = collate([encode(tok, r) for r in _records([("Ada Quill was born in", "Oslo.")], "u")], tok.pad_token_id)
+    m = _method("surgery", model, params, forget_weight=0.5, update_weight=2.0, retain_weight=3.0)
+    # Before a step the model is its reference: KL 0, so the loss is the ascent and update terms alone.
+    out = m.micro_loss(Micro(fb, rb, extra={"update": update}), INFO)
+    assert float(out.total) == pytest.approx(float(-0.5 * _ce(model, fb) + 2.0 * _ce(model, update)), rel=1e-5)
+    assert out.logs["retain_loss"] == pytest.approx(0.0, abs=1e-7)
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(float(-0.5 * _ce(model, fb)), rel=1e-5)  # no update set
+    ce_f, ce_u = float(_ce(model, fb)), float(_ce(model, update))
+    for p in params:
+        p.grad = None
+    m.backward([Micro(fb, rb, extra={"update": update})], INFO)
+    with torch.no_grad():
+        for p in params:
+            p -= 1e-2 * p.grad
+    assert float(_ce(model, fb)) > ce_f and float(_ce(model, update)) < ce_u
+    with torch.no_grad():  # the step moved the retain outputs off the base's: the KL term now has work to do
+        moved = model(input_ids=rb.input_ids).logits - m.reference(input_ids=rb.input_ids).logits
+    assert float(moved.abs().max()) > 0
+
+
+def test_sam_gradient_is_forget_at_the_perturbed_weights_plus_retain_here(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("sam+grad_diff", model, params, gamma=0.5, alpha=2.0, rho=0.05)
+    theta = [p.detach().clone() for p in params]
+    g_f = _flat_grad(-0.5 * _ce(model, fb), params)
+    eps = 0.05 * g_f / g_f.norm()
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p += eps[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+    g_f_perturbed = _flat_grad(-0.5 * _ce(model, fb), params)
+    with torch.no_grad():
+        for p, t in zip(params, theta, strict=True):
+            p.copy_(t)
+    g_r = _flat_grad(2.0 * _ce(model, rb), params)
+    logs = m.backward([Micro(fb, rb)], INFO)
+    got = torch.cat([p.grad.flatten() for p in params])
+    torch.testing.assert_close(got, g_f_perturbed + g_r, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, g_f + g_r, rtol=1e-3, atol=1e-6)  # the perturbation changed the step
+    for p, t in zip(params, theta, strict=True):
+        assert torch.equal(p.detach(), t)  # the weights are back where they were
+    assert logs["sam_grad_norm"] == pytest.approx(float(g_f.norm()), rel=1e-4)
+    # The objective it reports and evaluates is the wrapped method's own.
+    assert float(m.loss(fb, rb, INFO).total) == pytest.approx(float(-0.5 * _ce(model, fb) + 2 * _ce(model, rb)), 1e-5)
+
+
+def test_sam_keeps_the_wrapped_methods_state(setup) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, params, fb, rb, _, _ = setup
+    m = _method("sam+sha256", model, params, rho=0.01)
+    for value in (1.0, 2.0):
+        m.after_step({"retain_loss": value}, INFO)
+    assert m.state_dict() == {"baseline": None, "sum": 3.0, "n": 2}
+    logs = m.backward([Micro(fb, rb)], INFO)
+    assert logs["m"] == 1.2 and {"forget_loss", "retain_loss", "loss", "sam_grad_norm"} <= set(logs)
+
+
+@pytest.mark.parametrize("name", [*sorted(METHODS), "sam+sha256", "sam+npo"])
 def test_one_trainer_step_touches_only_trainable_parameters(setup, name: str) -> None:  # type: ignore[no-untyped-def]
     model, tok, names, params, _, _, forget, retain = setup
     cfg = UnlearnConfig(method=name, layers=LAYERS, batch_size=2, eval_every=100, checkpoint_every=100)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -107,10 +107,23 @@ def epoch_order(n: int, seed: int, epoch: int, stream: str) -> list[int]:
     return order
 
 
+def cycled(items: Sequence[Encoded], index: int, want: int, seed: int, stream: str) -> list[Encoded]:
+    """The index-th run of `want` items from a set walked in a fresh (seed, cycle) order each time round:
+    every item comes up once per cycle, whatever the batch sizes."""
+    cycle, offset = divmod(index * want, len(items))
+    out: list[Encoded] = []
+    while len(out) < want:
+        order = epoch_order(len(items), seed, cycle, stream)
+        out += [items[i] for i in order[offset : offset + want - len(out)]]
+        cycle, offset = cycle + 1, 0
+    return out
+
+
 @dataclass
 class PairedBatches:
     """One step's micro-batches: forget batches walk the forget set once per epoch; retain batches (of
-    retain_size items, default the forget batch size) cycle through the retain set on their own."""
+    retain_size items, default the forget batch size) cycle through the retain set on their own, and so
+    does each of a method's own sets in `extra`."""
 
     forget: list[Encoded]
     retain: list[Encoded]
@@ -118,6 +131,7 @@ class PairedBatches:
     seed: int
     pad_id: int
     retain_size: int | None = None
+    extra: dict[str, list[Encoded]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.forget:
@@ -129,20 +143,58 @@ class PairedBatches:
     def batches_per_epoch(self) -> int:
         return -(-len(self.forget) // self.batch_size)
 
-    def micro_batch(self, index: int) -> tuple[Batch, Batch]:
-        """The index-th micro-batch of the run (0-based, across epochs): a pure function of index."""
+    def forget_items(self, index: int) -> list[Encoded]:
         epoch, within = divmod(index, self.batches_per_epoch)
         order = epoch_order(len(self.forget), self.seed, epoch, "forget")
-        forget = [self.forget[i] for i in order[within * self.batch_size : (within + 1) * self.batch_size]]
+        return [self.forget[i] for i in order[within * self.batch_size : (within + 1) * self.batch_size]]
+
+    def micro_batch(self, index: int) -> tuple[Batch, Batch]:
+        """The index-th micro-batch of the run (0-based, across epochs): a pure function of index."""
         want = self.retain_size or self.batch_size
-        cycle, offset = divmod(index * want, len(self.retain))
-        retain: list[Encoded] = []
-        while len(retain) < want:
-            r_order = epoch_order(len(self.retain), self.seed, cycle, "retain")
-            take = r_order[offset : offset + want - len(retain)]
-            retain += [self.retain[i] for i in take]
-            cycle, offset = cycle + 1, 0
-        return collate(forget, self.pad_id), collate(retain, self.pad_id)
+        retain = cycled(self.retain, index, want, self.seed, "retain")
+        return collate(self.forget_items(index), self.pad_id), collate(retain, self.pad_id)
+
+    def extra_batches(self, index: int) -> dict[str, Batch]:
+        want = self.retain_size or self.batch_size
+        return {k: collate(cycled(v, index, want, self.seed, k), self.pad_id) for k, v in self.extra.items() if v}
+
+
+@dataclass
+class ChunkedBatches(PairedBatches):
+    """The forget set in `chunks` disjoint parts (a seeded shuffle cut into near-equal slices), trained
+    one after the other: each chunk gets all `epochs` passes before the next begins. Retain batches keep
+    cycling across the whole run (AILS-NTUA's cyclic sampling), so the total number of micro-batches is
+    what the plain schedule would run."""
+
+    chunks: int = 1
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = min(self.chunks, len(self.forget))
+        order = epoch_order(len(self.forget), self.seed, 0, "chunks")
+        cuts = [c * len(order) // k for c in range(k + 1)]
+        self.parts = [[self.forget[i] for i in order[a:b]] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(-(-len(p) // self.batch_size) for p in self.parts)
+
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """index -> (chunk, pass over that chunk, batch within the pass); past the last chunk, it repeats."""
+        index %= self.batches_per_epoch * self.epochs
+        for c, part in enumerate(self.parts):
+            span = -(-len(part) // self.batch_size)
+            if index < span * self.epochs:
+                return (c, *divmod(index, span))
+            index -= span * self.epochs
+        raise AssertionError("unreachable")
+
+    def forget_items(self, index: int) -> list[Encoded]:
+        c, rnd, within = self.locate(index)
+        part = self.parts[c]
+        order = epoch_order(len(part), self.seed, rnd, f"forget:{c}")
+        return [part[i] for i in order[within * self.batch_size : (within + 1) * self.batch_size]]
 
 
 def chunks(items: Sequence[Encoded], size: int, pad_id: int) -> list[Batch]:

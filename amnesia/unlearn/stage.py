@@ -73,6 +73,21 @@ def _encode_set(ctx: RunContext, split: SplitResult, name: str, tokenizer: Any, 
     return [encode(tokenizer, r, cfg.prompt_format, cfg.max_length, eos=eos) for r in records]
 
 
+def _method_sets(
+    ctx: RunContext, files: dict[str, str], sets: dict[str, list[Any]], tokenizer: Any, cfg: UnlearnConfig
+) -> dict[str, list[Any]]:
+    """The method's own record files, encoded as retain items; none may share an id with the forget set."""
+    forget_ids = {e.id for n, items in sets.items() if n.startswith("forget") for e in items}
+    out = {}
+    for name, uri in files.items():
+        records = load_records(uri, store=ctx.store)
+        clash = sorted(forget_ids & {r.id for r in records})
+        if clash:
+            raise UnlearnError(f"unlearn.method_args: {name} records {uri} share ids with the forget set: {clash[:3]}")
+        out[name] = [encode(tokenizer, r, cfg.prompt_format, cfg.max_length, eos=cfg.retain_eos) for r in records]
+    return out
+
+
 def fingerprint(cfg: UnlearnConfig, base_digest: str | None, split_digest: str, names: list[str]) -> str:
     """What a checkpoint must match to be resumed: the config without how many processes run it or how
     they split the model (the results do not depend on those), the base model, the data, the tensors."""
@@ -122,13 +137,15 @@ def _unlearn(
     freeze_all_but(model, names)
     sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
     pad = tokenizer.pad_token_id
+    mcfg, cls = cfg.method_config(), method_class(cfg.method)
+    extra = _method_sets(ctx, cls.record_files(mcfg), sets, tokenizer, cfg)
     data = PairedBatches(
-        sets["forget_train"], sets["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size
+        sets["forget_train"], sets["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size, extra
     )
+    data = cls.schedule(mcfg, data, cfg.epochs)
     held_out = held_out_batches(
         sets["forget_eval"], sets["retain_eval"] or sets["retain_train"], sets["forget_train"], cfg.batch_size, pad
     )
-    mcfg, cls = cfg.method_config(), method_class(cfg.method)
     reference = _frozen_copy(model) if cls.wants_reference(mcfg) else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -140,7 +140,8 @@ class Trainer:
 
     def _micro(self, index: int, share: float, scale: float) -> Micro:
         forget, retain = self.data.micro_batch(index)
-        return Micro(forget.to(self.device), retain.to(self.device), share, scale)
+        extra = {k: b.to(self.device) for k, b in self.data.extra_batches(index).items()}
+        return Micro(forget.to(self.device), retain.to(self.device), share, scale, extra)
 
     def train_step(self, step: int) -> dict[str, float]:
         info = self.info(step)

@@ -1,6 +1,11 @@
 """What every unlearning method is: a small class that turns a forget and a retain batch into a loss
 (or, for the gradient-surgery methods, into gradients), registered by name.
 
+Most methods are separable: their loss is a forget part plus a retain part (`forget_part`,
+`retain_part`), which is what lets a wrapper such as SAM treat the forget objective on its own. A
+method may also reshape the run's batches (`schedule`: the chunked method) or read record files of
+its own (`record_files`: LLM Surgery's update set), which reach it through `Micro.extra`.
+
 The trainer owns everything else: which parameters train, batching, the optimizer, checkpoints.
 A method keeps any state it needs across steps in `state_dict()`, so a resumed run continues it.
 """
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
-from amnesia.unlearn.data import Batch
+from amnesia.unlearn.data import Batch, PairedBatches
 from amnesia.unlearn.distributed import all_sum
 
 
@@ -38,6 +43,7 @@ class Micro:
     retain: Batch
     share: float = 1.0
     scale: float = 1.0
+    extra: dict[str, Batch] = field(default_factory=dict)  # a method's own sets (record_files)
 
 
 @dataclass
@@ -74,8 +80,40 @@ class Method:
     def wants_reference(cls, cfg: MethodConfig) -> bool:
         return cls.needs_reference
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+    @classmethod
+    def separable(cls) -> bool:
+        """Whether the loss is forget_part + retain_part (the class overrides both)."""
+        return cls.forget_part is not Method.forget_part and cls.retain_part is not Method.retain_part
+
+    @classmethod
+    def schedule(cls, cfg: MethodConfig, data: PairedBatches, epochs: int) -> PairedBatches:
+        """The run's batches; a method that orders its data differently returns its own schedule."""
+        return data
+
+    @classmethod
+    def record_files(cls, cfg: MethodConfig) -> dict[str, str]:
+        """Record sets of the method's own (name -> path or s3:// URI); each micro-batch carries a batch
+        of each, cycled like the retain set, in Micro.extra[name]."""
+        return {}
+
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
         raise NotImplementedError
+
+    def retain_part(self, micro: Micro, info: StepInfo) -> LossOut:
+        """Gets the whole micro-batch: retain plus any sets of the method's own."""
+        raise NotImplementedError
+
+    def micro_loss(self, micro: Micro, info: StepInfo) -> LossOut:
+        if not self.separable():
+            return self.loss(micro.forget, micro.retain, info)
+        f, r = self.forget_part(micro.forget, info), self.retain_part(micro, info)
+        return LossOut(f.total + r.total, f.logs | r.logs)
+
+    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+        """The objective on a forget and a retain batch (separable methods: the sum of their parts)."""
+        if not self.separable():
+            raise NotImplementedError
+        return self.micro_loss(Micro(forget, retain), info)
 
     def prepare(self, first: Micro) -> None:
         """Called once, before the first evaluation of a fresh run, with the run's first micro-batch (the
@@ -85,7 +123,7 @@ class Method:
         """Accumulate the gradient of the step's mean loss into .grad; the logs are step means."""
         logs: list[dict[str, float]] = []
         for mb in micro:
-            out = self.loss(mb.forget, mb.retain, info)
+            out = self.micro_loss(mb, info)
             (out.total * mb.scale).backward()
             logs.append(out.logs | {"loss": float(out.total.detach())})
         return step_mean(logs, micro)
@@ -179,11 +217,13 @@ class ForgetRetainMethod(Method):
     def forget_term(self, forget: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
         l_f = self.forget_term(forget)
-        r = retain_term(self.cfg.retain_loss, self.model, self.reference, retain)
-        total = self.cfg.gamma * l_f + self.cfg.alpha * r
-        return LossOut(total, {"forget_loss": float(l_f.detach()), "retain_loss": float(r.detach())})
+        return LossOut(self.cfg.gamma * l_f, {"forget_loss": float(l_f.detach())})
+
+    def retain_part(self, micro: Micro, info: StepInfo) -> LossOut:
+        r = retain_term(self.cfg.retain_loss, self.model, self.reference, micro.retain)
+        return LossOut(self.cfg.alpha * r, {"retain_loss": float(r.detach())})
 
 
 # ---------------------------------------------------------------- registry

@@ -15,6 +15,7 @@ from amnesia.unlearn.methods.base import (
     ForgetRetainMethod,
     LossOut,
     Method,
+    Micro,
     StepInfo,
     nll,
     register,
@@ -29,9 +30,12 @@ class GradAscentConfig(MethodConfig):
 class GradAscent(Method):
     config_cls = GradAscentConfig
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
         ce_f = nll(self.model, forget)
         return LossOut(-ce_f, {"forget_loss": float(ce_f.detach())})
+
+    def retain_part(self, micro: Micro, info: StepInfo) -> LossOut:
+        return LossOut(torch.zeros((), device=micro.retain.input_ids.device))  # no retain term
 
 
 class GradDiffConfig(ForgetRetainConfig):
@@ -45,7 +49,7 @@ class GradDiff(ForgetRetainMethod):
     def forget_term(self, forget: Batch) -> torch.Tensor:
         return -nll(self.model, forget)
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
-        out = super().loss(forget, retain, info)
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
+        out = super().forget_part(forget, info)
         out.logs["forget_loss"] = -out.logs["forget_loss"]  # report the forget NLL itself, not its negative
         return out

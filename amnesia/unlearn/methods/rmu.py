@@ -72,15 +72,18 @@ class RMU(Method):
             self.coef = self.cfg.coef_scale * float(norms.mean())
         return self.coef
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
-        assert self.reference is not None
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
         target = self._coef(forget) * self.u.to(forget.input_ids.device)
         l_f = masked_mse(hidden_at(self.model, forget, self.layer), target, forget.attention_mask)
+        return LossOut(l_f, {"forget_loss": float(l_f.detach())})
+
+    def retain_part(self, micro: Micro, info: StepInfo) -> LossOut:
+        assert self.reference is not None
+        retain = micro.retain
         with torch.no_grad():
             frozen = hidden_at(self.reference, retain, self.layer)
         l_r = masked_mse(hidden_at(self.model, retain, self.layer), frozen, retain.attention_mask)
-        total = l_f + self.cfg.alpha * l_r
-        return LossOut(total, {"forget_loss": float(l_f.detach()), "retain_loss": float(l_r.detach())})
+        return LossOut(self.cfg.alpha * l_r, {"retain_loss": float(l_r.detach())})
 
     def state_dict(self) -> dict[str, Any]:
         return {"coef": self.coef}

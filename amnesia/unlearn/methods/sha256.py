@@ -15,7 +15,7 @@ from pydantic import Field
 
 from amnesia.unlearn.config import MethodConfig
 from amnesia.unlearn.data import Batch
-from amnesia.unlearn.methods.base import LossOut, Method, StepInfo, nll, register
+from amnesia.unlearn.methods.base import LossOut, Method, Micro, StepInfo, nll, register
 
 
 class Sha256Config(MethodConfig):
@@ -44,12 +44,14 @@ class Sha256(Method):
         m = self.cfg.a * self.cfg.b ** (retain_loss - self.baseline) + self.cfg.c
         return min(max(m, self.cfg.m_min), self.cfg.m_max)
 
-    def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:
-        ce_f, ce_r = nll(self.model, forget), nll(self.model, retain)
+    def forget_part(self, forget: Batch, info: StepInfo) -> LossOut:
+        ce_f = nll(self.model, forget)
+        return LossOut(-ce_f, {"forget_loss": float(ce_f.detach())})
+
+    def retain_part(self, micro: Micro, info: StepInfo) -> LossOut:
+        ce_r = nll(self.model, micro.retain)
         m = self.weight(float(ce_r.detach()), info)
-        return LossOut(
-            -ce_f + m * ce_r, {"forget_loss": float(ce_f.detach()), "retain_loss": float(ce_r.detach()), "m": m}
-        )
+        return LossOut(m * ce_r, {"retain_loss": float(ce_r.detach()), "m": m})
 
     def after_step(self, logs: dict[str, float], info: StepInfo) -> None:
         if info.epoch == 0:
