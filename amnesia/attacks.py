@@ -48,6 +48,9 @@ def recovery(base: float, unlearned: float, attacked: float, least: float = 0.02
     return min(1.0, max(0.0, (attacked - unlearned) / removed))
 
 
+NF4_VARIANT = "quant.nf4-b64"
+
+
 def variant_name(bits: int, group_size: int, symmetric: bool) -> str:
     return f"quant.int{bits}-g{group_size}-{'sym' if symmetric else 'asym'}"
 
@@ -56,7 +59,7 @@ def quantization(
     cfg: QuantizationAttackConfig, model: Any, records: Sequence[UnlearningRecord], score: Scorer
 ) -> dict[str, list[float]]:
     """variant -> per-item scores of the quantized model."""
-    from amnesia.quantize import quantized_copy
+    from amnesia.quantize import nf4_copy, quantized_copy
 
     out = {}
     for bits in cfg.bits:
@@ -64,6 +67,10 @@ def quantization(
             attacked = quantized_copy(model, bits, cfg.group_size, symmetric)
             out[variant_name(bits, cfg.group_size, symmetric)] = score(attacked, records)
             del attacked
+    if cfg.nf4:
+        attacked = nf4_copy(model)
+        out[NF4_VARIANT] = score(attacked, records)
+        del attacked
     return out
 
 

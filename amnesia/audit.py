@@ -2,8 +2,8 @@
 every stored artifact it names against the digest recorded when it was made.
 
 The chain: requests → split (data) → base model → trace (layers) → training config → candidate model →
-evaluations (before/after) → gate and report → approval. Any artifact that is missing or whose bytes no
-longer match its recorded digest makes the audit fail.
+evaluations (before/after) → gate and report → approval, and any attack run on demand since. Any
+artifact that is missing or whose bytes no longer match its recorded digest makes the audit fail.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pydantic import BaseModel
 
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
+from amnesia.measures import headline
 from amnesia.registry import (
     APPROVER,
+    ATTACK_PREFIX,
     BASE_EVALUATION,
     CANDIDATE_EVALUATION,
     DECIDED_AT,
@@ -98,7 +100,8 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
         link = _folder(store, step, "per-item results", uri or None, digest or None)
         if link.ok:
             result = store.get_json(join(uri, "result.json"))
-            link.detail = {k: result[k] for k in ("task_aggregate", "mia_score", "mmlu", "final")}
+            stored = result.get("metrics", result)  # evidence stored before the metric registry: top level
+            link.detail = {k: stored[k] for k in headline() if k in stored}
         links.append(link)
     gate = _folder(store, "gate", "report and verdict", t.get(Tag.REPORT_URI), t.get(REPORT_DIGEST))
     if gate.ok:
@@ -111,6 +114,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
         gate.ok = str(verdict["passed"]).lower() == t.get(Tag.GATE_PASSED)
     links.append(gate)
     links.append(_decision(store, t))
+    links += _attacks(store, t)
     metrics = {k: f"{v:.6g}" for k, v in figures(client, mv).items()}
     status = t.get(Tag.STATUS, "unknown")
     return Audit(
@@ -131,6 +135,19 @@ def _requests(store: ArtifactStore, t: dict[str, str]) -> Link:
     detail = {"request_ids": [r.request_id for r in reqs], "count": len(reqs)}
     return Link(step="requests", what="erasure requests snapshot", uri=uri, expected=expected, actual=actual,
                 ok=actual == expected, detail=detail)  # fmt: skip
+
+
+def _attacks(store: ArtifactStore, t: dict[str, str]) -> list[Link]:
+    """Each on-demand attack run (`amnesia attack`): its folder re-hashed, its worst recoveries shown."""
+    links = []
+    for key in sorted(k for k in t if k.startswith(ATTACK_PREFIX)):  # oldest first: the keys are times
+        uri, _, digest = t[key].partition("#")
+        link = _folder(store, "attack", "attacks run on demand", uri, digest or None)
+        if link.ok:
+            result = store.get_json(join(uri, "result.json"))
+            link.detail = result["worst"] | {"failed": [c["name"] for c in result["checks"] if not c["passed"]]}
+        links.append(link)
+    return links
 
 
 def _decision(store: ArtifactStore, t: dict[str, str]) -> Link:

@@ -709,6 +709,59 @@ def audit_cmd(name: str, version: str, as_json: bool, html_out: Path | None) -> 
         sys.exit(1)
 
 
+@cli.command("attack")
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Run config YAML: its model section, evaluate.attacks and gate ceilings (default: the defaults).",
+)
+@click.option("--rtt-steps", type=int, help="Relearning steps per fold (an audit: 100-200; the default is CI-sized).")
+@click.option("--bits", help="Quantization bit widths, comma-separated (e.g. 4,3).")
+@click.option("--nf4", is_flag=True, help="Also NF4 (bitsandbytes' 4-bit format), emulated in torch.")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def attack_cmd(
+    name: str, version: str, config_path: Path | None, rtt_steps: int | None, bits: str | None, nf4: bool,
+    root: str | None,
+) -> None:  # fmt: skip
+    """Attack a registered version (quantization, relearning) against its base model, now; the results join
+    its lineage and its audit. Exit status 3 when a worst recovery crosses its ceiling."""
+    import logging
+
+    from amnesia.config import AttackConfig, EvaluateConfig, GateConfig, ModelConfig, load_yaml, parse_model
+    from amnesia.reattack import attack_version
+    from amnesia.storage import ArtifactStore
+
+    raw = load_yaml(config_path) if config_path else {}
+    where = f"{config_path}: " if config_path else ""
+    evaluate = parse_model(EvaluateConfig, raw.get("evaluate", {}), f"{where}evaluate")
+    gate = parse_model(GateConfig, raw.get("gate", {}), f"{where}gate")
+    model = parse_model(ModelConfig, raw.get("model", {}), f"{where}model")
+    attacks = (evaluate.attacks or AttackConfig()).model_dump()
+    if rtt_steps is not None:
+        attacks["relearning"] = (attacks["relearning"] or {}) | {"steps": rtt_steps}
+    if bits is not None:
+        attacks["quantization"] = (attacks["quantization"] or {}) | {"bits": [int(b) for b in bits.split(",")]}
+    if nf4:
+        attacks["quantization"] = (attacks["quantization"] or {}) | {"nf4": True}
+    cfg = parse_model(AttackConfig, attacks, "attacks")
+    settings = client_settings()
+    store_root = root or f"s3://{settings.bucket}"
+    log = logging.getLogger("amnesia")
+    result = attack_version(
+        settings, ArtifactStore(settings), store_root, name, version, cfg, model, evaluate, gate, log
+    )
+    click.echo(f"attack {name} v{version}: stored at {result.uri} ({result.digest[:16]})")
+    for key, value in sorted(result.recoveries.items()):
+        click.echo(f"  {key:<44} {value:.3f}")
+    for check in result.checks:
+        click.echo(f"  {'ok  ' if check.passed else 'FAIL'} {check.reason()}")
+    if not all(c.passed for c in result.checks):
+        sys.exit(3)
+
+
 @cli.group(cls=_Group)
 def requests() -> None:
     """The erasure-request queue (pending -> fulfilled on approval)."""

@@ -184,6 +184,11 @@ class QuantizationAttackConfig(StrictModel):
     bits: list[int] = Field([8, 4], min_length=1, description="One variant per bit width (2..8).")
     group_size: int = Field(128, ge=0, description="Input columns per quantization group (0: a whole row).")
     schemes: list[Literal["sym", "asym"]] = Field(["sym", "asym"], min_length=1)
+    nf4: bool = Field(
+        False,
+        description="Also NF4 (bitsandbytes' 4-bit format, QLoRA's: blocks of 64, absmax, 16 normal-quantile "
+        "levels), emulated in torch on any device: what most people run a 4-bit model with.",
+    )
 
     @model_validator(mode="after")
     def _bits_in_range(self) -> QuantizationAttackConfig:
@@ -268,7 +273,9 @@ class GateConfig(StrictModel):
     )
     floors: dict[str, float] = Field(
         default_factory=dict,
-        description="Further floors on any reported metric by name (e.g. robustness metrics added later).",
+        description="Further bounds on any figure by name (amnesia.measures: a registered metric's, a score, "
+        "set.task.figure, attack.<variant>.<figure>, recovery.<variant>.<figure>): a floor where higher is "
+        "better, a ceiling where lower is.",
     )
 
     def unmeasured(self, evaluate: EvaluateConfig) -> str | None:
@@ -293,9 +300,15 @@ class GateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _floors_in_range(self) -> GateConfig:
+        from amnesia.measures import direction
+
         bad = {k: v for k, v in self.floors.items() if not 0 <= v <= 1}
         if bad:
             raise ValueError(f"floors must lie in [0, 1]: {bad}")
+        for name in self.floors:
+            if direction(name) in (None, "target"):
+                why = "is best at a target, not higher or lower" if direction(name) else "is not a figure we report"
+                raise ValueError(f"floors: {name!r} {why} (see amnesia.measures)")
         return self
 
 

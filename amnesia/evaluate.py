@@ -13,26 +13,30 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from amnesia.config import EvaluateConfig, ModelConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.generation import greedy_generate
 from amnesia.lineage import Tag
-from amnesia.metrics import item_score
-from amnesia.mmlu import sample, score_mmlu
+from amnesia.measures import METRICS, Measured, compute, item_score, legacy_figures
+from amnesia.mmlu import sample
 from amnesia.models import as_model_config, load, placement, resolve_model
 from amnesia.progress import Progress
 from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, load_mmlu, load_records
-from amnesia.scoring import final_score, mia_auc, mia_score, per_task, task_aggregate
+from amnesia.scoring import per_task
 from amnesia.split import SplitResult
 from amnesia.storage import MANIFEST_NAME, join
 
 SETS = {"forget": ("forget_train", "forget_eval"), "retain": ("retain_train",), "retain_held_out": ("retain_eval",)}
+
+
+BUILT_IN = ("task_aggregate", "mia_auc", "mia_score", "mmlu", "mmlu_macro", "final")  # stored at the top level before
 
 
 class Evaluation(BaseModel):
@@ -47,19 +51,44 @@ class Evaluation(BaseModel):
     forget: dict[str, dict[str, float]]  # task -> {regurgitation, knowledge}
     retain: dict[str, dict[str, float]]
     retain_held_out: dict[str, dict[str, float]]
-    task_aggregate: float
-    mia_auc: float | None
-    mia_score: float | None
-    mmlu: float | None
-    mmlu_macro: float | None
+    metrics: dict[str, float | None]  # every registered metric's figures (amnesia.measures), None: not measured
     mmlu_subjects: dict[str, float]
     mmlu_questions: int
     mmlu_sampling: str
     mmlu_format: str = "letter"
-    final: float | None
     counts: dict[str, int]
     seconds: float
     attacks: dict[str, dict[str, float]] = {}  # variant -> forget metric means under that attack
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return legacy_figures(dict(data), BUILT_IN) if isinstance(data, dict) else data
+
+    # The official scorer's figures by name (what the gate and the CLI read).
+    @property
+    def task_aggregate(self) -> float:
+        return float(self.metrics["task_aggregate"])  # type: ignore[arg-type]
+
+    @property
+    def mia_auc(self) -> float | None:
+        return self.metrics.get("mia_auc")
+
+    @property
+    def mia_score(self) -> float | None:
+        return self.metrics.get("mia_score")
+
+    @property
+    def mmlu(self) -> float | None:
+        return self.metrics.get("mmlu")
+
+    @property
+    def mmlu_macro(self) -> float | None:
+        return self.metrics.get("mmlu_macro")
+
+    @property
+    def final(self) -> float | None:
+        return self.metrics.get("final")
 
     @property
     def plain(self) -> dict[str, float]:
@@ -68,13 +97,11 @@ class Evaluation(BaseModel):
 
     def flat(self) -> dict[str, float]:
         """Every figure under one dotted name: the gate's and MLflow's view."""
-        out: dict[str, float] = {"task_aggregate": self.task_aggregate}
+        out: dict[str, float] = {}
         for group in ("forget", "retain", "retain_held_out"):
             for task, metrics in getattr(self, group).items():
                 out.update({f"{group}.{task}.{m}": v for m, v in metrics.items()})
-        for name in ("mia_auc", "mia_score", "mmlu", "mmlu_macro", "final"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+        out.update({k: v for k, v in self.metrics.items() if v is not None})
         for variant, metrics in self.attacks.items():
             out.update({f"attack.{variant}.{m}": v for m, v in metrics.items()})
         return out
@@ -159,7 +186,9 @@ def run_evaluate(
     data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]])
     # Scores depend on the numerics: a bf16 evaluation is not a cached fp32 one.
     numerics = [placement(mcfg).dtype, mcfg.attn_implementation or "default"]
-    key = _canonical_digest([model_digest, data_digest, config_hash(cfg), numerics]) if model_digest else None
+    # ... and a newly registered metric is a figure a stored result lacks.
+    parts = [model_digest, data_digest, config_hash(cfg), numerics, [*METRICS]]
+    key = _canonical_digest(parts) if model_digest else None
     base = ctx.root.rsplit("/runs/", 1)[0]
     uri = join(base, "cache", "evaluations", key) if key else join(ctx.root, "evaluate", role)
     if key and cfg.cache and ctx.store.exists(join(uri, MANIFEST_NAME)):
@@ -189,70 +218,98 @@ def _evaluate(
     t0: float,
 ) -> Evaluation:
     loaded, where = load(mcfg, store=ctx.store)
-    model, tok = loaded.model, loaded.tokenizer
-    items, gens, scores = [], {}, {}
+    identity = {"model_uri": mcfg.uri, "model_digest": model_digest, "placement": where.params(mcfg), "uri": uri,
+                "key": key}  # fmt: skip
+    docs = _mia_documents(cfg, ctx, split)
+    scored = evaluate_model(cfg, loaded.model, loaded.tokenizer, sets, docs, questions, dev, role, ctx.log, identity)
+    result = scored.result.model_copy(update={"seconds": round(time.monotonic() - t0, 1)})
+    return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows)
+
+
+@dataclass
+class Scored:
+    """An evaluation and the per-item evidence behind it (what the stage stores beside result.json)."""
+
+    result: Evaluation
+    items: list[dict[str, Any]]
+    generations: dict[str, str]
+    mia: tuple[list[float], list[float], list[str], list[str]] | None
+    attack_rows: list[dict[str, Any]]
+
+
+def evaluate_model(
+    cfg: EvaluateConfig,
+    model: Any,
+    tok: Any,
+    sets: dict[str, list[UnlearningRecord]],
+    mia_docs: dict[str, list[MIADocument]] | None,
+    questions: list[MMLUQuestion],
+    dev: list[MMLUQuestion],
+    role: str,
+    log: Any,
+    identity: dict[str, Any],
+) -> Scored:
+    """Every figure of one loaded model, with no store: generations and item scores per set, the attacks,
+    the MIA losses, and the registered metrics. `identity` fills the result's model_uri, model_digest,
+    placement, uri and key."""
+    t0 = time.monotonic()
+    items, gens, scores, scored = [], {}, {}, {}
     total = sum(len(r) for r in sets.values())
-    with Progress(total, f"evaluate {role}: generating", "item", ctx.log) as bar:  # a bar, or ETA lines in a pod
+    with Progress(total, f"evaluate {role}: generating", "item", log) as bar:  # a bar, or ETA lines in a pod
         for group, records in sets.items():
             g, s = score_items(model, tok, records, cfg, bar.update) if records else ([], [])
             scores[group] = per_task((r.task, r.kind, x) for r, x in zip(records, s, strict=True))
-            for r, text, x in zip(records, g, s, strict=True):
+            scored[group] = list(zip(records, g, s, strict=True))
+            for r, text, x in scored[group]:
                 items.append({"id": r.id, "set": group, "task": r.task, "kind": r.kind, "score": x})
                 gens[r.id] = text
     if not scores["forget"] or not scores["retain"]:
         raise ValueError("evaluation needs forget and retain items")
-    attacks, attack_rows = _attacks(
-        cfg, model, tok, sets["forget"], [i["score"] for i in items if i["set"] == "forget"], role, ctx
+    attacks, attack_rows = attack_figures(
+        cfg, model, tok, sets["forget"], [i["score"] for i in items if i["set"] == "forget"], role, log
     )
-    mia = _mia(cfg, ctx, split, model, tok, role)
-    m, mmlu = cfg.mmlu, None
-    if m:
-        cloze = m.format == "cloze"
-        rows = sum(len(q.choices) for q in questions) if cloze else len(questions)
-        with Progress(rows, f"evaluate {role}: MMLU", "choice" if cloze else "question", ctx.log) as bar:
-            mmlu = score_mmlu(model, tok, questions, dev, m.shots, m.batch_size, m.format, bar.update)
-    agg = task_aggregate(scores["forget"], scores["retain"])
-    auc = mia_auc(*mia[:2]) if mia else None
-    mscore = mia_score(auc) if auc is not None else None
+    mia = None
+    if mia_docs is not None:
+        if mia_docs.get("mia_members") and mia_docs.get("mia_nonmembers"):
+            mia = _mia(cfg, mia_docs, model, tok, role, log)
+        else:
+            log.warning("evaluate: no MIA members or non-members in the split; MIA skipped")
+    measured = Measured(
+        cfg, role, scores, scored, mia[:2] if mia else None, model, tok, questions, dev,
+        progress=lambda n, what, unit: Progress(n, what, unit, log),
+    )  # fmt: skip
+    figures = compute(measured)
+    mmlu = measured.details.get("mmlu")
     result = Evaluation(
         role=role,
-        model_uri=mcfg.uri,
-        model_digest=model_digest,
-        placement=where.params(mcfg),
-        uri=uri,
         digest="",
-        key=key,
         cached=False,
         forget=scores["forget"],
         retain=scores["retain"],
         retain_held_out=scores["retain_held_out"],
-        task_aggregate=agg,
-        mia_auc=auc,
-        mia_score=mscore,
-        mmlu=mmlu.accuracy if mmlu else None,
-        mmlu_macro=mmlu.macro if mmlu else None,
+        metrics=figures,
         mmlu_subjects=mmlu.subjects if mmlu else {},
         mmlu_questions=mmlu.questions if mmlu else 0,
         mmlu_sampling=_sampling(cfg),
         mmlu_format=mmlu.format if mmlu else "none",
-        final=final_score(agg, mscore, mmlu.accuracy) if mmlu and mscore is not None else None,
         attacks=attacks,
         counts={g: len(r) for g, r in sets.items()}
         | {"mia_members": len(mia[0]) if mia else 0, "mia_nonmembers": len(mia[1]) if mia else 0}
         | {"mmlu_shots_reduced": mmlu.shots_reduced if mmlu else 0},
         seconds=round(time.monotonic() - t0, 1),
+        **identity,
     )
-    return _store(ctx, result, items, gens, mia, attack_rows)
+    return Scored(result, items, gens, mia, attack_rows)
 
 
-def _attacks(
+def attack_figures(
     cfg: EvaluateConfig,
     model: Any,
     tok: Any,
     forget: list[UnlearningRecord],
     plain: list[float],
     role: str,
-    ctx: RunContext,
+    log: Any,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """The configured attacks on this model's forget set, with the unattacked figures as "none"."""
     if cfg.attacks is None:
@@ -260,10 +317,9 @@ def _attacks(
     from amnesia.attacks import means, run_attacks
 
     a = cfg.attacks
-    runs = (len(a.quantization.bits) * len(a.quantization.schemes) if a.quantization else 0) + (
-        1 if a.relearning else 0
-    )
-    with Progress(runs * len(forget), f"evaluate {role}: attacks", "item", ctx.log) as bar:
+    q = a.quantization
+    runs = (len(q.bits) * len(q.schemes) + q.nf4 if q else 0) + (1 if a.relearning else 0)
+    with Progress(runs * len(forget), f"evaluate {role}: attacks", "item", log) as bar:
 
         def score(m: Any, records: Sequence[UnlearningRecord]) -> list[float]:
             return score_items(m, tok, records, cfg, bar.update)[1]
@@ -281,20 +337,24 @@ def _sampling(cfg: EvaluateConfig) -> str:
     return f"{m.split}, {which}, {each}, {m.shots}-shot"
 
 
-def _mia(
-    cfg: EvaluateConfig, ctx: RunContext, split: SplitResult, model: Any, tok: Any, role: str
-) -> tuple[list[float], list[float], list[str], list[str]] | None:
+def _mia_documents(cfg: EvaluateConfig, ctx: RunContext, split: SplitResult) -> dict[str, list[MIADocument]] | None:
     if not cfg.mia:
         return None
     docs = {
         name: load_records(split.sets[name].uri, MIADocument, allow_empty=True, store=ctx.store)
         for name in ("mia_members", "mia_nonmembers")
     }
-    if not docs["mia_members"] or not docs["mia_nonmembers"]:
-        ctx.log.warning("evaluate: no MIA members or non-members in the split; MIA skipped")
-        return None
-    with Progress(sum(len(d) for d in docs.values()), f"evaluate {role}: MIA", "document", ctx.log) as bar:
-        losses = [document_losses(model, tok, [d.document for d in docs[n]], cfg.batch_size, bar.update) for n in docs]
+    return docs
+
+
+def _mia(
+    cfg: EvaluateConfig, docs: dict[str, list[MIADocument]], model: Any, tok: Any, role: str, log: Any
+) -> tuple[list[float], list[float], list[str], list[str]]:
+    with Progress(sum(len(d) for d in docs.values()), f"evaluate {role}: MIA", "document", log) as bar:
+        losses = [
+            document_losses(model, tok, [d.document for d in docs[n]], cfg.batch_size, bar.update)
+            for n in ("mia_members", "mia_nonmembers")
+        ]
     return losses[0], losses[1], [d.id for d in docs["mia_members"]], [d.id for d in docs["mia_nonmembers"]]
 
 

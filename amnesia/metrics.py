@@ -27,5 +27,7 @@ def exact_match(generation: str, gold: str) -> float:
 
 
 def item_score(kind: str, generation: str, gold: str) -> float:
-    """The scorer's metric for an item kind: 'sc' -> ROUGE-L recall, 'qa' -> exact match."""
-    return rouge_l_recall(generation, gold) if kind == "sc" else exact_match(generation, gold)
+    """The registered metric for an item kind (amnesia.measures: 'sc' -> ROUGE-L recall, 'qa' -> exact match)."""
+    from amnesia.measures import item_score as registered
+
+    return registered(kind, generation, gold)

@@ -46,6 +46,7 @@ LOGGED_MODEL = "amnesia.logged_model"  # the MLflow 3 LoggedModel holding the ve
 REPORT_DIGEST = "amnesia.report_digest"
 BASE_EVALUATION = "amnesia.base_evaluation"  # uri#digest of the stored per-item results
 CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
+ATTACK_PREFIX = "amnesia.attack."  # + time: uri#digest of an on-demand attack run (`amnesia attack`)
 
 
 class RegistryError(AmnesiaError):

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amnesia.evaluate import Evaluation
-from amnesia.gate import Check, Verdict, scores
-
-DERIVED = ("forget_score", "retain_score", "held_out_retain_score", "task_aggregate", "mia_auc", "mia_score",
-           "mmlu", "mmlu_macro", "final")  # fmt: skip
+from amnesia.measures import ARROW, Check, Verdict, direction, recoveries, table_rows
 
 
 @dataclass
@@ -30,18 +27,18 @@ class ReportInputs:
 
 
 def rows(base: Evaluation, candidate: Evaluation) -> list[tuple[str, float | None, float | None]]:
-    """(metric, base, candidate): every per-task metric, then the derived scores."""
-    b, c = scores(base), scores(candidate)
-    names = sorted(k for k in set(b) | set(c) if k.count(".") == 2 and not k.startswith("attack."))  # group.task.m
-    names += [k for k in DERIVED if k in b or k in c]
-    return [(n, b.get(n), c.get(n)) for n in names]
+    """(metric, base, candidate): every per-task metric, then the scores and the registered metrics."""
+    return table_rows(base, candidate)
+
+
+def _better(name: str) -> str:
+    d = direction(name)
+    return ARROW[d] if d else ""
 
 
 def attack_rows(base: Evaluation, candidate: Evaluation) -> list[tuple[str, ...]]:
     """(attack, metric, base, base attacked, candidate, candidate attacked, recovery) for every attack and
     forget metric both evaluations measured: the recovery with its parts."""
-    from amnesia.gate import recoveries
-
     rec = recoveries(base, candidate)
     out = []
     for variant, metrics in candidate.attacks.items():
@@ -80,8 +77,10 @@ def markdown(inp: ReportInputs, image_names: dict[str, str]) -> str:
     out = [f"# Unlearning report — run `{inp.run_id}`", "", f"**Gate: {'PASS' if v.passed else 'FAIL'}**", ""]
     out += [f"- {r}" for r in v.reasons] + [""]
     out += ["| | |", "|---|---|"] + [f"| {k} | `{val}` |" for k, val in inp.facts] + [""]
-    out += ["## Metrics", "", "| metric | base | candidate | change |", "|---|---:|---:|---:|"]
-    out += [f"| {n} | {_fmt(b)} | {_fmt(c)} | {_delta(b, c)} |" for n, b, c in rows(inp.base, inp.candidate)]
+    out += ["## Metrics", "", "| metric | better | base | candidate | change |", "|---|---|---:|---:|---:|"]
+    out += [
+        f"| {n} | {_better(n)} | {_fmt(b)} | {_fmt(c)} | {_delta(b, c)} |" for n, b, c in rows(inp.base, inp.candidate)
+    ]
     out += ["", "## Gate checks", "", "| check | value | floor | result |", "|---|---:|---:|---|"]
     out += [f"| {c.name} | {_fmt(c.value)} | {_bound(c)} | {'pass' if c.passed else 'FAIL'} |" for c in v.checks]
     attacks = attack_rows(inp.base, inp.candidate)
@@ -131,9 +130,9 @@ def render_html(inp: ReportInputs) -> str:
              "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in v.reasons) + "</ul>",
              _table(["", ""], [(k, val) for k, val in inp.facts], [False, False]),
              "<h2>Metrics, before and after</h2>",
-             _table(["metric", "base", "candidate", "change"],
-                    [(n, _fmt(b), _fmt(c), _delta(b, c)) for n, b, c in rows(inp.base, inp.candidate)],
-                    [False, True, True, True]),
+             _table(["metric", "better", "base", "candidate", "change"],
+                    [(n, _better(n), _fmt(b), _fmt(c), _delta(b, c)) for n, b, c in rows(inp.base, inp.candidate)],
+                    [False, False, True, True, True]),
              "<h2>Gate checks</h2>",
              _table(["check", "value", "bound", "result"],
                     [(c.name, _fmt(c.value), _bound(c), "pass" if c.passed else "FAIL") for c in v.checks],

@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-METRIC = {"sc": "regurgitation", "qa": "knowledge"}
-
 
 def per_task(items: Iterable[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
-    """(task, kind, score) items -> {task: {regurgitation, knowledge}} means (a metric with no items is absent)."""
+    """(task, kind, score) items -> {task: {regurgitation, knowledge}} means (a metric with no items is absent);
+    the name of each kind's mean is its item metric's (amnesia.measures)."""
+    from amnesia.measures import ITEM_METRICS
+
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task, kind, score in items:
-        sums[task][METRIC[kind]].append(score)
+        sums[task][ITEM_METRICS[kind].figure].append(score)
     return {t: {m: sum(v) / len(v) for m, v in sorted(ms.items())} for t, ms in sorted(sums.items())}
 
 

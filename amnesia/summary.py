@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from amnesia.lineage import Lineage, Tag
+from amnesia.measures import headline
 from amnesia.preflight import recorded_errors
 from amnesia.settings import Settings
 from amnesia.storage import ArtifactStore, join
-
-SHOWN = ("forget_score", "retain_score", "held_out_retain_score", "task_aggregate", "mia_score", "mmlu", "final")
 
 
 def run_record(settings: Settings, experiment: str, run_id: str) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
         verdict = store.get_json(join(report_uri, "verdict.json"))
         lines += [f"        {reason}" for reason in verdict.get("reasons", [])]  # why, in words
         m = gate.data.metrics
-        for name in SHOWN:
+        for name in headline():  # the headline figures, before -> after
             if name in m and f"base.{name}" in m:
                 lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
         lines.append(f"report  {join(report_uri, 'report.html')}")

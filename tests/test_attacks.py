@@ -8,8 +8,9 @@ import torch
 
 from amnesia.attacks import folds, means, recovery, run_attacks
 from amnesia.config import AttackConfig, EvaluateConfig, GateConfig, QuantizationAttackConfig, RelearningAttackConfig
-from amnesia.gate import decide, recoveries, robustness
-from amnesia.quantize import QuantizeError, quantize_tensor, quantized_copy
+from amnesia.gate import decide, recoveries
+from amnesia.measures import comparisons
+from amnesia.quantize import NF4, QuantizeError, nf4_tensor, quantize_tensor, quantized_copy
 from amnesia.records import UnlearningRecord
 from tests.test_gate import _ev
 
@@ -34,6 +35,20 @@ def test_quantizer_matches_hand_computed_values() -> None:
     assert quantize_tensor(torch.zeros(2, 5), 4, 4, True).abs().max() == 0
     with pytest.raises(QuantizeError, match="bits must lie in 2..8"):
         quantize_tensor(x, 1, 128, True)
+
+
+def test_nf4_matches_hand_computed_values() -> None:
+    # Block 1 (absmax 1): 0.5 lies nearer 0.4407 than 0.5626; 0.1 nearer 0.0796 than 0.1609.
+    # Block 2 (absmax 2): halves [0.3, -0.2, 0.0, 1.0] -> 0.3379, -0.1848, 0, 1 -> times 2.
+    w = torch.tensor([[0.5, -1.0, 0.25, 0.1], [0.6, -0.4, 0.0, 2.0]])
+    got = nf4_tensor(w, block=4)
+    assert got[0].tolist() == pytest.approx([0.44070983, -1.0, 0.24611230, 0.07958030], abs=1e-6)
+    assert got[1].tolist() == pytest.approx([2 * 0.33791524, 2 * -0.18477343, 0.0, 2.0], abs=1e-6)
+    # Blocks run over the flattened matrix (bitsandbytes' layout): one block of 8 spans both rows, so the
+    # first row is scaled by the second row's absmax 2: -1 -> -0.5 -> -0.5251; 0.5 -> 0.25 -> 0.2461.
+    straddle = nf4_tensor(w, block=8)
+    assert straddle[0, :2].tolist() == pytest.approx([2 * 0.24611230, 2 * -0.52507305], abs=1e-6)
+    assert nf4_tensor(torch.zeros(2, 64)).abs().max() == 0 and len(set(NF4)) == 16
 
 
 def test_quantized_copy_leaves_the_model_and_its_head_alone() -> None:
@@ -143,7 +158,7 @@ def test_the_gate_fails_a_candidate_an_attack_undoes() -> None:
 def test_collateral_damage_to_people_in_neither_set_fails_the_gate() -> None:
     base = _attacked("base", 1.0, 1.0, 1.0, held_out=1.0)
     hurt = _attacked("candidate", 0.1, 0.1, 0.1, held_out=0.44)  # the demo run that passed before
-    assert robustness(base, hurt)["held_out_retain_relative_to_base"] == pytest.approx(0.44)
+    assert comparisons(base, hurt)["held_out_retain_relative_to_base"] == pytest.approx(0.44)
     verdict = decide(GateConfig(), base, hurt)
     assert not verdict.passed and any(r.startswith("held_out_retain_relative_to_base 0.440 < floor 0.900")
                                       for r in verdict.reasons)  # fmt: skip
@@ -195,7 +210,7 @@ def test_a_weak_unlearning_run_is_caught_by_the_attacks(demo_build, store, s3_pr
     base_ev = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
     cand_ev = run_evaluate(cfg, ctx, cand.uri, split, "candidate")
     assert base_ev.plain["all"] > cand_ev.plain["all"] + 0.05  # it did forget something
-    figures = robustness(base_ev, cand_ev)
+    figures = comparisons(base_ev, cand_ev)
     print({k: round(v, 3) for k, v in figures.items() if v is not None})
     verdict = decide(GateConfig(), base_ev, cand_ev)
     failed = {c.name for c in verdict.checks if not c.passed}

@@ -75,7 +75,11 @@ def test_thresholds_must_lie_in_0_1() -> None:
     with pytest.raises(ConfigError, match="gate: mmlu_relative_floor: Input should be less than or equal to 1"):
         parse_model(GateConfig, {"mmlu_relative_floor": 1.5}, "gate")
     with pytest.raises(ConfigError, match=r"floors must lie in \[0, 1\]"):
-        parse_model(GateConfig, {"floors": {"x": 2}}, "gate")
+        parse_model(GateConfig, {"floors": {"mmlu": 2}}, "gate")
+    with pytest.raises(ConfigError, match=r"floors: 'mmlu_acc' is not a figure we report"):
+        parse_model(GateConfig, {"floors": {"mmlu_acc": 0.5}}, "gate")
+    with pytest.raises(ConfigError, match=r"floors: 'mia_auc' is best at a target, not higher or lower"):
+        parse_model(GateConfig, {"floors": {"mia_auc": 0.5}}, "gate")
 
 
 def _chromium() -> str:
@@ -100,7 +104,8 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path, good: bool) -> Non
     html = (folder / "report.html").read_text()
     md = (folder / "report.md").read_text()
     assert ("Gate: PASS" if good else "Gate: FAIL") in html and ("**Gate: PASS**" if good else "**Gate: FAIL**") in md
-    assert "| forget.Task2.knowledge | 1.000 | " in md and "![Forget / retain trade-off](figure0_tradeoff.png)" in md
+    assert "| forget.Task2.knowledge | ↓ | 1.000 | " in md
+    assert "![Forget / retain trade-off](figure0_tradeoff.png)" in md
     assert store.verify(result.report_uri).digest == result.report_digest
 
     shot = tmp_path / "shot.png"

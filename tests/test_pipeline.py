@@ -94,6 +94,22 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     out = champion.predict([record.input], params={"max_new_tokens": 12, "do_sample": False})
     assert isinstance(out[0], str) and out[0].startswith(record.input) and len(out[0]) > len(record.input), out
 
+    # On demand, stronger: the attacks again on the registered version, into its lineage and its audit.
+    attack_cfg = tmp_path / "attack.yaml"
+    attack_cfg.write_text(yaml.safe_dump({"evaluate": {"max_new_tokens": 48, "mmlu": None},
+                                          "gate": demo_gate_config().model_dump()}))  # fmt: skip
+    attack = subprocess.run(
+        [sys.executable, "-m", "amnesia.cli", "attack", "e2e-model", mv.version, "--config", str(attack_cfg),
+         "--bits", "4", "--nf4", "--rtt-steps", "5", "--root", s3_prefix],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert attack.returncode in (0, 3), attack.stdout + attack.stderr  # 3: a ceiling crossed, said in a line
+    assert f"attack e2e-model v{mv.version}: stored at {s3_prefix}/attacks/e2e-model/v{mv.version}/" in attack.stdout
+    assert "recovery.quant.int4-g128-sym.knowledge" in attack.stdout and "recovery.quant.nf4-b64.all" in attack.stdout
+    assert "relearning_recovery" in attack.stdout
+    attack_run = client.search_runs([experiment], f"tags.`{Tag.ROLE}` = 'attack'")[0]
+    assert "quantization_recovery" in attack_run.data.metrics
+
     # The auditor: the whole chain re-hashed; then one byte of the candidate changed, and it fails.
     audit = [sys.executable, "-m", "amnesia.cli", "audit", "e2e-model", mv.version]
     ok = subprocess.run([*audit, "--json", "--html", str(tmp_path / "audit.html")], capture_output=True, text=True)
@@ -102,9 +118,10 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     assert chain["ok"] and chain["status"] == "approved"
     assert [link["step"] for link in chain["links"]] == [
         "requests", "data", "base model", "trace", "candidate", "evaluation before", "evaluation after", "gate",
-        "approval",
+        "approval", "attack",
     ]  # fmt: skip
     assert chain["links"][0]["detail"]["count"] == 2 and chain["links"][8]["detail"]["by"] == "alice"
+    assert set(chain["links"][9]["detail"]) == {"quantization_recovery", "relearning_recovery", "failed"}
     assert "OK</h1>" in (tmp_path / "audit.html").read_text()
     config = join(mv.source, "config.json")
     store.put_bytes(store.get_bytes(config) + b" ", config)

@@ -1,0 +1,156 @@
+"""What the benchmarks on the demo world share: its sets as the split stage makes them, the trace stage's
+layer choice, the unlearn stage's training on an in-memory copy, and the evaluation's scores. The
+pipeline's own functions, on local files instead of S3; bench/layers.py and bench/methods.py use them.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amnesia.arch import inspect_model  # noqa: E402
+from amnesia.config import AttackConfig, EvaluateConfig, MMLUConfig, SplitConfig  # noqa: E402
+from amnesia.demo.prepare import demo_trace_config, local_base_model  # noqa: E402
+from amnesia.demo.world import World, WorldConfig, generate  # noqa: E402
+from amnesia.evaluate import Evaluation, evaluate_model, score_items  # noqa: E402
+from amnesia.measures import forget_score, retain_score  # noqa: E402
+from amnesia.mmlu import score_mmlu  # noqa: E402
+from amnesia.models import load_model  # noqa: E402
+from amnesia.records import MIADocument, UnlearningRecord, load_records  # noqa: E402
+from amnesia.scoring import per_task  # noqa: E402
+from amnesia.split import build_sets  # noqa: E402
+from amnesia.trace import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
+from amnesia.unlearn.config import UnlearnConfig  # noqa: E402
+from amnesia.unlearn.data import PairedBatches, encode  # noqa: E402
+from amnesia.unlearn.methods import method_class  # noqa: E402
+from amnesia.unlearn.params import freeze_all_but, trainable_names  # noqa: E402
+from amnesia.unlearn.trainer import Trainer, held_out_batches  # noqa: E402
+
+Sets = dict[str, list[UnlearningRecord]]
+
+
+def base_model(kind: str, world: World) -> tuple[Any, Any]:
+    """demo: the trained demo base model (cached in ~/.cache/amnesia/models); random: its architecture,
+    untrained (seconds: the code path only)."""
+    if kind == "random":
+        from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
+
+        tok = train_tokenizer(world.training_texts(), 2048)
+        return build_model(TrainConfig(), tok).eval(), tok
+    loaded = load_model(str(local_base_model()))
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def demo_sets(world: World, items: int | None = None) -> tuple[Sets, dict[str, list[MIADocument]]]:
+    """The split stage's sets (and MIA documents), from the demo world's files; at most `items` per set."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        world.write(Path(tmp))
+        sets, mia = _sets(Path(tmp))
+    if items:
+        sets = {name: records[:items] for name, records in sets.items()}
+        mia = {name: docs[:items] for name, docs in mia.items()}
+    return sets, mia
+
+
+def world_and_sets(items: int | None = None) -> tuple[World, Sets, dict[str, list[MIADocument]]]:
+    world = generate(WorldConfig())
+    return (world, *demo_sets(world, items))
+
+
+class _Log:
+    def info(self, *_a: object) -> None: ...
+
+    def warning(self, *_a: object) -> None: ...
+
+
+def _sets(world_dir: Path) -> tuple[Sets, dict[str, list[MIADocument]]]:
+    """The split stage's sets, from the demo world's files (its own validation and assignment)."""
+    cfg = SplitConfig(corpus=str(world_dir / "corpus.jsonl"), requests=str(world_dir / "requests.jsonl"))
+    ctx = type("Ctx", (), {"store": None, "root": str(world_dir), "log": _Log()})()
+    sets, mia, _requests, _warnings = build_sets(cfg, ctx)  # type: ignore[arg-type]
+    return sets, mia
+
+
+def traced_layers(model: Any, tok: Any, sets: Sets, subjects: list[str]) -> list[int] | None:
+    """The trace stage's choice (facts, tracing, rule); None when it refuses (no signal above noise)."""
+    cfg = demo_trace_config()
+    ctx = type("Ctx", (), {"log": _Log()})()
+    try:
+        facts, std = select_facts(cfg, sets["forget_train"] + sets["forget_eval"], subjects, tok, model, Counter())
+        if not facts:
+            raise TraceError("no fact is known to the model and carried by its subject")
+        layout = inspect_model(model)
+        traces = trace_facts(cfg, model, layout, facts, std, ctx)  # type: ignore[arg-type]
+        choice = confirmed_choice(cfg, model, layout, traces, std)
+        layers, rule = decide_layers(cfg, choice)
+    except TraceError as e:
+        print(f"traced: refused ({e}); the traced variant is left out")
+        return None
+    print(f"traced: {len(facts)} facts, layers {layers} ({rule}, confidence {choice.confidence:.1f})")
+    return layers
+
+
+def unlearn(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> tuple[Any, int]:
+    """The unlearn stage's training on a copy of the base model (no store, no checkpoints), with the
+    method's own schedule and record files as the stage gives them."""
+    model = copy.deepcopy(base)
+    layers = cfg.layers or []
+    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
+    freeze_all_but(model, names)
+    eos = {n: cfg.forget_eos if n.startswith("forget") else cfg.retain_eos for n in sets}
+    enc = {n: [encode(tok, r, cfg.prompt_format, cfg.max_length, eos[n]) for r in rs] for n, rs in sets.items()}
+    pad = tok.pad_token_id
+    mcfg, cls = cfg.method_config(), method_class(cfg.method)
+    extra = {
+        k: [encode(tok, r, cfg.prompt_format, cfg.max_length, cfg.retain_eos) for r in load_records(uri)]
+        for k, uri in cls.record_files(mcfg).items()
+    }
+    data = PairedBatches(
+        enc["forget_train"], enc["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size, extra
+    )
+    data = cls.schedule(mcfg, data, cfg.epochs)
+    held = held_out_batches(enc["forget_eval"], enc["retain_eval"], enc["forget_train"], cfg.batch_size, pad)
+    named = dict(model.named_parameters())
+    reference = copy.deepcopy(base).eval() if cls.wants_reference(mcfg) else None
+    method = cls(mcfg, model, [named[n] for n in names], reference=reference, layers=layers)
+    state = Trainer(cfg, method, model, names, data, held).train()
+    return model.eval(), state.step
+
+
+def score(model: Any, tok: Any, sets: Sets, utility: list[Any]) -> dict[str, float]:
+    """forget score, retain score (trained-on people), held-out retain score (people in neither set), utility."""
+    ecfg = EvaluateConfig(max_new_tokens=64)
+    groups = {"forget": sets["forget_train"] + sets["forget_eval"], "retain": sets["retain_train"],
+              "held_out": sets["retain_eval"]}  # fmt: skip
+    out: dict[str, float] = {}
+    for name, records in groups.items():
+        _gens, values = score_items(model, tok, records, ecfg)
+        tasks = per_task((r.task, r.kind, v) for r, v in zip(records, values, strict=True))
+        out[name] = (forget_score if name == "forget" else retain_score)(tasks) or 0.0
+    out["utility"] = score_mmlu(model, tok, utility, [], 0, 32).accuracy
+    return out
+
+
+def evaluation(
+    model: Any,
+    tok: Any,
+    sets: Sets,
+    mia: dict[str, list[MIADocument]],
+    utility: list[Any],
+    role: str,
+    attacks: AttackConfig | None,
+) -> Evaluation:
+    """The evaluate stage's figures for a model in memory (evaluate_model, no store): the demo's settings
+    (64 new tokens, its utility set asked zero-shot), MIA on the split's documents, the given attacks."""
+    cfg = EvaluateConfig(max_new_tokens=64, mmlu=MMLUConfig(uri="demo-utility", shots=0), attacks=attacks)
+    groups = {"forget": sets["forget_train"] + sets["forget_eval"], "retain": sets["retain_train"],
+              "retain_held_out": sets["retain_eval"]}  # fmt: skip
+    identity = {"model_uri": role, "model_digest": None, "uri": "", "key": None}
+    return evaluate_model(cfg, model, tok, groups, mia, utility, [], role, _Log(), identity).result

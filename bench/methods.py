@@ -1,0 +1,174 @@
+"""Benchmark: every unlearning method side by side on the demo world, with the same split, the same traced
+layers and the same budget, scored by the evaluate stage's own code (attacks included).
+
+    .venv/bin/python bench/methods.py [--methods sha256,npo,...] [--json FILE] [--plot FILE]
+    .venv/bin/python bench/methods.py --model random --items 6 --epochs 1   # seconds: the code path only
+
+Budget: the demo's unlearning config (epochs, lr, batch, retain batch 32, early stop at 5 % of forget items
+reproduced) with only the method swapped; sha256 (and sam+sha256) keep the demo's m range, the others run
+their defaults. Per method: forget score, retain score (people unlearning trains on), held-out retain
+score (people in neither set), MIA score, utility (the demo's MMLU-format set), final (the official mean
+of task aggregate, MIA and utility), the worst recovery under 4-bit quantization (sym and asym) and under
+relearning (RTT: 5 folds, 20 steps), steps and wall time. A recovery is the share of what unlearning
+removed that the attack brings back (0 when nothing was removed). Each candidate also goes through the
+demo's gate (`demo_gate_config()`): the table says which checks it fails, and `--reports DIR` writes
+each method's gate report (HTML + Markdown, with its attack table and recovery plot) as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import base_model, evaluation, traced_layers, unlearn, world_and_sets  # noqa: E402
+
+from amnesia.config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig  # noqa: E402
+from amnesia.demo.prepare import demo_gate_config, demo_trace_config, demo_unlearn_config  # noqa: E402
+from amnesia.evaluate import Evaluation  # noqa: E402
+from amnesia.gate import decide  # noqa: E402
+from amnesia.measures import Verdict, comparisons, scores  # noqa: E402
+from amnesia.unlearn.config import UnlearnConfig  # noqa: E402
+from amnesia.unlearn.methods import METHODS  # noqa: E402
+
+DEFAULT = [*sorted(METHODS), "sam+npo", "sam+sha256"]
+COLUMNS = ("forget", "retain", "held_out", "mia", "utility", "final", "quant4_recovery", "rtt_recovery")
+
+
+def config_for(method: str, base: UnlearnConfig, layers: list[int], epochs: int | None) -> UnlearnConfig:
+    """The demo budget with this method: sha256's demo m range carries over to its SAM wrapper; chunked
+    draws its retain batch from its ratio (2 × 16 = the demo's 32)."""
+    args = dict(base.method_args) if method.removesuffix("sha256") in ("", "sam+") else {}
+    update: dict[str, Any] = {"method": method, "method_args": args, "layers": layers}
+    if method.endswith("chunked"):
+        update["retain_batch_size"] = None
+    if epochs:
+        update["epochs"] = epochs
+    return UnlearnConfig.model_validate(base.model_dump() | update)
+
+
+def row(
+    name: str, ev: Evaluation, base: Evaluation | None, steps: int, seconds: float, verdict: Verdict | None
+) -> dict[str, Any]:
+    s = scores(ev)
+    c = comparisons(base, ev) if base is not None else {}
+    failed = [ch.name for ch in verdict.checks if not ch.passed] if verdict else []
+    return {
+        "method": name, "steps": steps, "seconds": seconds,
+        "gate": "" if verdict is None else "PASS" if verdict.passed else "FAIL: " + ", ".join(failed),
+        "forget": s["forget_score"], "retain": s["retain_score"], "held_out": s["held_out_retain_score"],
+        "mia": s.get("mia_score"), "utility": s.get("mmlu"), "final": s.get("final"),
+        "quant4_recovery": c.get("quantization_recovery"), "rtt_recovery": c.get("relearning_recovery"),
+    }  # fmt: skip
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default=",".join(DEFAULT), help="comma-separated registered methods")
+    ap.add_argument("--model", default="demo", help="demo (the trained demo base model) or random (untrained)")
+    ap.add_argument("--epochs", type=int, help="unlearning epochs (default: the demo config's)")
+    ap.add_argument("--items", type=int, help="at most this many items per set (a smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write the table here")
+    ap.add_argument("--plot", type=Path, help="save a chart of the table here (PNG)")
+    ap.add_argument("--reports", type=Path, help="write each method's gate report into this folder")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    world, sets, mia = world_and_sets(args.items)
+    base, tok = base_model(args.model, world)
+    utility = world.utility_test[: args.items] if args.items else world.utility_test
+    layers = traced_layers(base, tok, sets, [q["subject"] for q in world.requests]) or list(
+        range(demo_trace_config().k)
+    )
+    attacks = AttackConfig(quantization=QuantizationAttackConfig(bits=[4]), relearning=RelearningAttackConfig())
+    t0 = time.perf_counter()
+    base_ev = evaluation(base, tok, sets, mia, utility, "base", attacks)
+    print(f"base model evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = [row("base model", base_ev, None, 0, 0.0, None)]
+    demo = demo_unlearn_config()
+    for method in args.methods.split(","):
+        cfg = config_for(method, demo, layers, args.epochs)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model, steps = unlearn(base, tok, sets, cfg)
+        seconds = time.perf_counter() - t0
+        ev = evaluation(model, tok, sets, mia, utility, method, attacks)
+        verdict = decide(demo_gate_config(), base_ev, ev)
+        rows.append(row(method, ev, base_ev, steps, seconds, verdict))
+        if args.reports:
+            _report(args.reports / method.replace("+", "-"), method, cfg, base_ev, ev, verdict)
+        print(f"  {method}: {steps} steps in {seconds:.0f} s", flush=True)
+        del model
+
+    n_forget = len(sets["forget_train"]) + len(sets["forget_eval"])
+    print(f"\nmethods on the demo world: layers {layers}, {args.epochs or demo.epochs} epochs max with early stop, "
+          f"lr {demo.lr}, {n_forget} forget items, {len(sets['retain_train'])} retain, "
+          f"{len(sets['retain_eval'])} held-out retain")  # fmt: skip
+    head = f"{'method':<14}{'steps':>6}{'secs':>6}" + "".join(f"{c.replace('_recovery', ' rec'):>11}" for c in COLUMNS)
+    print(head)
+    for r in rows:
+        cells = "".join(f"{_fmt(r[c]):>11}" for c in COLUMNS)
+        print(f"{r['method']:<14}{r['steps']:>6}{r['seconds']:>6.0f}{cells}  {r['gate']}")
+    if args.json:
+        args.json.write_text(json.dumps({"layers": layers, "rows": rows}, indent=1))
+    if args.plot:
+        _plot(rows, args.plot)
+
+
+def _report(folder: Path, method: str, cfg: UnlearnConfig, base: Evaluation, ev: Evaluation, verdict: Verdict) -> None:
+    """The gate's report for this candidate, with the recovery plot (no trace heatmaps or curves here)."""
+    import tempfile
+
+    from amnesia import report
+    from amnesia.gate import recovery_plot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = recovery_plot(demo_gate_config(), base, ev, Path(tmp) / "recovery.png")
+        images = {"Attacks: recovery": plot} if plot else {}
+        facts = [("method", f"{method} on {cfg.target} of layers {cfg.layers} (bench/methods.py, demo budget)")]
+        report.write(report.ReportInputs(f"bench-{method}", base, ev, verdict, images, facts), folder)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Left: what each method keeps and removes (higher is better); right: what the attacks bring back
+    (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = ("forget", "retain", "held_out", "utility", "final")
+    bad = ("quant4_recovery", "rtt_recovery")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    x = np.arange(len(rows))
+    panels = ((left, good, "scores (higher is better)"), (right, bad, "attack recovery (lower is better)"))
+    for ax, keys, title in panels:
+        width = 0.8 / len(keys)
+        for i, key in enumerate(keys):
+            ax.bar(x + i * width, [r[key] or 0.0 for r in rows], width, label=key.replace("_recovery", ""))
+        ax.set_xticks(x + 0.4 - width / 2, [r["method"] for r in rows], rotation=40, ha="right")
+        ax.set_ylim(0, 1.25)  # headroom for the legend
+        ax.set_title(title)
+        ax.legend(ncol=len(keys), loc="upper center", fontsize=8)
+    fig.suptitle("Unlearning methods on the demo world (same split, layers and budget)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
