@@ -5,11 +5,15 @@ pipeline's own functions, on local files instead of S3; bench/layers.py and benc
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,6 +66,34 @@ def demo_sets(world: World, items: int | None = None) -> tuple[Sets, dict[str, l
 def world_and_sets(items: int | None = None) -> tuple[World, Sets, dict[str, list[MIADocument]]]:
     world = generate(WorldConfig())
     return (world, *demo_sets(world, items))
+
+
+def demo_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every demo-world benchmark takes."""
+    ap.add_argument("--model", default="demo", help="demo (the trained demo base model) or random (untrained)")
+    ap.add_argument("--epochs", type=int, help="unlearning epochs (default: the demo config's)")
+    ap.add_argument("--items", type=int, help="at most this many items per set (a smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write the table here")
+    ap.add_argument("--plot", type=Path, help="save a chart of the table here (PNG)")
+
+
+@dataclass
+class Demo:
+    world: World
+    sets: Sets
+    mia: dict[str, list[MIADocument]]
+    base: Any
+    tok: Any
+    utility: list[Any]  # the demo's MMLU-format questions
+
+
+def demo_setup(args: argparse.Namespace) -> Demo:
+    torch.set_num_threads(args.threads)
+    world, sets, mia = world_and_sets(args.items)
+    base, tok = base_model(args.model, world)
+    utility = world.utility_test[: args.items] if args.items else world.utility_test
+    return Demo(world, sets, mia, base, tok, utility)
 
 
 class _Log:

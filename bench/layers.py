@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_model, score, traced_layers, unlearn, world_and_sets  # noqa: E402
+from common import demo_arguments, demo_setup, score, traced_layers, unlearn  # noqa: E402
 
 from amnesia.arch import inspect_model  # noqa: E402
 from amnesia.demo.prepare import demo_trace_config, demo_unlearn_config  # noqa: E402
@@ -35,20 +34,10 @@ from amnesia.demo.prepare import demo_trace_config, demo_unlearn_config  # noqa:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--random-seeds", type=int, default=3, help="random layer choices to try")
-    ap.add_argument("--epochs", type=int, help="unlearning epochs (default: the demo config's)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--model", default="demo", help="demo (the trained demo base model) or random (its architecture, untrained)"
-    )
-    ap.add_argument("--items", type=int, help="score at most this many items per set (a smoke run)")
-    ap.add_argument("--json", type=Path, help="write the table here")
-    ap.add_argument("--plot", type=Path, help="save a bar chart of the table here (PNG)")
+    demo_arguments(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    world, sets, _mia = world_and_sets(args.items)
-    base, tok = base_model(args.model, world)
-    utility = world.utility_test[: args.items] if args.items else world.utility_test
+    d = demo_setup(args)
+    world, sets, base, tok, utility = d.world, d.sets, d.base, d.tok, d.utility
     num_layers = inspect_model(base).num_layers
     traced = traced_layers(base, tok, sets, [q["subject"] for q in world.requests])
     k = len(traced) if traced else demo_trace_config().k

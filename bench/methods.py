@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_model, evaluation, traced_layers, unlearn, world_and_sets  # noqa: E402
+from common import demo_arguments, demo_setup, evaluation, traced_layers, unlearn  # noqa: E402
 
 from amnesia.config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig  # noqa: E402
 from amnesia.demo.prepare import demo_gate_config, demo_trace_config, demo_unlearn_config  # noqa: E402
@@ -77,19 +77,11 @@ def _fmt(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(DEFAULT), help="comma-separated registered methods")
-    ap.add_argument("--model", default="demo", help="demo (the trained demo base model) or random (untrained)")
-    ap.add_argument("--epochs", type=int, help="unlearning epochs (default: the demo config's)")
-    ap.add_argument("--items", type=int, help="at most this many items per set (a smoke run)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, help="write the table here")
-    ap.add_argument("--plot", type=Path, help="save a chart of the table here (PNG)")
     ap.add_argument("--reports", type=Path, help="write each method's gate report into this folder")
+    demo_arguments(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    world, sets, mia = world_and_sets(args.items)
-    base, tok = base_model(args.model, world)
-    utility = world.utility_test[: args.items] if args.items else world.utility_test
+    d = demo_setup(args)
+    world, sets, mia, base, tok, utility = d.world, d.sets, d.mia, d.base, d.tok, d.utility
     layers = traced_layers(base, tok, sets, [q["subject"] for q in world.requests]) or list(
         range(demo_trace_config().k)
     )
