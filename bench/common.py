@@ -104,7 +104,10 @@ class _Log:
 
 def _sets(world_dir: Path) -> tuple[Sets, dict[str, list[MIADocument]]]:
     """The split stage's sets, from the demo world's files (its own validation and assignment)."""
-    cfg = SplitConfig(corpus=str(world_dir / "corpus.jsonl"), requests=str(world_dir / "requests.jsonl"))
+    cfg = SplitConfig(
+        corpus=str(world_dir / "corpus.jsonl"), requests=str(world_dir / "requests.jsonl"),
+        mia_members=str(world_dir / "mia" / "member.jsonl"), mia_nonmembers=str(world_dir / "mia" / "nonmember.jsonl"),
+    )  # fmt: skip
     ctx = type("Ctx", (), {"store": None, "root": str(world_dir), "log": _Log()})()
     sets, mia, _requests, _warnings = build_sets(cfg, ctx)  # type: ignore[arg-type]
     return sets, mia
