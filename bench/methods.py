@@ -78,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(DEFAULT), help="comma-separated registered methods")
     ap.add_argument("--reports", type=Path, help="write each method's gate report into this folder")
+    ap.add_argument("--seeds", type=int, default=1, help="runs per method (seeds 0..n-1): the spread is the noise")
     demo_arguments(ap)
     args = ap.parse_args()
     d = demo_setup(args)
@@ -89,35 +90,52 @@ def main() -> None:
     t0 = time.perf_counter()
     base_ev = evaluation(base, tok, sets, mia, utility, "base", attacks)
     print(f"base model evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = [row("base model", base_ev, None, 0, 0.0, None)]
+    rows = [row("base model", base_ev, None, 0, 0.0, None) | {"seed": 0}]
     demo = demo_unlearn_config()
     for method in args.methods.split(","):
-        cfg = config_for(method, demo, layers, args.epochs)
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        model, steps = unlearn(base, tok, sets, cfg)
-        seconds = time.perf_counter() - t0
-        ev = evaluation(model, tok, sets, mia, utility, method, attacks)
-        verdict = decide(demo_gate_config(), base_ev, ev)
-        rows.append(row(method, ev, base_ev, steps, seconds, verdict))
-        if args.reports:
-            _report(args.reports / method.replace("+", "-"), method, cfg, base_ev, ev, verdict)
-        print(f"  {method}: {steps} steps in {seconds:.0f} s", flush=True)
-        del model
+        for seed in range(args.seeds):  # the unlearning's data order and the relearning folds
+            cfg = config_for(method, demo, layers, args.epochs).model_copy(update={"seed": seed})
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            model, steps = unlearn(base, tok, sets, cfg)
+            seconds = time.perf_counter() - t0
+            seeded = attacks.model_copy(update={"relearning": attacks.relearning.model_copy(update={"seed": seed})})
+            ev = evaluation(model, tok, sets, mia, utility, method, seeded)
+            verdict = decide(demo_gate_config(), base_ev, ev)
+            rows.append(row(method, ev, base_ev, steps, seconds, verdict) | {"seed": seed})
+            if args.reports and seed == 0:
+                _report(args.reports / method.replace("+", "-"), method, cfg, base_ev, ev, verdict)
+            print(f"  {method} (seed {seed}): {steps} steps in {seconds:.0f} s", flush=True)
+            del model
 
     n_forget = len(sets["forget_train"]) + len(sets["forget_eval"])
     print(f"\nmethods on the demo world: layers {layers}, {args.epochs or demo.epochs} epochs max with early stop, "
           f"lr {demo.lr}, {n_forget} forget items, {len(sets['retain_train'])} retain, "
-          f"{len(sets['retain_eval'])} held-out retain")  # fmt: skip
+          f"{len(sets['retain_eval'])} held-out retain{f'; {args.seeds} seeds' if args.seeds > 1 else ''}")  # fmt: skip
     head = f"{'method':<14}{'steps':>6}{'secs':>6}" + "".join(f"{c.replace('_recovery', ' rec'):>11}" for c in COLUMNS)
     print(head)
-    for r in rows:
+    for r in rows if args.seeds == 1 else [r for r in rows if r["seed"] == 0]:
         cells = "".join(f"{_fmt(r[c]):>11}" for c in COLUMNS)
         print(f"{r['method']:<14}{r['steps']:>6}{r['seconds']:>6.0f}{cells}  {r['gate']}")
+    if args.seeds > 1:
+        _spread(rows)
     if args.json:
         args.json.write_text(json.dumps({"layers": layers, "rows": rows}, indent=1))
     if args.plot:
         _plot(rows, args.plot)
+
+
+def _spread(rows: list[dict[str, Any]]) -> None:
+    """Per method over its seeds: the mean and the range of each column, and how often the gate passed."""
+    print("\nover seeds: mean [min..max]")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "base model"):
+        runs = [r for r in rows if r["method"] == method]
+        cells = []
+        for c in COLUMNS:
+            vals = [r[c] for r in runs if r[c] is not None]
+            cells.append(f"{c} {np.mean(vals):.3f} [{min(vals):.3f}..{max(vals):.3f}]" if vals else f"{c} –")
+        passed = sum(r["gate"] == "PASS" for r in runs)
+        print(f"{method:<14}" + "  ".join(cells) + f"  gate PASS {passed}/{len(runs)}")
 
 
 def _report(folder: Path, method: str, cfg: UnlearnConfig, base: Evaluation, ev: Evaluation, verdict: Verdict) -> None:
