@@ -334,9 +334,8 @@ class Lineage:
 
 
 PIPELINE_STAGES = ("split", "trace", "unlearn", "evaluate-base", "evaluate-candidate", "gate")
-# What the parent run shows at a glance: the gate's headline figures (candidate and base) ...
-HEADLINE_METRICS = ("forget_score", "retain_score", "held_out_retain_score", "mmlu", "mia_score", "final")
-# ... and the settings that made the candidate.
+# What the parent run shows at a glance: the gate's headline figures, candidate and base (amnesia.measures:
+# the scores and every registered metric's headline figures) and the settings that made the candidate.
 HEADLINE_PARAMS = {"unlearn": ("method", "target", "layers", "lr", "epochs", "model.dtype", "model.device")}
 
 
@@ -353,9 +352,11 @@ def _headline(stages: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, floa
         params |= {k: got[k] for k in keys if k in got}
     if "unlearn" in stages:
         params["base_model_uri"] = stages["unlearn"].data.tags.get(Tag.BASE_MODEL_URI, "")
+    from amnesia.measures import headline
+
     gate = stages["gate"].data.metrics if "gate" in stages else {}
-    metrics = {k: gate[k] for k in HEADLINE_METRICS if k in gate}
-    metrics |= {f"base.{k}": gate[f"base.{k}"] for k in HEADLINE_METRICS if f"base.{k}" in gate}
+    metrics = {k: gate[k] for k in headline() if k in gate}
+    metrics |= {f"base.{k}": gate[f"base.{k}"] for k in headline() if f"base.{k}" in gate}
     return {k: v for k, v in params.items() if v != ""}, metrics
 
 
