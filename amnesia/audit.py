@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.measures import headline
@@ -81,7 +82,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     )
     trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST))
     if trace.ok:
-        agg = store.get_json(join(trace.uri or "", "aggregate.json"))
+        agg = store.get_json(join(trace.uri or "", L.TRACE_AGGREGATE))
         layers = agg["layers"]
         trace.detail = {"layers": layers, "rule": t.get(Tag.LAYER_RULE), "unlearned_layers": t.get(Tag.LAYERS)}
         trace.detail |= {k: agg[k] for k in ("method", "group", "confidence", "warning") if agg.get(k) is not None}
@@ -89,7 +90,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     links.append(trace)
     model = _folder(store, "candidate", "unlearned model folder", mv.source, t.get(Tag.MODEL_DIGEST))
     if model.ok:
-        summary = store.get_json(join(mv.source, "amnesia_unlearn.json"))
+        summary = store.get_json(join(mv.source, L.UNLEARN_SUMMARY))
         model.detail = {
             k: summary[k] for k in ("method", "config_hash", "layers", "steps", "stopped", "trainable_params")
         }
@@ -99,13 +100,13 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
         uri, _, digest = (t.get(key) or "#").partition("#")
         link = _folder(store, step, "per-item results", uri or None, digest or None)
         if link.ok:
-            result = store.get_json(join(uri, "result.json"))
+            result = store.get_json(join(uri, L.RESULT))
             stored = result.get("metrics", result)  # evidence stored before the metric registry: top level
             link.detail = {k: stored[k] for k in headline() if k in stored}
         links.append(link)
     gate = _folder(store, "gate", "report and verdict", t.get(Tag.REPORT_URI), t.get(REPORT_DIGEST))
     if gate.ok:
-        verdict = store.get_json(join(gate.uri or "", "verdict.json"))
+        verdict = store.get_json(join(gate.uri or "", L.VERDICT))
         gate.detail = {
             "passed": verdict["passed"],
             "failed_checks": verdict["codes"],
@@ -124,7 +125,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
 
 def _requests(store: ArtifactStore, t: dict[str, str]) -> Link:
     split = t.get(Tag.SPLIT_URI)
-    uri = join(split, "requests.jsonl") if split else None
+    uri = join(split, L.REQUESTS_SNAPSHOT) if split else None
     expected = t.get(Tag.REQUEST_DIGEST)
     if not uri or not store.exists(uri):  # a SemEval-mode run: the split digest is the request digest
         ok = expected == t.get(Tag.SPLIT_DIGEST)
@@ -144,7 +145,7 @@ def _attacks(store: ArtifactStore, t: dict[str, str]) -> list[Link]:
         uri, _, digest = t[key].partition("#")
         link = _folder(store, "attack", "attacks run on demand", uri, digest or None)
         if link.ok:
-            result = store.get_json(join(uri, "result.json"))
+            result = store.get_json(join(uri, L.RESULT))
             link.detail = result["worst"] | {"failed": [c["name"] for c in result["checks"] if not c["passed"]]}
         links.append(link)
     return links

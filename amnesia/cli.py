@@ -414,11 +414,12 @@ def unlearn_cmd(
     """Stage 3: train only the selected layers to forget; resumes from the run's last checkpoint."""
     from amnesia.split import load_split_result
     from amnesia.storage import join
+    from amnesia.trace import TraceResult
     from amnesia.unlearn.config import UnlearnConfig
     from amnesia.unlearn.stage import run_unlearn
 
     cfg, ctx = _stage_setup("unlearn", UnlearnConfig, config_path, run_id, root, no_track)
-    layers = ctx.store.get_json(join(trace_uri, "aggregate.json"))["layers"] if trace_uri else None
+    layers = TraceResult.load(ctx.store, trace_uri).layers if trace_uri else None
     model = _model_section(config_path, model_uri)
     result = run_unlearn(cfg, ctx, model, load_split_result(ctx.store, split_uri), layers)
     click.echo(f"unlearn {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")

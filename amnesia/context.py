@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from amnesia.layout import run_root
 from amnesia.lineage import Lineage
+from amnesia.sealing import run_key_id
 from amnesia.settings import Settings
 from amnesia.settings import settings as default_settings
-from amnesia.storage import ArtifactStore, join
+from amnesia.storage import ArtifactStore
 
 
 @dataclass
@@ -34,7 +36,9 @@ class RunContext:
         lineage = Lineage(pipeline_run_id, experiment=experiment, settings=s) if track else None
         if lineage is not None:  # before the stage writes anything: no outputs without their lineage
             lineage.check_reachable()
-        return cls(pipeline_run_id, join(base, "runs", pipeline_run_id), ArtifactStore(s), lineage)
+        # Personal files this run writes are sealed with its own data key (purged with it).
+        store = ArtifactStore(s, seal_key=run_key_id(pipeline_run_id))
+        return cls(pipeline_run_id, run_root(base, pipeline_run_id), store, lineage)
 
 
 def ensure_log_output() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, model_validator
 
+from amnesia import layout as L
 from amnesia.config import EvaluateConfig, ModelConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.generation import greedy_generate
@@ -31,7 +32,7 @@ from amnesia.progress import Progress
 from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, load_mmlu, load_records
 from amnesia.scoring import per_task
 from amnesia.split import SplitResult
-from amnesia.storage import MANIFEST_NAME, join
+from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
 
 SETS = {"forget": ("forget_train", "forget_eval"), "retain": ("retain_train",), "retain_held_out": ("retain_eval",)}
 
@@ -105,6 +106,12 @@ class Evaluation(BaseModel):
         for variant, metrics in self.attacks.items():
             out.update({f"attack.{variant}.{m}": v for m, v in metrics.items()})
         return out
+
+    @classmethod
+    def load(cls, store: ArtifactStore, uri: str) -> Evaluation:
+        """A stored evaluation (a run's, or a cache entry), read back from its folder."""
+        found = cls.model_validate_json(store.get_bytes(join(uri, L.RESULT)))
+        return found.model_copy(update={"uri": uri, "digest": store.ref(uri).digest})
 
 
 # ---------------------------------------------------------------- pieces
@@ -189,10 +196,10 @@ def run_evaluate(
     # ... and a newly registered metric is a figure a stored result lacks.
     parts = [model_digest, data_digest, config_hash(cfg), numerics, [*METRICS]]
     key = _canonical_digest(parts) if model_digest else None
-    base = ctx.root.rsplit("/runs/", 1)[0]
-    uri = join(base, "cache", "evaluations", key) if key else join(ctx.root, "evaluate", role)
+    root = L.store_root(ctx.root)
+    uri = L.evaluation_cache_uri(root, key) if key else L.stage_uri(ctx.root, "evaluate", role)
     if key and cfg.cache and ctx.store.exists(join(uri, MANIFEST_NAME)):
-        found = Evaluation.model_validate_json(ctx.store.get_bytes(join(uri, "result.json")))
+        found = Evaluation.load(ctx.store, uri)
         update = {"role": role, "model_uri": model_uri, "cached": True, "digest": ctx.store.ref(uri).digest}
         result = found.model_copy(update=update)
         ctx.log.info("evaluate %s: reused the stored result %s", role, uri)
@@ -368,17 +375,17 @@ def _store(
 ) -> Evaluation:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "result.json").write_text(result.model_dump_json(indent=1))
-        (folder / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-        (folder / "generations.jsonl").write_text(
+        (folder / L.RESULT).write_text(result.model_dump_json(indent=1))
+        (folder / L.ITEMS).write_text("".join(json.dumps(i) + "\n" for i in items))
+        (folder / L.GENERATIONS).write_text(
             "".join(json.dumps({"id": k, "generation": v}) + "\n" for k, v in gens.items())
         )
         if mia:
             rows = [{"id": i, "member": True, "loss": x} for i, x in zip(mia[2], mia[0], strict=True)]
             rows += [{"id": i, "member": False, "loss": x} for i, x in zip(mia[3], mia[1], strict=True)]
-            (folder / "mia.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (folder / L.MIA_LOSSES).write_text("".join(json.dumps(r) + "\n" for r in rows))
         if attack_rows:  # per item under each attack: ids and scores, no text
-            (folder / "attacks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in attack_rows))
+            (folder / L.ATTACK_ITEMS).write_text("".join(json.dumps(r) + "\n" for r in attack_rows))
         ref = ctx.store.put_dir(folder, result.uri)
     return result.model_copy(update={"digest": ref.digest})
 

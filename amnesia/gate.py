@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia import report
 from amnesia.config import GateConfig
 from amnesia.context import RunContext
@@ -31,7 +32,7 @@ from amnesia.measures import (  # noqa: F401  (forget_score, retain_score, recov
     scores,
 )
 from amnesia.plots import recovery_bars, tradeoff
-from amnesia.storage import join
+from amnesia.storage import ArtifactStore, join
 from amnesia.trace import TraceResult
 from amnesia.unlearn.stage import UnlearnResult
 
@@ -76,6 +77,14 @@ class GateResult(BaseModel):
     report_uri: str  # folder: report.html, report.md, figures
     report_digest: str
 
+    @classmethod
+    def load(cls, store: ArtifactStore, uri: str) -> GateResult:
+        """A stored verdict, read back from the report folder."""
+        verdict = store.get_json(join(uri, L.VERDICT))
+        checks = [Check.model_validate(c) for c in verdict.get("checks", [])]  # not stored before the registry
+        return cls(passed=verdict["passed"], reasons=verdict["reasons"], codes=verdict["codes"], checks=checks,
+                   report_uri=uri, report_digest=store.ref(uri).digest)  # fmt: skip
+
 
 def run_gate(
     cfg: GateConfig,
@@ -86,7 +95,7 @@ def run_gate(
     unlearn: UnlearnResult | None = None,
 ) -> GateResult:
     verdict = decide(cfg, base, candidate)
-    uri = join(ctx.root, "report")
+    uri = L.stage_uri(ctx.root, "gate")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         images = {"Forget / retain trade-off": _tradeoff(cfg, base, candidate, folder / "src" / "tradeoff.png")}
@@ -98,7 +107,7 @@ def run_gate(
                     h, folder / "src" / Path(h).name
                 )
         if unlearn is not None:
-            curves = ctx.store.get_file(join(unlearn.report_uri, "curves.png"), folder / "src" / "curves.png")
+            curves = ctx.store.get_file(join(unlearn.report_uri, L.CURVES_PNG), folder / "src" / L.CURVES_PNG)
             images["Unlearning curves"] = curves
         inputs = report.ReportInputs(
             ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn)
@@ -108,8 +117,9 @@ def run_gate(
             "passed": verdict.passed,
             "codes": [c.code() for c in verdict.checks if not c.passed],
             "reasons": verdict.reasons,  # the failed checks, or every check of a pass: the summary prints them
+            "checks": [c.model_dump(mode="json") for c in verdict.checks],
         }
-        (folder / "report" / "verdict.json").write_text(json.dumps(verdict_json))  # read by the exit handler
+        (folder / "report" / L.VERDICT).write_text(json.dumps(verdict_json))  # read by the exit handler
         ref = ctx.store.put_dir(folder / "report", uri)
         result = GateResult(
             passed=verdict.passed,

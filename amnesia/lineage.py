@@ -23,6 +23,7 @@ from typing import Any
 
 from amnesia import __version__
 from amnesia.errors import LineageError
+from amnesia.layout import VERDICT, run_root, stage_uri
 from amnesia.settings import Settings
 from amnesia.settings import settings as default_settings
 
@@ -364,10 +365,10 @@ def finish_run(pipeline_run_id: str, store_root: str | None, state: str, setting
     """The exit handler's work: close the parent run with the final status, the gate's verdict (read from
     the stored report) and the stage the run stopped at (a failed stage run, else the first one missing)."""
     from amnesia.preflight import recorded_errors
-    from amnesia.storage import ArtifactStore, join
+    from amnesia.storage import ArtifactStore
 
     s = settings or default_settings()
-    store, root = ArtifactStore(s), join(store_root or f"s3://{s.bucket}", "runs", pipeline_run_id)
+    store, root = ArtifactStore(s), run_root(store_root or f"s3://{s.bucket}", pipeline_run_id)
     lineage = Lineage(pipeline_run_id, settings=s)
     parent = lineage.parent_run_id()
     runs = lineage.client.search_runs([lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
@@ -379,7 +380,7 @@ def finish_run(pipeline_run_id: str, store_root: str | None, state: str, setting
     missing = next((n for n in PIPELINE_STAGES if n not in seen), None)
     ok = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE", "COMPLETED")
     tags: dict[str, Any] = {Tag.STOPPED_AT: "end" if ok and not failed_stage else failed_stage or missing or "register"}
-    verdict_uri = join(root, "report", "verdict.json")
+    verdict_uri = stage_uri(root, "gate", VERDICT)
     if store.exists(verdict_uri):
         verdict = store.get_json(verdict_uri)
         tags[Tag.GATE_PASSED] = str(verdict["passed"]).lower()

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia.config import AttackConfig, EvaluateConfig, GateConfig, ModelConfig
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Guard, Tag, code_version
@@ -96,15 +97,15 @@ def attack_version(
         if b is not None
     ]
     stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"  # sorts by time, never collides
-    uri = join(root, "attacks", name, f"v{version}", stamp)
+    uri = join(root, L.ATTACKS, name, f"v{version}", stamp)
     result = AttackRun(
         name=name, version=str(version), uri=uri, digest="", config=cfg.model_dump(), figures=figures,
         recoveries=rec, worst=worst, checks=checks, seconds=round(time.monotonic() - t0, 1),
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "result.json").write_text(result.model_dump_json(indent=1))
-        (folder / "attacks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / L.RESULT).write_text(result.model_dump_json(indent=1))
+        (folder / L.ATTACK_ITEMS).write_text("".join(json.dumps(r) + "\n" for r in rows))
         result.digest = store.put_dir(folder, uri).digest
     _record(settings, client, mv, result)
     return result

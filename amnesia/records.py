@@ -235,7 +235,13 @@ def iter_records(
         for f in files:
             yield from _iter_file(f, schema, f"{src.name.rstrip('/')}/{f.name}", allow_empty)
         return
-    yield from _iter_file(path, schema, src.name, allow_empty)
+    try:
+        yield from _iter_file(path, schema, src.name, allow_empty)
+    finally:
+        from amnesia.layout import personal
+
+        if uri.startswith("s3://") and personal(uri):  # a decrypted copy of personal data is not kept
+            path.unlink(missing_ok=True)
 
 
 def _iter_file(path: Path, schema: type[R], name: str, allow_empty: bool = False) -> Iterator[R]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from amnesia import __version__
 from amnesia.errors import AmnesiaError
+from amnesia.layout import REGISTRY, REQUESTS_SNAPSHOT
 from amnesia.lineage import Guard, Tag, code_version, runner_identity
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
@@ -193,7 +194,7 @@ def _decide(
     Guard().check("tag", APPROVER, reviewer)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {"name": name, "version": version, "decision": what, "reviewer": reviewer, "note": note, "at": when}
-    note_uri = join(root, "registry", name, f"v{version}", f"{what}.json")
+    note_uri = join(root, REGISTRY, name, f"v{version}", f"{what}.json")
     ref = store.put_json(record, note_uri)
     decided = {Tag.STATUS: what, APPROVER: reviewer, DECIDED_AT: when, NOTE_URI: note_uri, NOTE_SHA256: ref.digest}
     return client, mv, decided
@@ -236,8 +237,8 @@ def approve(
     if _alias(client, name, CANDIDATE) == str(version):  # decided: no longer a candidate
         client.delete_registered_model_alias(name, CANDIDATE)
     split_uri = (mv.tags or {}).get(Tag.SPLIT_URI)
-    if split_uri and store.exists(join(split_uri, "requests.jsonl")):
-        ids = [r.request_id for r in load_requests_uri(store, join(split_uri, "requests.jsonl"))]
+    if split_uri and store.exists(join(split_uri, REQUESTS_SNAPSHOT)):
+        ids = [r.request_id for r in load_requests_uri(store, join(split_uri, REQUESTS_SNAPSHOT))]
         pending = {r.request_id for r in RequestQueue(store, root).list("pending")}
         RequestQueue(store, root).fulfil([i for i in ids if i in pending])
     return tags

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amnesia.evaluate import Evaluation
+from amnesia.layout import REPORT_HTML, REPORT_MD
 from amnesia.measures import ARROW, Check, Verdict, direction, recoveries, table_rows
 
 
@@ -166,6 +167,6 @@ def write(inp: ReportInputs, folder: Path) -> tuple[Path, Path]:
         name = f"figure{i}_{path.name}"
         (folder / name).write_bytes(path.read_bytes())
         names[caption] = name
-    (folder / "report.md").write_text(markdown(inp, names))
-    (folder / "report.html").write_text(render_html(inp))
-    return folder / "report.html", folder / "report.md"
+    (folder / REPORT_MD).write_text(markdown(inp, names))
+    (folder / REPORT_HTML).write_text(render_html(inp))
+    return folder / REPORT_HTML, folder / REPORT_MD

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     shared_data: Path | None = Field(None, description="Folder holding mmlu/ (../shared/data here).")
     image: str = Field("ghcr.io/selective-amnesia/amnesia", description="Container image repository.")
 
+    # Encryption at rest of personal data (amnesia.sealing): on by default.
+    encrypt: bool = Field(True, description="Seal the files amnesia.layout marks personal with the run's data key.")
+    keystore: str | None = Field(None, description="file:/PATH or k8s:NAMESPACE/SECRET (default: a file in home).")
+
+    def keystore_spec(self) -> str:
+        return self.keystore or f"file:{(self.home / 'keys' / 'data-keys.json').resolve()}"
+
 
 def _env_name(err: ValidationError) -> str:
     """The variable to fix: the one of a field's names that is set, else its first name."""

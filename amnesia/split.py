@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia.config import SplitConfig, config_hash
 from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
@@ -27,8 +28,7 @@ from amnesia.records import MIADocument, UnlearningRecord, load_records, write_p
 from amnesia.requests import ErasureRequest, RequestQueue, canonical_jsonl, load_requests_uri, request_digest
 from amnesia.storage import ArtifactStore, join
 
-SETS = ("forget_train", "forget_eval", "retain_train", "retain_eval")
-MIA_SETS = ("mia_members", "mia_nonmembers")
+SETS, MIA_SETS = L.SPLIT_SETS, L.MIA_SETS
 HOLDOUT = "holdout"
 
 
@@ -50,6 +50,10 @@ class SplitResult(BaseModel):
     request_digest: str | None
     request_ids: list[str]
     warnings: dict[str, int]
+
+    @classmethod
+    def load(cls, store: ArtifactStore, uri: str) -> SplitResult:
+        return load_split_result(store, uri)
 
 
 # ---------------------------------------------------------------- text matching
@@ -118,19 +122,13 @@ def _resolve(
     texts = {d: [_record_text(r) for r in rs] for d, rs in docs.items()}
     forget: set[str] = set()
     for req in requests:
-        found: set[str] = set()
         for doc in req.document_ids:
             if doc not in docs:
                 raise SplitError(f"request {req.request_id}: document {doc} is not in the corpus")
-            found.add(doc)
         for rid in req.record_ids:
             if rid not in record_doc:
                 raise SplitError(f"request {req.request_id}: record {rid} is not in the corpus")
-            found.add(record_doc[rid])
-        pattern = _mentions(req.subject)
-        found |= {
-            d for d, ts in texts.items() if sum(bool(pattern.search(t)) for t in ts) >= cfg.subject_share * len(ts)
-        }
+        found = _matches(req, record_doc, texts, cfg)
         if not found:
             if cfg.unmatched_requests == "refuse":
                 raise SplitError(
@@ -140,6 +138,25 @@ def _resolve(
             warnings["unmatched_request"] += 1
         forget |= found
     return forget
+
+
+def _matches(
+    req: ErasureRequest, record_doc: dict[str, str], texts: dict[str, list[str]], cfg: SplitConfig
+) -> set[str]:
+    pattern = _mentions(req.subject)
+    own = {d for d, ts in texts.items() if sum(bool(pattern.search(t)) for t in ts) >= cfg.subject_share * len(ts)}
+    named = {d for d in req.document_ids if d in texts} | {record_doc[r] for r in req.record_ids if r in record_doc}
+    return named | own
+
+
+def request_documents(
+    requests: list[ErasureRequest], forget: list[UnlearningRecord], cfg: SplitConfig
+) -> dict[str, list[str]]:
+    """Each request's documents among the forget set (ids only: per-request evidence reads them)."""
+    docs = _by_document(forget)
+    record_doc = {r.id: d for d, rs in docs.items() for r in rs}
+    texts = {d: [_record_text(r) for r in rs] for d, rs in docs.items()}
+    return {q.request_id: sorted(_matches(q, record_doc, texts, cfg)) for q in requests}
 
 
 def _retain_mentions(
@@ -237,7 +254,7 @@ def _mia(
 
 def _load_requests(cfg: SplitConfig, ctx: RunContext) -> list[ErasureRequest]:
     if cfg.requests == "queue":
-        return RequestQueue(ctx.store, ctx.root.rsplit("/runs/", 1)[0]).list("pending")
+        return RequestQueue(ctx.store, L.store_root(ctx.root)).list("pending")
     return load_requests_uri(ctx.store, cfg.requests or "")
 
 
@@ -310,7 +327,7 @@ def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
             [t for name in ("forget_train", "forget_eval") for r in sets[name] for t in (r.input, r.output)]
         )
         ctx.lineage.guard.protect([q.subject for q in requests] + [d.document for d in mia["mia_members"]])
-    uri = join(ctx.root, "split")
+    uri = L.stage_uri(ctx.root, "split")
     ids = sorted(q.request_id for q in requests)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -319,16 +336,17 @@ def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
         for name in MIA_SETS:
             write_parquet(mia[name], folder / f"{name}.parquet", MIADocument)
         if requests:
-            (folder / "requests.jsonl").write_bytes(canonical_jsonl(requests))
+            (folder / L.REQUESTS_SNAPSHOT).write_bytes(canonical_jsonl(requests))
         report = {
             "config_hash": config_hash(cfg),
             "seed": cfg.seed,
             "request_digest": request_digest(requests) if requests else None,
             "request_ids": ids,
+            "request_documents": request_documents(requests, sets["forget_train"] + sets["forget_eval"], cfg),
             "sets": {n: _counts(sets[n]) for n in SETS} | {n: {"documents": len(mia[n])} for n in MIA_SETS},
             "warnings": dict(sorted(warnings.items())),
         }
-        (folder / "split_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        (folder / L.SPLIT_REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         ref = ctx.store.put_dir(folder, uri)
     manifest = {e.path: e for e in ctx.store.read_manifest(uri).files}
     infos = {
@@ -397,7 +415,7 @@ def _record_lineage(cfg: SplitConfig, ctx: RunContext, result: SplitResult) -> N
 def load_split_result(store: ArtifactStore, uri: str) -> SplitResult:
     """Rebuild a SplitResult from a stored split folder (verified manifest + report)."""
     manifest = store.read_manifest(uri)
-    report = json.loads(store.get_bytes(join(uri, "split_report.json")))
+    report = json.loads(store.get_bytes(join(uri, L.SPLIT_REPORT)))
     files = {e.path: e for e in manifest.files}
     sets = {}
     for name in SETS + MIA_SETS:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from amnesia.errors import IntegrityError, MissingError, StoreError
+from amnesia.sealing import MAGIC, KeyStore, key_store, open_sealed, seal
 from amnesia.settings import Settings
 from amnesia.settings import settings as default_settings
 
@@ -46,7 +47,8 @@ def sha256_file(path: Path) -> str:
 class FileEntry(BaseModel):
     path: str
     size: int
-    sha256: str
+    sha256: str  # of the stored bytes: the ciphertext when sealed, so audits need no key
+    key_id: str | None = None  # sealed (amnesia.sealing) with this data key
 
 
 class Manifest(BaseModel):
@@ -64,14 +66,15 @@ class Manifest(BaseModel):
         return sum(e.size for e in self.files)
 
     def to_bytes(self) -> bytes:
-        return (self.model_dump_json(indent=1) + "\n").encode()
+        return (self.model_dump_json(indent=1, exclude_none=True) + "\n").encode()
 
 
 def manifest_digest(entries: list[FileEntry]) -> str:
     """One digest for a folder: sha256 over the sorted (path, size, sha256) lines."""
     h = hashlib.sha256()
     for e in sorted(entries, key=lambda e: e.path):
-        h.update(f"{e.path}\t{e.size}\t{e.sha256}\n".encode())
+        sealed = f"\t{e.key_id}" if e.key_id else ""  # a folder without sealed files keeps its old digest
+        h.update(f"{e.path}\t{e.size}\t{e.sha256}{sealed}\n".encode())
     return h.hexdigest()
 
 
@@ -209,9 +212,33 @@ Progress = Callable[[int], None]
 class ArtifactStore:
     """Put and get files and folders; S3 through boto3 with bounded standard-mode retries."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, seal_key: str | None = None) -> None:
         self.settings = settings or default_settings()
         self._client: Any = None
+        self._keys: KeyStore | None = None
+        # The data key personal files are sealed with on upload (amnesia.layout says which are personal);
+        # None: written as they are. Reads open sealed objects whatever this is.
+        self.seal_key = seal_key if self.settings.encrypt else None
+
+    # -------------------------------------------------------- encryption at rest
+
+    @property
+    def keys(self) -> KeyStore:
+        if self._keys is None:
+            self._keys = key_store(self.settings.keystore_spec())
+        return self._keys
+
+    def _sealing(self, uri: str) -> str | None:
+        """The key id to seal this object with, or None."""
+        from amnesia.layout import personal
+
+        return self.seal_key if self.seal_key and personal(uri) else None
+
+    def _seal(self, data: bytes, key_id: str) -> bytes:
+        return seal(data, key_id, self.keys.create(key_id))
+
+    def _open(self, data: bytes, uri: str) -> bytes:
+        return open_sealed(data, self.keys, uri) if data.startswith(MAGIC) else data
 
     # -------------------------------------------------------- S3 plumbing
 
@@ -271,6 +298,8 @@ class ArtifactStore:
 
     def put_bytes(self, data: bytes, uri: str, content_type: str = "application/octet-stream") -> ArtifactRef:
         loc = parse_uri(uri)
+        if key_id := self._sealing(loc.uri):
+            data = self._seal(data, key_id)
         digest = hashlib.sha256(data).hexdigest()
         if loc.is_s3:
             with self._s3_errors(loc, f"writing {loc.uri}"):
@@ -295,7 +324,7 @@ class ArtifactStore:
                 raise MissingError(f"reading {loc.uri} failed: it does not exist") from None
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
-        return data
+        return self._open(data, loc.uri)
 
     def put_json(self, obj: Any, uri: str) -> ArtifactRef:
         data = (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode()
@@ -369,6 +398,8 @@ class ArtifactStore:
         if not src.is_file():
             raise StoreError(f"{src}: not a file")
         loc = parse_uri(uri)
+        if self._sealing(loc.uri):  # personal files are small: sealed in memory
+            return self.put_bytes(src.read_bytes(), loc.uri)
         digest, size = sha256_file(src), src.stat().st_size
         if loc.is_s3:
             with self._s3_errors(loc, f"uploading {src.name} to {loc.uri}"):
@@ -401,6 +432,10 @@ class ArtifactStore:
                 shutil.copyfile(loc.path, tmp)
             if sha256 and sha256_file(tmp) != sha256:
                 raise IntegrityError(f"{loc.uri}: content does not match its recorded sha256 (changed or corrupt)")
+            with open(tmp, "rb") as fh:
+                sealed = fh.read(len(MAGIC)) == MAGIC
+            if sealed:
+                _atomic_write(tmp, self._open(tmp.read_bytes(), loc.uri))
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
@@ -424,7 +459,8 @@ class ArtifactStore:
         try:
             for rel in files:
                 ref = self.put_file(src / rel, loc.child(rel).uri, progress)
-                entries.append(FileEntry(path=rel, size=ref.size, sha256=ref.digest))
+                key_id = self._sealing(loc.child(rel).uri)
+                entries.append(FileEntry(path=rel, size=ref.size, sha256=ref.digest, key_id=key_id))
         except StoreError:
             self._cleanup(loc, [e.path for e in entries])
             raise

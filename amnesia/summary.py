@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from amnesia.layout import REPORT_HTML, TRACE_AGGREGATE, VERDICT, run_root
 from amnesia.lineage import Lineage, Tag
 from amnesia.measures import headline
 from amnesia.preflight import recorded_errors
@@ -43,12 +44,12 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
     parent, stages, lineage = rec["parent"], rec["stages"], rec["lineage"]
     tags = parent.data.tags
     lines = [f"status  {tags.get(Tag.STATUS, 'running?')} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
-    root = join(cfg.store_root(settings.bucket), "runs", run_id)
+    root = run_root(cfg.store_root(settings.bucket), run_id)
     for line in recorded_errors(ArtifactStore(settings), root).values():
         lines.append(f"error   {line}")  # the stage's own one line: what to fix
     trace = stages.get("trace")
     if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):  # the layers are a fallback, not a finding
-        agg = ArtifactStore(settings).get_json(join(trace.data.tags[Tag.TRACE_URI], "aggregate.json"))
+        agg = ArtifactStore(settings).get_json(join(trace.data.tags[Tag.TRACE_URI], TRACE_AGGREGATE))
         lines.append(f"WARNING trace: {agg.get('warning') or trace.data.tags[Tag.TRACE_WARNING]}")
     gate = stages.get("gate")
     if gate is not None:
@@ -57,7 +58,7 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
         lines.append(f"gate    {'PASS' if passed else 'FAIL'}" + ("" if passed else f": {reasons}"))
         report_uri = gate.data.tags[Tag.REPORT_URI]
         store = ArtifactStore(settings)
-        verdict = store.get_json(join(report_uri, "verdict.json"))
+        verdict = store.get_json(join(report_uri, VERDICT))
         lines += [f"        {reason}" for reason in verdict.get("reasons", [])]  # why, in words
         m = gate.data.metrics
         for name in headline():  # the headline figures, before -> after
@@ -65,7 +66,7 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
                 lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
         lines.append(f"report  {join(report_uri, 'report.html')}")
         if reports is not None:  # a path a browser opens
-            local = store.get_file(join(report_uri, "report.html"), reports / run_id / "report.html")
+            local = store.get_file(join(report_uri, REPORT_HTML), reports / run_id / REPORT_HTML)
             lines.append(f"        {local}")
     split, unlearn = stages.get("split"), stages.get("unlearn")
     request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia.arch import inspect_model
 from amnesia.attribution import atp_trace, confirm, hybrid_trace
 from amnesia.config import ModelConfig, TraceConfig, config_hash
@@ -75,8 +76,8 @@ class TraceResult(BaseModel):
     @classmethod
     def load(cls, store: ArtifactStore, uri: str) -> TraceResult:
         """A stored trace, read back from its folder (the CLI's evaluate/gate commands take one)."""
-        agg = store.get_json(join(uri, "aggregate.json"))
-        heatmaps = [u for u in store.list(join(uri, "heatmaps")) if "/aggregate_" in u]
+        agg = store.get_json(join(uri, L.TRACE_AGGREGATE))
+        heatmaps = [u for u in store.list(join(uri, L.HEATMAPS)) if "/aggregate_" in u]
         return cls.model_validate(
             {k: agg[k] for k in cls.model_fields if k in agg}
             | {"uri": uri, "digest": store.ref(uri).digest, "heatmaps": heatmaps}
@@ -172,7 +173,7 @@ def _facts(
         for name in ("forget_train", "forget_eval")
         for r in load_records(split.sets[name].uri, allow_empty=True, store=ctx.store)
     ]
-    req_uri = join(split.uri, "requests.jsonl")
+    req_uri = join(split.uri, L.REQUESTS_SNAPSHOT)
     subjects = [q.subject for q in load_requests_uri(ctx.store, req_uri)] if ctx.store.exists(req_uri) else []
     return select_facts(cfg, records, subjects, tokenizer, model, counts)
 
@@ -338,7 +339,7 @@ def _store(
     choice: LayerChoice | None,
     std: float,
 ) -> TraceResult:
-    uri = join(ctx.root, "trace")
+    uri = L.stage_uri(ctx.root, "trace")
     effect: list[float] = []
     if choice is not None and choice.group is not None:
         effect = [float(x) for x in np.nan_to_num(agg[RULE_KIND][GROUPS.index(choice.group)])]
@@ -346,7 +347,7 @@ def _store(
         folder = Path(tmp)
         aggregate_pngs = []
         for kind, values in agg.items():
-            path = folder / "heatmaps" / f"aggregate_{kind}.png"
+            path = folder / L.HEATMAPS / f"aggregate_{kind}.png"
             heatmap(
                 values, GROUPS, kind, f"Mean indirect effect over {len(traces)} facts", path, "IE", marked=[0, 1, 2]
             )
@@ -360,11 +361,11 @@ def _store(
                     tokens,
                     kind,
                     f"p(target) after restoring, fact {n}",
-                    folder / "heatmaps" / f"fact{n}_{kind}.png",
+                    folder / L.HEATMAPS / f"fact{n}_{kind}.png",
                     "p",
                     marked=range(*tr.fact.subject),
                 )
-        (folder / "aggregate.json").write_text(
+        (folder / L.TRACE_AGGREGATE).write_text(
             json.dumps(
                 {
                     "groups": list(GROUPS),
@@ -390,7 +391,7 @@ def _store(
                 allow_nan=True,
             )
         )
-        with open(folder / "facts.jsonl", "w") as fh:
+        with open(folder / L.TRACE_FACTS, "w") as fh:
             for tr in traces:
                 fh.write(
                     json.dumps(
@@ -412,7 +413,7 @@ def _store(
         layers=layers,
         rule=rule,
         counts=dict(counts),
-        heatmaps=[join(uri, "heatmaps", p) for p in aggregate_pngs],
+        heatmaps=[join(uri, L.HEATMAPS, p) for p in aggregate_pngs],
         noise_std=std,
         method=cfg.method,
         group=choice.group if choice else None,

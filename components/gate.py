@@ -26,6 +26,7 @@ def gate(
     from amnesia.context import RunContext
     from amnesia.evaluate import Evaluation
     from amnesia.gate import run_gate
+    from amnesia.layout import REPORT_HTML
     from amnesia.storage import join
     from amnesia.trace import TraceResult
     from amnesia.unlearn.stage import UnlearnResult
@@ -40,7 +41,7 @@ def gate(
         UnlearnResult.model_validate_json(unlearn_json) if unlearn_json else None,
     )
     Path(report.path).parent.mkdir(parents=True, exist_ok=True)
-    ctx.store.get_file(join(result.report_uri, "report.html"), Path(report.path))
+    ctx.store.get_file(join(result.report_uri, REPORT_HTML), Path(report.path))
     report.metadata.update({"store_uri": result.report_uri, "digest": result.report_digest})
     outputs = namedtuple("GateOutputs", ["passed", "reasons", "result"])
     return outputs(result.passed, "\n".join(result.reasons), result.model_dump_json())

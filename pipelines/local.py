@@ -50,7 +50,8 @@ def run_local(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {"AMNESIA_BUCKET": settings.bucket, "AMNESIA_EXPERIMENT": settings.experiment}
+    env = {"AMNESIA_BUCKET": settings.bucket, "AMNESIA_EXPERIMENT": settings.experiment,
+           "AMNESIA_ENCRYPT": str(settings.encrypt).lower(), "AMNESIA_KEYSTORE": settings.keystore_spec()}  # fmt: skip
     if settings.s3_endpoint_url:
         env["AMNESIA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.aws_access_key_id:

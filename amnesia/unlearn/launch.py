@@ -101,6 +101,7 @@ def launch(
 def main(argv: list[str] | None = None) -> None:
     """A rank's program: the stage's part of this process, then rank 0 writes the result."""
     from amnesia.lineage import Lineage
+    from amnesia.sealing import run_key_id
     from amnesia.unlearn.stage import run_unlearn
 
     ensure_log_output()
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     job = Job.model_validate(store.get_json((argv or sys.argv[1:])[0]))
     main_rank = world_from_env().main
     lineage = Lineage(job.pipeline_run_id, experiment=job.experiment, settings=s) if job.experiment else None
+    store.seal_key = run_key_id(job.pipeline_run_id) if s.encrypt else None
     ctx = RunContext(job.pipeline_run_id, job.root, store, lineage if main_rank else None)
     result = run_unlearn(job.config, ctx, job.model, job.split, job.layers)
     if main_rank:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from amnesia import layout as L
 from amnesia import mlmodel
 from amnesia.arch import inspect_model
 from amnesia.config import ModelConfig, config_hash
@@ -26,7 +27,7 @@ from amnesia.models import Placement, as_model_config, load
 from amnesia.plots import curves
 from amnesia.records import load_records
 from amnesia.split import SplitResult
-from amnesia.storage import join
+from amnesia.storage import ArtifactStore, join
 from amnesia.unlearn import distributed
 from amnesia.unlearn.checkpoint import CheckpointStore
 from amnesia.unlearn.config import UnlearnConfig
@@ -56,6 +57,14 @@ class UnlearnResult(BaseModel):
     before: dict[str, float]  # the first held-out evaluation (the base model)
     after: dict[str, float]  # the same evaluation of the stored weights
     config_hash: str
+
+    @classmethod
+    def load(cls, store: ArtifactStore, uri: str) -> UnlearnResult:
+        """A stored candidate, read back from its model folder (the summary travels with the weights)."""
+        summary = store.get_json(join(uri, L.UNLEARN_SUMMARY))
+        report_uri = join(uri.rsplit("/", 1)[0], "report")
+        found = {k: summary[k] for k in cls.model_fields if k in summary}
+        return cls.model_validate(found | {"uri": uri, "digest": store.ref(uri).digest, "report_uri": report_uri})
 
 
 def choose_layers(cfg: UnlearnConfig, trace_layers: list[int] | None) -> list[int]:
@@ -243,19 +252,19 @@ def _store(
         "before": state.evals[0],
         "after": after,
     }
-    model_uri, report_uri = join(ctx.root, "unlearn", "model"), join(ctx.root, "unlearn", "report")
+    model_uri, report_uri = L.stage_uri(ctx.root, "unlearn", "model"), L.stage_uri(ctx.root, "unlearn", "report")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, state_dict=weights)  # safetensors; weights: gathered from shards
         tokenizer.save_pretrained(folder)
         mlmodel.write(folder, model, tokenizer, base.uri)  # also an MLflow model (pyfunc, transformers)
-        (folder / "amnesia_unlearn.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        (folder / L.UNLEARN_SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
         ref = ctx.store.put_dir(folder, model_uri)
         report = Path(tmp) / "report"
         report.mkdir()
-        (report / "summary.json").write_text(json.dumps(summary | {"model_digest": ref.digest}, indent=1))
-        (report / "curves.json").write_text(json.dumps({"history": state.history, "evals": state.evals}))
-        curves(state.history, state.evals, f"{cfg.method} on {cfg.target} of layers {layers}", report / "curves.png")
+        (report / L.UNLEARN_REPORT_SUMMARY).write_text(json.dumps(summary | {"model_digest": ref.digest}, indent=1))
+        (report / L.CURVES_JSON).write_text(json.dumps({"history": state.history, "evals": state.evals}))
+        curves(state.history, state.evals, f"{cfg.method} on {cfg.target} of layers {layers}", report / L.CURVES_PNG)
         ctx.store.put_dir(report, report_uri)
     return UnlearnResult(
         uri=model_uri,
@@ -317,5 +326,5 @@ def _record_lineage(
         | {f"after_{k}": v for k, v in result.after.items() if k != "step"}
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("curves.png", "summary.json"):  # summary: which tensors trained, counts, digests
+        for name in (L.CURVES_PNG, L.UNLEARN_REPORT_SUMMARY):  # summary: which tensors trained, counts, digests
             run.log_artifact(ctx.store.get_file(join(result.report_uri, name), Path(tmp) / name), "unlearn")
