@@ -19,6 +19,7 @@ from amnesia import layout as L
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.measures import headline
+from amnesia.purge import Purged, load_purges
 from amnesia.registry import (
     APPROVER,
     ATTACK_PREFIX,
@@ -27,6 +28,7 @@ from amnesia.registry import (
     DECIDED_AT,
     NOTE_SHA256,
     NOTE_URI,
+    PURGE_PREFIX,
     REPORT_DIGEST,
     _client,
     _version,
@@ -56,31 +58,43 @@ class Audit(BaseModel):
     metrics: dict[str, str]
 
 
-def _folder(store: ArtifactStore, step: str, what: str, uri: str | None, expected: str | None) -> Link:
-    """Re-hash every object of a stored folder against its manifest, and the manifest against the record."""
+def _folder(
+    store: ArtifactStore, step: str, what: str, uri: str | None, expected: str | None, purged: Purged | None = None
+) -> Link:
+    """Re-hash every object of a stored folder against its manifest, and the manifest against the record.
+    Files a recorded purge deleted (with the digest the manifest holds) count as purged, not missing."""
     if not uri or not expected:
         return Link(
             step=step, what=what, uri=uri, expected=expected, actual=None, ok=False, detail={"error": "not recorded"}
         )
+    purged = purged or {}
     try:
-        actual = store.verify(uri).digest
+        manifest, gone = store.verify_except(uri, {u: f.sha256 for u, (f, _r) in purged.items()})
     except AmnesiaError as err:
         return Link(step=step, what=what, uri=uri, expected=expected, actual=None, ok=False, detail={"error": str(err)})
-    return Link(step=step, what=what, uri=uri, expected=expected, actual=actual, ok=actual == expected)
+    link = Link(
+        step=step, what=what, uri=uri, expected=expected, actual=manifest.digest, ok=manifest.digest == expected
+    )
+    if gone:
+        records = {purged[join(uri, p)][1].purge_id: purged[join(uri, p)][1] for p in gone}
+        link.what += "; " + "; ".join(f"personal files purged on {r.at[:10]} by {r.by}" for r in records.values())
+        link.detail["purged"] = gone
+    return link
 
 
 def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> Audit:
     client = _client(settings)
     mv = _version(client, name, version)
     t = mv.tags or {}
-    links = [_requests(store, t)]
+    purged, problems = load_purges(store, t)
+    links = [_requests(store, t, purged)]
     links.append(
-        _folder(store, "data", "split sets (forget/retain/MIA)", t.get(Tag.SPLIT_URI), t.get(Tag.SPLIT_DIGEST))
+        _folder(store, "data", "split sets (forget/retain/MIA)", t.get(Tag.SPLIT_URI), t.get(Tag.SPLIT_DIGEST), purged)
     )
     links.append(
         _folder(store, "base model", "base model folder", t.get(Tag.BASE_MODEL_URI), t.get(Tag.BASE_MODEL_DIGEST))
     )
-    trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST))
+    trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST), purged)
     if trace.ok:
         agg = store.get_json(join(trace.uri or "", L.TRACE_AGGREGATE))
         layers = agg["layers"]
@@ -98,7 +112,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     links.append(model)
     for step, key in (("evaluation before", BASE_EVALUATION), ("evaluation after", CANDIDATE_EVALUATION)):
         uri, _, digest = (t.get(key) or "#").partition("#")
-        link = _folder(store, step, "per-item results", uri or None, digest or None)
+        link = _folder(store, step, "per-item results", uri or None, digest or None, purged)
         if link.ok:
             result = store.get_json(join(uri, L.RESULT))
             stored = result.get("metrics", result)  # evidence stored before the metric registry: top level
@@ -116,6 +130,7 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     links.append(gate)
     links.append(_decision(store, t))
     links += _attacks(store, t)
+    links += _purges(t, purged, problems)
     metrics = {k: f"{v:.6g}" for k, v in figures(client, mv).items()}
     status = t.get(Tag.STATUS, "unknown")
     return Audit(
@@ -123,10 +138,16 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
     )
 
 
-def _requests(store: ArtifactStore, t: dict[str, str]) -> Link:
+def _requests(store: ArtifactStore, t: dict[str, str], purged: Purged) -> Link:
     split = t.get(Tag.SPLIT_URI)
     uri = join(split, L.REQUESTS_SNAPSHOT) if split else None
     expected = t.get(Tag.REQUEST_DIGEST)
+    if uri in purged and not store.exists(uri):  # the data link checks its digest against the manifest
+        record = purged[uri][1]
+        ids = store.get_json(join(split or "", L.SPLIT_REPORT)).get("request_ids", [])
+        return Link(step="requests", what=f"erasure requests snapshot, purged on {record.at[:10]} by {record.by}",
+                    uri=uri, expected=expected, actual=None, ok=True,
+                    detail={"request_ids": ids, "count": len(ids), "purged": [L.REQUESTS_SNAPSHOT]})  # fmt: skip
     if not uri or not store.exists(uri):  # a SemEval-mode run: the split digest is the request digest
         ok = expected == t.get(Tag.SPLIT_DIGEST)
         return Link(step="requests", what="no request file (data given directly)", uri=None, expected=expected,
@@ -148,6 +169,25 @@ def _attacks(store: ArtifactStore, t: dict[str, str]) -> list[Link]:
             result = store.get_json(join(uri, L.RESULT))
             link.detail = result["worst"] | {"failed": [c["name"] for c in result["checks"] if not c["passed"]]}
         links.append(link)
+    return links
+
+
+def _purges(t: dict[str, str], purged: Purged, problems: list[str]) -> list[Link]:
+    """Each purge of this version's personal data: who, when, what; a record missing or changed fails."""
+    records = {r.purge_id: r for _f, r in purged.values()}
+    links = []
+    for key in sorted(k for k in t if k.startswith(PURGE_PREFIX)):
+        uri, _, digest = t[key].partition("#")
+        record = records.get(key.removeprefix(PURGE_PREFIX))
+        if record is None:
+            why = next((p for p in problems if uri in p), "no files recorded")
+            links.append(Link(step="purge", what="purge record", uri=uri, expected=digest, actual=None,
+                              ok=why == "no files recorded", detail={"error": why}))  # fmt: skip
+            continue
+        detail = {"by": record.by, "at": record.at, "why": record.why, "runs": record.runs}
+        detail |= {"requests": record.requests, "files": len(record.files), "keys_destroyed": record.key_ids}
+        links.append(Link(step="purge", what=f"personal data purged on {record.at[:10]} by {record.by}", uri=uri,
+                          expected=digest, actual=digest, ok=True, detail=detail))  # fmt: skip
     return links
 
 

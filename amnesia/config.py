@@ -65,6 +65,12 @@ class StoreConfig(StrictModel):
     evaluations under <root>/cache. s3://bucket[/prefix] or a local folder; default s3://<AMNESIA_BUCKET>."""
 
     root: str | None = Field(None, description="s3://bucket[/prefix] or a local folder.")
+    retention_days: int | None = Field(
+        None,
+        ge=0,
+        description="Purge the personal data of runs whose model versions were decided this many days ago, at "
+        "the end of every pipeline run (`amnesia purge`); None keeps it until purged by hand.",
+    )
 
 
 class SplitConfig(StrictModel):
@@ -337,6 +343,11 @@ class ClusterConfig(StrictModel):
         "amnesia-s3", description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3."
     )
     mlflow_secret: str = Field("amnesia-mlflow", description="Secret with MLFLOW_TRACKING_URI (+ username/password).")
+    keystore: str = Field(
+        "k8s:amnesia/amnesia-data-keys",
+        pattern=r"^(k8s:[a-z0-9\-]+/[a-z0-9.\-]+|file:/.+)$",
+        description="Where the runs' data keys live (AMNESIA_KEYSTORE): a Secret the runner may get and patch.",
+    )
     accelerator: str | None = Field(
         None, description="GPU resource for trace, unlearn and evaluate, e.g. nvidia.com/gpu; None: CPU only."
     )

@@ -52,7 +52,7 @@ class PipelineConfig(StrictModel):
     def store_root(self, bucket: str) -> str:
         return self.store.root or f"s3://{bucket}"
 
-    def arguments(self, pipeline_run_id: str, store_root: str, request_digest: str = "") -> dict[str, str]:
+    def arguments(self, pipeline_run_id: str, store_root: str, request_digest: str = "") -> dict[str, str | int]:
         """The pipeline's parameters for one run (configs as JSON strings)."""
         return {
             "pipeline_run_id": pipeline_run_id,
@@ -66,4 +66,5 @@ class PipelineConfig(StrictModel):
             "evaluate_config": self.evaluate.model_dump_json(),
             "gate_config": self.gate.model_dump_json(),
             "request_digest": request_digest,
+            "retention_days": -1 if self.store.retention_days is None else self.store.retention_days,
         }

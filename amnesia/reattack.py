@@ -25,7 +25,7 @@ from amnesia.config import AttackConfig, EvaluateConfig, GateConfig, ModelConfig
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Guard, Tag, code_version
 from amnesia.measures import Check, attack_recoveries, worst_recoveries
-from amnesia.registry import ATTACK_PREFIX, _client, _version
+from amnesia.registry import ATTACK_PREFIX, PURGE_PREFIX, _client, _version
 from amnesia.settings import Settings
 from amnesia.storage import ArtifactStore, join
 
@@ -72,6 +72,9 @@ def attack_version(
     split_uri, base_uri = tags.get(Tag.SPLIT_URI), tags.get(Tag.BASE_MODEL_URI)
     if not split_uri or not base_uri:
         raise AttackError(f"{name} v{version}: its tags name no split or base model; nothing to attack against")
+    purged = sorted(k.removeprefix(PURGE_PREFIX) for k in tags if k.startswith(PURGE_PREFIX))
+    if purged:
+        raise AttackError(f"{name} v{version}: its forget sets were purged ({purged[0]}); there is nothing to attack with")
     split = load_split_result(store, split_uri)
     forget = [
         r

@@ -48,6 +48,7 @@ REPORT_DIGEST = "amnesia.report_digest"
 BASE_EVALUATION = "amnesia.base_evaluation"  # uri#digest of the stored per-item results
 CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
 ATTACK_PREFIX = "amnesia.attack."  # + time: uri#digest of an on-demand attack run (`amnesia attack`)
+PURGE_PREFIX = "amnesia.purge."  # + purge id: uri#digest of a purge record (`amnesia purge`)
 
 
 class RegistryError(AmnesiaError):

@@ -4,13 +4,20 @@ A request names a data subject (and optionally records or documents) under a GDP
 ground. Pending requests live under `<root>/requests/pending/<request_id>.json`; a run works on a
 snapshot of them, whose digest is the run's request digest; they move to `fulfilled/` only when a
 model that forgot them is approved.
+
+Deadlines (GDPR Art. 12(3)): a request is due one month after receipt; the controller may extend that by
+up to two further months, telling the person why. An extension lives beside the request
+(`requests/extensions/<id>.json`), so the request itself, and every snapshot digest, stays as received.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
-from datetime import datetime
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -104,6 +111,53 @@ def request_digest(requests: list[ErasureRequest]) -> str:
     return hashlib.sha256(canonical_jsonl(requests)).hexdigest()
 
 
+DUE_MONTHS, MAX_EXTENSION_MONTHS, DUE_SOON_DAYS = 1, 2, 7
+
+
+def add_months(when: datetime, months: int) -> datetime:
+    """Calendar months, the day clamped to the month's end (31 Jan + 1 month = 28/29 Feb)."""
+    total = when.month - 1 + months
+    year, month = when.year + total // 12, total % 12 + 1
+    return when.replace(year=year, month=month, day=min(when.day, calendar.monthrange(year, month)[1]))
+
+
+class Extension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    months: int = Field(ge=1, le=MAX_EXTENSION_MONTHS)
+    reason: str = Field(min_length=1, description="What the person was told (Art. 12(3)); kept in the store only.")
+    by: str
+    at: str
+
+
+@dataclass(frozen=True)
+class Due:
+    request: ErasureRequest
+    state: str
+    due: datetime
+    extension: Extension | None
+
+    def days_left(self, now: datetime) -> int:
+        return math.floor((self.due - now).total_seconds() / 86400)
+
+    def overdue(self, now: datetime) -> bool:
+        return self.state == "pending" and now > self.due
+
+    def row(self, now: datetime) -> dict[str, object]:
+        """What `requests list --json` prints: ids and dates, no subject."""
+        r = self.request
+        return {"request_id": r.request_id, "state": self.state, "ground": r.ground,
+                "received_at": r.received_at.isoformat(), "due": self.due.isoformat(),
+                "days_left": self.days_left(now), "overdue": self.overdue(now),
+                "extended_months": self.extension.months if self.extension else 0}  # fmt: skip
+
+
+def due_date(request: ErasureRequest, extension: Extension | None = None) -> datetime:
+    received = request.received_at if request.received_at.tzinfo else request.received_at.replace(tzinfo=UTC)
+    return add_months(received, DUE_MONTHS + (extension.months if extension else 0))
+
+
 class Snapshot(BaseModel):
     uri: str
     digest: str
@@ -139,6 +193,41 @@ class RequestQueue:
             if uri.endswith(".json"):
                 out.append(_parse([self.store.get_json(uri)], uri, "object")[0])
         return sorted(out, key=lambda r: r.request_id)
+
+    def extension(self, request_id: str) -> Extension | None:
+        uri = self._uri("extensions", request_id)
+        return Extension.model_validate(self.store.get_json(uri)) if self.store.exists(uri) else None
+
+    def extend(self, request_id: str, reason: str, by: str, months: int = MAX_EXTENSION_MONTHS) -> Due:
+        """Move a pending request's due date by `months` (at most two in all, Art. 12(3)), with the reason."""
+        if not self.store.exists(self._uri("pending", request_id)):
+            raise RequestError(f"request {request_id} is not pending; only a pending request's deadline can move")
+        if not reason.strip():
+            raise RequestError(f"request {request_id}: an extension needs the reason given to the person (--reason)")
+        before = self.extension(request_id)
+        total = months + (before.months if before else 0)
+        if months < 1 or total > MAX_EXTENSION_MONTHS:
+            raise RequestError(
+                f"request {request_id}: extending by {months} month(s) makes {total}; "
+                f"Art. 12(3) allows at most {MAX_EXTENSION_MONTHS} further months"
+            )
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        reasons = f"{before.reason}\n{at}: {reason}" if before else reason
+        ext = Extension(request_id=request_id, months=total, reason=reasons, by=by, at=at)
+        self.store.put_json(ext.model_dump(mode="json"), self._uri("extensions", request_id))
+        return self.due(self.list("pending"), "pending", [request_id])[0]
+
+    def due(self, requests: list[ErasureRequest], state: str = "pending", only: list[str] | None = None) -> list[Due]:
+        """Each request with its due date, soonest (or most overdue) first."""
+        out = []
+        for r in requests:
+            if only is None or r.request_id in only:
+                ext = self.extension(r.request_id)
+                out.append(Due(r, state, due_date(r, ext), ext))
+        return sorted(out, key=lambda d: (d.due, d.request.request_id))
+
+    def by_due_date(self, state: Literal["pending", "fulfilled"] = "pending") -> list[Due]:
+        return self.due(self.list(state), state)
 
     def snapshot(self, dest: str) -> Snapshot:
         """Freeze the pending requests for one run: one canonical JSONL file and its digest."""

@@ -15,6 +15,7 @@ import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -25,7 +26,14 @@ from amnesia.context import RunContext
 from amnesia.errors import AmnesiaError
 from amnesia.lineage import Tag
 from amnesia.records import MIADocument, UnlearningRecord, load_records, write_parquet
-from amnesia.requests import ErasureRequest, RequestQueue, canonical_jsonl, load_requests_uri, request_digest
+from amnesia.requests import (
+    DUE_SOON_DAYS,
+    ErasureRequest,
+    RequestQueue,
+    canonical_jsonl,
+    load_requests_uri,
+    request_digest,
+)
 from amnesia.storage import ArtifactStore, join
 
 SETS, MIA_SETS = L.SPLIT_SETS, L.MIA_SETS
@@ -50,6 +58,7 @@ class SplitResult(BaseModel):
     request_digest: str | None
     request_ids: list[str]
     warnings: dict[str, int]
+    deadlines: dict[str, list[str]] = {}  # overdue / due_soon: request ids (Art. 12(3))
 
     @classmethod
     def load(cls, store: ArtifactStore, uri: str) -> SplitResult:
@@ -253,8 +262,8 @@ def _mia(
 
 
 def _load_requests(cfg: SplitConfig, ctx: RunContext) -> list[ErasureRequest]:
-    if cfg.requests == "queue":
-        return RequestQueue(ctx.store, L.store_root(ctx.root)).list("pending")
+    if cfg.requests == "queue":  # the soonest due first (Art. 12(3) deadlines)
+        return [d.request for d in RequestQueue(ctx.store, L.store_root(ctx.root)).by_due_date("pending")]
     return load_requests_uri(ctx.store, cfg.requests or "")
 
 
@@ -343,6 +352,7 @@ def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
             "request_digest": request_digest(requests) if requests else None,
             "request_ids": ids,
             "request_documents": request_documents(requests, sets["forget_train"] + sets["forget_eval"], cfg),
+            "deadlines": _deadlines(ctx, requests),
             "sets": {n: _counts(sets[n]) for n in SETS} | {n: {"documents": len(mia[n])} for n in MIA_SETS},
             "warnings": dict(sorted(warnings.items())),
         }
@@ -374,11 +384,22 @@ def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
         request_ids=ids,
         warnings=dict(warnings),
         request_digest=report["request_digest"],
+        deadlines=report["deadlines"],
     )  # type: ignore[arg-type]
     ctx.log.info("split: %s", ", ".join(f"{n}={i.records}" for n, i in infos.items()))
     if ctx.lineage is not None:
         _record_lineage(cfg, ctx, result)
     return result
+
+
+def _deadlines(ctx: RunContext, requests: list[ErasureRequest]) -> dict[str, list[str]]:
+    """Which of this run's requests are overdue or due within DUE_SOON_DAYS (the summary warns, MLflow counts)."""
+    now = datetime.now(UTC)
+    due = RequestQueue(ctx.store, L.store_root(ctx.root)).due(requests)
+    return {
+        "overdue": [d.request.request_id for d in due if now > d.due],
+        "due_soon": [d.request.request_id for d in due if now <= d.due and d.days_left(now) < DUE_SOON_DAYS],
+    }
 
 
 def _record_lineage(cfg: SplitConfig, ctx: RunContext, result: SplitResult) -> None:
@@ -407,6 +428,7 @@ def _record_lineage(cfg: SplitConfig, ctx: RunContext, result: SplitResult) -> N
         run.log_metrics(
             {f"{n}_records": i.records for n, i in result.sets.items()}
             | {f"warning_{k}": v for k, v in result.warnings.items()}
+            | ({f"requests_{k}": len(v) for k, v in result.deadlines.items()} if result.request_ids else {})
         )
         for name, info in result.sets.items():
             run.log_dataset(name, info.sha256, info.uri, name, {"records": info.records, "documents": info.documents})
@@ -434,4 +456,5 @@ def load_split_result(store: ArtifactStore, uri: str) -> SplitResult:
         request_digest=report["request_digest"],
         request_ids=report["request_ids"],
         warnings=report["warnings"],
+        deadlines=report.get("deadlines", {}),
     )

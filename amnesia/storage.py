@@ -513,12 +513,22 @@ class ArtifactStore:
 
     def verify(self, uri: str) -> Manifest:
         """Re-hash every object a manifest names, without keeping them (for audits)."""
+        return self.verify_except(uri, {})[0]
+
+    def verify_except(self, uri: str, gone: dict[str, str]) -> tuple[Manifest, list[str]]:
+        """verify, where the objects in `gone` (uri -> the sha256 the manifest must record for it) may be
+        missing: deleted on purpose (`amnesia purge`). Returns the manifest and the paths found missing so."""
         loc = parse_uri(uri)
         manifest = self.read_manifest(loc.uri)
+        missing = []
         for e in manifest.files:
-            if self._hash_remote(loc.child(e.path)) != (e.size, e.sha256):
-                raise IntegrityError(f"{loc.child(e.path).uri}: size or sha256 differs from the manifest")
-        return manifest
+            child = loc.child(e.path)
+            if gone.get(child.uri) == e.sha256 and not self.exists(child.uri):
+                missing.append(e.path)
+                continue
+            if self._hash_remote(child) != (e.size, e.sha256):
+                raise IntegrityError(f"{child.uri}: size or sha256 differs from the manifest")
+        return manifest, missing
 
     def ref(self, uri: str) -> ArtifactRef:
         manifest = self.read_manifest(uri)

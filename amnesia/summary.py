@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from amnesia.layout import REPORT_HTML, TRACE_AGGREGATE, VERDICT, run_root
+from amnesia.layout import REPORT_HTML, SPLIT_REPORT, TRACE_AGGREGATE, VERDICT, run_root
 from amnesia.lineage import Lineage, Tag
 from amnesia.measures import headline
 from amnesia.preflight import recorded_errors
+from amnesia.requests import DUE_SOON_DAYS
 from amnesia.settings import Settings
 from amnesia.storage import ArtifactStore, join
 
@@ -38,6 +39,18 @@ def registered_version(settings: Settings, name: str, request_digest: str | None
         return None
 
 
+def _deadline_lines(store: ArtifactStore, split_uri: str) -> list[str]:
+    """Art. 12(3): the run's requests past their due date, or due within a week (ids only)."""
+    deadlines = store.get_json(join(split_uri, SPLIT_REPORT)).get("deadlines", {})
+    out = []
+    for key, words in (("overdue", "OVERDUE"), ("due_soon", f"due within {DUE_SOON_DAYS} days")):
+        ids = deadlines.get(key, [])
+        if ids:
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            out.append(f"WARNING requests {words}: {shown} (`amnesia requests list`)")
+    return out
+
+
 def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = None) -> list[str]:
     """The closing lines; with `reports`, the gate's report is also copied there and named by local path."""
     rec = run_record(settings, cfg.experiment, run_id)
@@ -64,11 +77,13 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
         for name in headline():  # the headline figures, before -> after
             if name in m and f"base.{name}" in m:
                 lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
-        lines.append(f"report  {join(report_uri, 'report.html')}")
+        lines.append(f"report  {join(report_uri, REPORT_HTML)}")
         if reports is not None:  # a path a browser opens
             local = store.get_file(join(report_uri, REPORT_HTML), reports / run_id / REPORT_HTML)
             lines.append(f"        {local}")
     split, unlearn = stages.get("split"), stages.get("unlearn")
+    if split is not None and split.data.tags.get(Tag.SPLIT_URI):
+        lines += _deadline_lines(ArtifactStore(settings), split.data.tags[Tag.SPLIT_URI])
     request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None
     base_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None
     mv = registered_version(settings, cfg.model_name, request_digest, base_digest)

@@ -20,6 +20,7 @@ def apply_cluster(task: Any, cfg: ClusterConfig, compute: bool) -> Any:
         task.set_env_variable("AMNESIA_IMAGE_REF", cfg.image)  # lineage and registry record the image
     kubernetes.use_secret_as_env(task, cfg.s3_secret, {key: key for key in S3_KEYS})
     kubernetes.use_secret_as_env(task, cfg.mlflow_secret, {key: key for key in MLFLOW_KEYS})
+    task.set_env_variable("AMNESIA_KEYSTORE", cfg.keystore)  # the runs' data keys (amnesia.sealing)
     if compute:
         task.set_cpu_request(cfg.cpu).set_memory_request(cfg.memory).set_memory_limit(cfg.memory)
         if cfg.accelerator and cfg.gpus:

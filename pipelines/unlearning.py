@@ -58,10 +58,13 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
         gate_config: str = GateConfig().model_dump_json(),
         request_digest: str = "",
         model_config: str = "{}",
+        retention_days: int = -1,
     ) -> None:
         if run_id_from_job:
             pipeline_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        closing = k8s(finish(pipeline_run_id=pipeline_run_id, store_root=store_root), "finish")
+        closing = k8s(
+            finish(pipeline_run_id=pipeline_run_id, store_root=store_root, retention_days=retention_days), "finish"
+        )
         closing.set_caching_options(False)
         with dsl.ExitHandler(closing, name="compliance-run"):
             run = {"pipeline_run_id": pipeline_run_id, "store_root": store_root}
