@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from amnesia import __version__
+from amnesia import layout as L
 from amnesia.errors import AmnesiaError
 from amnesia.settings import Settings, load_settings
 
@@ -431,7 +432,7 @@ def unlearn_cmd(
     click.echo(f"  steps     {result.steps} ({result.stopped}; kept step {result.best_step}{resumed})")
     for key in ("forget_exact", "retain_exact"):
         click.echo(f"  {key:<13} {result.before[key]:.3f} -> {result.after[key]:.3f}")
-    click.echo(f"  curves    {join(result.report_uri, 'curves.png')}")
+    click.echo(f"  curves    {join(result.report_uri, L.CURVES_PNG)}")
 
 
 @cli.command("evaluate")
@@ -489,7 +490,7 @@ def evaluate_cmd(
     click.echo(f"gate    {'PASS' if verdict.passed else 'FAIL'}")
     for reason in verdict.reasons:
         click.echo(f"  {reason}")
-    click.echo(f"report  {join(verdict.report_uri, 'report.html')}")
+    click.echo(f"report  {join(verdict.report_uri, L.REPORT_HTML)}")
     if not verdict.passed:
         sys.exit(3)
 

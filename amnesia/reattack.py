@@ -74,7 +74,7 @@ def attack_version(
         raise AttackError(f"{name} v{version}: its tags name no split or base model; nothing to attack against")
     purged = sorted(k.removeprefix(PURGE_PREFIX) for k in tags if k.startswith(PURGE_PREFIX))
     if purged:
-        raise AttackError(f"{name} v{version}: its forget sets were purged ({purged[0]}); there is nothing to attack with")
+        raise AttackError(f"{name} v{version}: forget sets purged ({purged[0]}): nothing to attack with")
     split = load_split_result(store, split_uri)
     forget = [
         r

@@ -139,7 +139,9 @@ class Due:
     extension: Extension | None
 
     def days_left(self, now: datetime) -> int:
-        return math.floor((self.due - now).total_seconds() / 86400)
+        """Whole days to the due date; negative: whole days past it (0 on the day it falls due)."""
+        seconds = (self.due - now).total_seconds()
+        return math.floor(seconds / 86400) if seconds >= 0 else -math.floor(-seconds / 86400)
 
     def overdue(self, now: datetime) -> bool:
         return self.state == "pending" and now > self.due

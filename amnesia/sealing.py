@@ -183,6 +183,8 @@ class KubernetesSecretKeyStore:
         except urllib.error.HTTPError as err:
             if err.code == 404:
                 return None
+            if err.code == 409:
+                raise _Conflict() from None
             raise DataKeyError(f"key store {self.describe()}: API server answered {err.code} to {method}") from None
         except OSError as err:
             raise DataKeyError(f"key store {self.describe()}: API server unreachable ({err})") from None
@@ -191,39 +193,65 @@ class KubernetesSecretKeyStore:
     def _path(self) -> str:
         return f"/api/v1/namespaces/{self.namespace}/secrets/{self.name}"
 
-    def _entries(self) -> dict[str, Any]:
+    def _read(self) -> tuple[dict[str, Any], str | None]:
         secret = self._call("GET", self._path)
-        raw = (secret or {}).get("data") or {}
-        return {_unslug(k): json.loads(base64.b64decode(v)) for k, v in raw.items()}
+        if secret is None:
+            raise DataKeyError(f"key store {self.describe()}: the Secret does not exist (manifests/base/secrets.yaml)")
+        raw = secret.get("data") or {}
+        entries = {_unslug(k): json.loads(base64.b64decode(v)) for k, v in raw.items()}
+        return entries, (secret.get("metadata") or {}).get("resourceVersion")
 
-    def _put(self, key_id: str, entry: dict[str, Any]) -> None:
+    def _entries(self) -> dict[str, Any]:
+        return self._read()[0]
+
+    def _put(self, key_id: str, entry: dict[str, Any], version: str | None) -> None:
+        """A merge patch conditional on the version read: a concurrent writer makes it fail (409), not win."""
         value = base64.b64encode(json.dumps(entry).encode()).decode()
-        if self._call("GET", self._path) is None:
-            body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": self.name}, "type": "Opaque"}
-            self._call("POST", f"/api/v1/namespaces/{self.namespace}/secrets", body | {"data": {}})
-        self._call("PATCH", self._path, {"data": {_slug(key_id): value}}, "application/merge-patch+json")
+        body: dict[str, Any] = {"data": {_slug(key_id): value}}
+        if version is not None:
+            body["metadata"] = {"resourceVersion": version}
+        self._call("PATCH", self._path, body, "application/merge-patch+json")
+
+    def _update(self, key_id: str, change: Any) -> Any:
+        for _attempt in range(8):
+            entries, version = self._read()
+            result, entry = change(entries.get(key_id))
+            if entry is None:
+                return result
+            try:
+                self._put(key_id, entry, version)
+                return result
+            except _Conflict:
+                continue  # another pod wrote first: read again (it may have made this very key)
+        raise DataKeyError(f"key store {self.describe()}: {key_id} kept changing under concurrent writers")
 
     def create(self, key_id: str) -> bytes:
-        entry = self._entries().get(key_id)
-        if entry is None:
-            self._put(key_id, {"key": base64.b64encode(secrets.token_bytes(32)).decode(), "created_at": _now()})
-            entry = self._entries()[key_id]  # two pods racing: the API server's last write is the key
-        if "destroyed_at" in entry:
-            raise DataKeyError(f"data key {key_id} was destroyed on {entry['destroyed_at']}; it is not made again")
-        return base64.b64decode(entry["key"])
+        def change(entry: dict[str, Any] | None) -> tuple[bytes, dict[str, Any] | None]:
+            if entry is None:
+                new = {"key": base64.b64encode(secrets.token_bytes(32)).decode(), "created_at": _now()}
+                return base64.b64decode(new["key"]), new
+            if "destroyed_at" in entry:
+                raise DataKeyError(f"data key {key_id} was destroyed on {entry['destroyed_at']}; it is not made again")
+            return base64.b64decode(entry["key"]), None
+
+        return self._update(key_id, change)
 
     def get(self, key_id: str) -> bytes:
         return _key_of(self._entries().get(key_id), key_id, self.describe())
 
     def destroy(self, key_id: str) -> bool:
-        entry = self._entries().get(key_id)
-        existed = entry is not None and "key" in entry
-        self._put(key_id, {"destroyed_at": _now()})
-        return existed
+        def change(entry: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
+            return entry is not None and "key" in entry, {"destroyed_at": _now()}
+
+        return self._update(key_id, change)
 
 
-def _slug(key_id: str) -> str:  # Secret data keys: [-._a-zA-Z0-9]+
-    return "".join(c if c.isalnum() or c in "-._" else f"_{ord(c):02x}" for c in key_id)
+class _Conflict(Exception):
+    """The API server refused a write made against an older version of the Secret (HTTP 409)."""
+
+
+def _slug(key_id: str) -> str:  # Secret data keys: [-._a-zA-Z0-9]+; '_' is the escape
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-." else f"_{ord(c):02x}" for c in key_id)
 
 
 def _unslug(name: str) -> str:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from amnesia.config import ModelConfig
 from amnesia.context import RunContext, ensure_log_output
 from amnesia.errors import AmnesiaError
+from amnesia.layout import RESULT
 from amnesia.settings import settings
 from amnesia.split import SplitResult
 from amnesia.storage import ArtifactStore, join
@@ -62,7 +63,7 @@ def write_job(
         pipeline_run_id=ctx.pipeline_run_id,
         root=ctx.root,
         experiment=ctx.lineage.experiment if ctx.lineage is not None else None,
-        result=join(folder, "result.json"),
+        result=join(folder, RESULT),
     )
     uri = join(folder, "job.json")
     ctx.store.put_json(job.model_dump(mode="json"), uri)
