@@ -333,6 +333,9 @@ class TrainJobConfig(StrictModel):
     runtime: str = Field("torch-distributed", description="The ClusterTrainingRuntime to run on.")
     timeout_s: int = Field(6 * 3600, ge=60, description="How long the launcher waits for the TrainJob.")
     poll_s: float = Field(20.0, gt=0, le=600)
+    service_account: str = Field(
+        "amnesia-runner", description="The training pods' identity: it reads the runs' data keys (amnesia.sealing)."
+    )
 
 
 class ClusterConfig(StrictModel):

@@ -98,7 +98,7 @@ class StackState(BaseModel):
             if self.auditor_key_id is None or self.auditor_secret is None:
                 raise StackError("this stack has no auditor identity (its identities file predates it)")
             key, secret = self.auditor_key_id, self.auditor_secret
-        return {
+        env = {
             "AMNESIA_S3_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": key,
@@ -107,6 +107,9 @@ class StackState(BaseModel):
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "AMNESIA_BUCKET": self.buckets[0],
         }
+        if role == "admin":  # the runs' data keys (amnesia.sealing); an auditor verifies ciphertext without them
+            env["AMNESIA_KEYSTORE"] = f"file:{(Path(self.home) / 'keys' / 'data-keys.json').resolve()}"
+        return env
 
 
 # ---------------------------------------------------------------- processes

@@ -57,6 +57,7 @@ class Nodes:
     env: Sequence[Mapping[str, Any]] = ()
     node_selector: Mapping[str, str] | None = None
     tolerations: Sequence[Mapping[str, Any]] | None = None
+    service_account: str | None = None  # reads the sealed forget sets' data key
 
 
 def manifest(
@@ -82,7 +83,9 @@ def manifest(
         },
         "spec": {"runtimeRef": {"name": runtime}, "trainer": trainer},
     }
-    placement = {k: v for k, v in (("nodeSelector", nodes.node_selector), ("tolerations", nodes.tolerations)) if v}
+    fields = (("nodeSelector", nodes.node_selector), ("tolerations", nodes.tolerations),
+              ("serviceAccountName", nodes.service_account))  # fmt: skip
+    placement = {k: v for k, v in fields if v}
     if placement:  # on the runtime's "node" job: the pods that train
         pod = {"spec": {"template": {"spec": placement}}}
         patch = {"template": {"spec": {"replicatedJobs": [{"name": "node", "template": pod}]}}}

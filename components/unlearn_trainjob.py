@@ -56,6 +56,7 @@ def unlearn_trainjob(
         env=env,
         node_selector=task_config.node_selector,
         tolerations=task_config.tolerations,
+        service_account=tj.service_account,
     )
     result = trainjob.unlearn(
         UnlearnConfig.model_validate_json(config_json),

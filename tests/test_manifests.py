@@ -47,6 +47,12 @@ def test_overlay_renders_and_validates(overlay: str, tmp_path: Path) -> None:
     assert mlflow["image"] == f"ghcr.io/selective-amnesia/amnesia:{version}"  # image tag = package version
     assert "postgresql+psycopg://" in mlflow["args"][0] and "--app-name basic-auth" in mlflow["args"][0]
     assert by[("ConfigMap", "kfp-launcher")]["data"]["defaultPipelineRoot"].startswith("s3://")
+    # The runs' data keys: an empty Secret the runner may read and patch (amnesia.sealing), nothing broader.
+    assert by[("Secret", "amnesia-data-keys")]["data"] == {}
+    rules = by[("Role", "amnesia-runner")]["rules"]
+    keys = [r for r in rules if "amnesia-data-keys" in r.get("resourceNames", [])]
+    assert keys == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["amnesia-data-keys"],
+                     "verbs": ["get", "patch"]}]  # fmt: skip
 
 
 def test_bucket_init_is_idempotent(stack_state) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from amnesia.storage import ArtifactStore, join
 from amnesia.summary import summarize
 from pipelines.compile import compile_pipeline
 from pipelines.local import run_local
+from tests.test_gate import _chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,10 +124,144 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     assert chain["links"][0]["detail"]["count"] == 2 and chain["links"][8]["detail"]["by"] == "alice"
     assert set(chain["links"][9]["detail"]) == {"quantization_recovery", "relearning_recovery", "failed"}
     assert "OK</h1>" in (tmp_path / "audit.html").read_text()
+
+    _evidence_then_purge(store, client, stack_settings, mv, s3_prefix, tmp_path)
+
+    # Purged files are accounted for; any other missing or changed byte still fails the audit.
+    split_uri = mv.tags[Tag.SPLIT_URI]
+    retain = join(split_uri, "retain_eval.parquet")
+    saved = store.get_bytes(retain)
+    store.delete(retain)
+    bad = subprocess.run(audit, capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAIL data" in bad.stdout, bad.stdout
+    store.put_bytes(saved, retain)
     config = join(mv.source, "config.json")
     store.put_bytes(store.get_bytes(config) + b" ", config)
     bad = subprocess.run(audit, capture_output=True, text=True)
     assert bad.returncode == 1 and "FAIL candidate" in bad.stdout
+
+
+def _personal_texts(store: ArtifactStore, split_uri: str) -> tuple[set[str], set[str]]:
+    """The run's forget inputs/outputs (long enough not to occur by chance) and its subjects."""
+    uris = [join(split_uri, f"{n}.parquet") for n in ("forget_train", "forget_eval")]
+    forget = [r for u in uris for r in load_records(u, allow_empty=True, store=store)]
+    texts = {t for r in forget for t in (r.input, r.output) if len(t) >= 10}
+    subjects = {q.subject for q in load_requests_uri(store, join(split_uri, "requests.jsonl"))}
+    return texts, subjects
+
+
+def _leaks(data: bytes, needles: set[str]) -> list[str]:
+    found = [n for n in needles if n.encode() in data]
+    if data[:4] == b"PAR1":  # compressed pages: read the strings back
+        import io
+
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data)).to_pylist()
+        cells = " ".join(str(v) for row in table for v in row.values())
+        found += [n for n in needles if n in cells]
+    return found
+
+
+def _evidence_then_purge(
+    store: ArtifactStore, client: MlflowClient, settings: Settings, mv: object, prefix: str, tmp_path: Path
+) -> None:
+    from amnesia.records import ID_PATTERN
+    from amnesia.registry import BASE_EVALUATION, CANDIDATE_EVALUATION
+    from amnesia.scoring import mia_auc
+    from amnesia.sealing import MAGIC, DataKeyError
+    from amnesia.stack import MLFLOW_BUCKET
+
+    tags = mv.tags  # type: ignore[attr-defined]
+    split_uri, cli = tags[Tag.SPLIT_URI], [sys.executable, "-m", "amnesia.cli"]
+    texts, subjects = _personal_texts(store, split_uri)
+    assert texts and len(subjects) == 2
+
+    # At rest, the forget set is ciphertext under the run's own key; decrypted (above), it held the records.
+    bucket, key = split_uri[5:].split("/", 1)
+    raw = store.s3.get_object(Bucket=bucket, Key=f"{key}/forget_train.parquet")["Body"].read()
+    assert raw.startswith(MAGIC) and _leaks(raw, texts | subjects) == []
+    entry = {e.path: e for e in store.read_manifest(split_uri).files}["forget_train.parquet"]
+    assert entry.key_id == "run-e2e-1"
+
+    # One person's evidence: their own items' figures, before and after, equal the stored per-item results.
+    report = store.get_json(join(split_uri, "split_report.json"))
+    rid = report["request_ids"][0]
+    docs = set(report["request_documents"][rid])
+    page = tmp_path / "evidence.html"
+    ev = subprocess.run([*cli, "evidence", rid, "--json", "--html", str(page), "--root", prefix],
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    found = json.loads(ev.stdout)
+    assert not any(s in ev.stdout or s in page.read_text() for s in subjects)  # named only when asked
+    assert found["state"] == "fulfilled" and found["answered_at"] is not None
+    assert found["answered_in_time"] is False  # the demo's requests were received in January 2026: late
+    (run,) = found["runs"]
+    assert run["model"] == f"e2e-model/{mv.version}" and run["status"] == "approved"  # type: ignore[attr-defined]
+    assert run["approver"] == "alice" and run["chain_verified"] is True and run["documents"] == sorted(docs)
+    for role, tag in (("before", BASE_EVALUATION), ("after", CANDIDATE_EVALUATION)):
+        folder = tags[tag].partition("#")[0]
+        items = [json.loads(x) for x in store.get_bytes(join(folder, "items.jsonl")).splitlines()]
+        mine = [i for i in items if i["set"] == "forget" and ID_PATTERN.match(i["id"])["doc"] in docs]
+        qa = [i["score"] for i in mine if i["kind"] == "qa"]
+        sc = [i["score"] for i in mine if i["kind"] == "sc"]
+        assert run[role]["items"] == len(mine) > 0
+        assert run[role]["knowledge"] == pytest.approx(sum(qa) / len(qa))
+        assert run[role]["regurgitation"] == pytest.approx(sum(sc) / len(sc))
+        losses = [json.loads(x) for x in store.get_bytes(join(folder, "mia.jsonl")).splitlines()]
+        theirs = [r["loss"] for r in losses if r["member"] and r["id"] in docs]
+        others = [r["loss"] for r in losses if not r["member"]]
+        assert run[role]["mia_auc"] == pytest.approx(mia_auc(theirs, others))
+    assert any(k.startswith("rtt.") for k in run["recoveries"]), run["recoveries"]
+    named = subprocess.run([*cli, "evidence", rid, "--show-subject", "--root", prefix], capture_output=True, text=True)
+    assert any(s in named.stdout for s in subjects)
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert rid in dom.stdout and f"{run['after']['knowledge']:.3f}" in dom.stdout and "LATE" in dom.stdout
+
+    # Purge: refused targets are named; a dry run changes nothing; the purge leaves only evidence.
+    dry = subprocess.run([*cli, "purge", "--request", rid, "--dry-run", "--root", prefix], capture_output=True,
+                         text=True)  # fmt: skip
+    assert dry.returncode == 0 and "destroy data keys run-e2e-1" in dry.stdout and "forget_train.parquet" in dry.stdout
+    assert store.exists(join(split_uri, "forget_train.parquet"))
+    done = subprocess.run([*cli, "purge", "--request", rid, "--by", "carol", "--root", prefix], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0 and "purged runs e2e-1" in done.stdout, done.stderr
+    with pytest.raises(DataKeyError, match="destroyed"):
+        store.keys.get("run-e2e-1")
+
+    needles = texts | subjects
+    leaks = []
+    for uri in store.list(prefix):
+        if f"{prefix}/requests/" in uri:  # the request register itself (the controller's record of requests)
+            continue
+        data = store.s3.get_object(Bucket=uri[5:].split("/", 1)[0], Key=uri[5:].split("/", 1)[1])["Body"].read()
+        assert not data.startswith(MAGIC), f"{uri}: sealed personal data left after the purge"
+        leaks += [f"{uri}: {n[:12]}…" for n in _leaks(data, needles)]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`amnesia.pipeline_run_id` = 'e2e-1'")  # fmt: skip
+    assert len(runs) >= 7
+    for r in runs:  # MLflow: tags, params and every artifact of the pipeline run's runs
+        values = " ".join([*r.data.tags.values(), *r.data.params.values()])
+        leaks += [f"run {r.info.run_name}: {n[:12]}…" for n in needles if n in values]
+        artifacts = r.info.artifact_uri.replace("mlflow-artifacts:", f"s3://{MLFLOW_BUCKET}/artifacts")
+        for uri in store.list(artifacts):
+            leaks += [f"{uri}: {n[:12]}…" for n in _leaks(store.get_bytes(uri), needles)]
+    version_tags = " ".join(client.get_model_version("e2e-model", mv.version).tags.values())  # type: ignore[attr-defined]
+    leaks += [n for n in needles if n in version_tags]
+    assert leaks == []
+
+    audit = subprocess.run([*cli, "audit", "e2e-model", mv.version, "--json"], capture_output=True, text=True)  # type: ignore[attr-defined]
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    chain = json.loads(audit.stdout)
+    links = {link["step"]: link for link in chain["links"]}
+    assert chain["ok"] and "purged on" in links["data"]["what"] and "by carol" in links["data"]["what"]
+    assert links["requests"]["ok"] and links["requests"]["detail"]["purged"] == ["requests.jsonl"]
+    assert links["purge"]["detail"]["by"] == "carol" and links["purge"]["detail"]["runs"] == ["e2e-1"]
+    assert "generations.jsonl" in links["evaluation after"]["detail"]["purged"]
+    after = json.loads(subprocess.run([*cli, "evidence", rid, "--json", "--root", prefix], capture_output=True,
+                                      text=True).stdout)  # fmt: skip
+    assert after["runs"][0]["after"] == run["after"] and after["runs"][0]["purged"][0]["by"] == "carol"
 
 
 def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path) -> None:
@@ -146,6 +281,8 @@ def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path)
     spec, platform = docs[0], docs[1]
     executors = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/amnesia:9.9.9"}
+    keystores = [{v["name"]: v["value"] for v in e["container"]["env"]}["AMNESIA_KEYSTORE"] for e in executors.values()]
+    assert set(keystores) == {"k8s:amnesia/amnesia-data-keys"}  # every stage seals/opens with the runs' keys
     gpu = [e for e in executors.values() if "accelerator" in e["container"].get("resources", {})]
     assert len(gpu) == 4  # trace, unlearn, evaluate base, evaluate candidate
     assert all(e["container"]["resources"]["accelerator"]["resourceCount"] == "1" for e in gpu)

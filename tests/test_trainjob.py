@@ -38,6 +38,7 @@ NODES = trainjob.Nodes(
     env=trainjob.secret_env("amnesia-s3", ["AWS_ACCESS_KEY_ID"]) + [{"name": "AMNESIA_IMAGE_REF", "value": "i:1"}],
     node_selector={"gpu": "h100"},
     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    service_account="amnesia-runner",
 )
 
 
@@ -77,6 +78,7 @@ def test_the_manifest_meets_the_trainjob_schema() -> None:
     assert (
         pod.template.spec.node_selector == {"gpu": "h100"} and pod.template.spec.tolerations[0].key == "nvidia.com/gpu"
     )
+    assert pod.template.spec.service_account_name == "amnesia-runner"  # it may read the runs' data keys
     assert body["spec"]["trainer"]["command"][:3] == ["torchrun", "-m", "amnesia.unlearn.launch"]
     # the checker can fail: a misplaced key (podSpecOverrides is the older API's) is named
     body["spec"]["podSpecOverrides"] = [{"targetJobs": [{"name": "node"}]}]
