@@ -145,7 +145,8 @@ def _requests(store: ArtifactStore, t: dict[str, str], purged: Purged) -> Link:
     expected = t.get(Tag.REQUEST_DIGEST)
     if uri in purged and not store.exists(uri):  # the data link checks its digest against the manifest
         record = purged[uri][1]
-        ids = store.get_json(join(split or "", L.SPLIT_REPORT)).get("request_ids", [])
+        report = join(split or "", L.SPLIT_REPORT)
+        ids = store.get_json(report).get("request_ids", []) if store.exists(report) else []
         return Link(step="requests", what=f"erasure requests snapshot, purged on {record.at[:10]} by {record.by}",
                     uri=uri, expected=expected, actual=None, ok=True,
                     detail={"request_ids": ids, "count": len(ids), "purged": [L.REQUESTS_SNAPSHOT]})  # fmt: skip

@@ -166,3 +166,51 @@ def test_approval_trusts_the_stored_chain_not_the_tags(
     with pytest.raises(RegistryError, match=r"at 'candidate' \(.*differs from the manifest"):
         approve(stack_settings, store, s3_prefix, name, passed.version, "alice", "looks fine")
     assert client.get_model_version(name, passed.version).tags[Tag.STATUS] == "pending_approval"
+
+
+def test_purge_waits_for_the_decision_then_retention_purges_and_the_audit_shows_it(
+    stack_settings: Settings, store: ArtifactStore, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amnesia.audit import audit
+    from amnesia.purge import RETENTION, PurgeError, apply_retention, due_for_retention, plan, purge
+
+    name, run_id = f"amnesia-purge-{uuid.uuid4().hex[:6]}", f"purge-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("AMNESIA_RUNNER", "pipeline-bot")
+    reqs = _requests(1, run_id)
+    RequestQueue(store, s3_prefix).submit(reqs)
+    model, tags = _chain(store, join(s3_prefix, "runs", run_id), reqs)
+    version = register(stack_settings, name, model, tags | {Tag.PIPELINE_RUN_ID: run_id}, {}, gate_passed=True).version
+    snapshot = join(s3_prefix, "runs", run_id, "split", "requests.jsonl")
+
+    with pytest.raises(PurgeError, match=rf"run {run_id}: {name} version {version} is pending_approval; decide it"):
+        purge(stack_settings, store, s3_prefix, [run_id])
+    with pytest.raises(PurgeError, match="run nope: nothing stored under"):
+        plan(stack_settings, store, s3_prefix, ["nope"])
+    with pytest.raises(PurgeError, match="request req-x: no run worked on it"):
+        plan(stack_settings, store, s3_prefix, [], ["req-x"])
+    assert store.exists(snapshot)
+
+    approve(stack_settings, store, s3_prefix, name, version, "alice", "read it")
+    assert run_id not in due_for_retention(stack_settings, store, s3_prefix, days=1)  # decided seconds ago
+    done = apply_retention(stack_settings, store, s3_prefix, days=0)
+    assert len(done) == 1 and not store.exists(snapshot)
+    record = json.loads(store.get_bytes(join(s3_prefix, "purges", f"{done[0]}.json")))
+    assert record["by"] == RETENTION and record["why"] == "retention" and record["runs"] == [run_id]
+    assert [f["uri"] for f in record["files"]] == [snapshot] and record["versions"] == [f"{name}/{version}"]
+    assert apply_retention(stack_settings, store, s3_prefix, days=0) == []  # purged once
+
+    checked = audit(stack_settings, store, name, version)
+    links = {link.step: link for link in checked.links}
+    assert checked.ok and links["purge"].detail["by"] == RETENTION and links["requests"].ok
+    assert links["data"].detail["purged"] == ["requests.jsonl"] and "purged on" in links["data"].what
+
+    # A run whose gate failed registered nothing: its data may go at once; one that passed may not.
+    other = join(s3_prefix, "runs", f"{run_id}-b")
+    _folder(store, join(other, "report"), {"verdict.json": {"passed": False, "codes": ["x"]}})
+    _folder(store, join(other, "split"), {"requests.jsonl": canonical_jsonl(reqs)})
+    assert [f.uri for f in plan(stack_settings, store, s3_prefix, [f"{run_id}-b"]).files] == [
+        join(other, "split", "requests.jsonl")
+    ]
+    _folder(store, join(other, "report"), {"verdict.json": {"passed": True, "codes": []}})
+    with pytest.raises(PurgeError, match="passed its gate but registered no model version"):
+        plan(stack_settings, store, s3_prefix, [f"{run_id}-b"])
