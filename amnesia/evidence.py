@@ -199,10 +199,6 @@ def evidence(
 
     queue = RequestQueue(store, root)
     request, state = _find(queue, request_id)
-    if not show_subject:  # the subject may sit inside a document id: then nothing is written
-        found = evidence(settings, store, root, request_id, show_subject=True).model_copy(update={"subject": None})
-        check_subject_free(found, request.subject)
-        return found
     due = queue.due([request], state)[0]
     client = _client(settings)
     runs = [
@@ -214,10 +210,10 @@ def evidence(
     in_time = None
     if answered:
         in_time = datetime.strptime(answered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) <= due.due
-    return Evidence(
+    found = Evidence(
         request_id=request_id,
         state=state,
-        subject=request.subject if show_subject else None,
+        subject=None,
         ground=request.ground,
         received_at=request.received_at.isoformat(),
         due=due.due.isoformat(),
@@ -229,6 +225,10 @@ def evidence(
         runs=runs,
         generated_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    if show_subject:
+        return found.model_copy(update={"subject": request.subject})
+    check_subject_free(found, request.subject)  # the subject may sit inside a document id: then nothing is written
+    return found
 
 
 # ---------------------------------------------------------------- rendering
@@ -307,5 +307,5 @@ def to_html(e: Evidence) -> str:
 
 def check_subject_free(e: Evidence, subject: str) -> None:
     """Refuse to emit evidence that names the person when it was not asked to (a subject inside an id)."""
-    if not e.subject and subject.casefold() in e.model_dump_json().casefold():
+    if subject.casefold() in e.model_dump_json().casefold():
         raise AmnesiaError(f"request {e.request_id}: its evidence would name the subject; not written")

@@ -15,7 +15,7 @@ from amnesia.context import RunContext
 from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
 from amnesia.demo.prepare import DemoArtifacts, demo_evaluate_config, demo_split_config
 from amnesia.demo.prompts import mmlu_prompt
-from amnesia.evaluate import document_losses, run_evaluate
+from amnesia.evaluate import Evaluation, document_losses, run_evaluate
 from amnesia.generation import greedy_generate
 from amnesia.lineage import Lineage, Tag
 from amnesia.mmlu import letter_ids, sample, score_mmlu
@@ -89,6 +89,7 @@ def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
     cfg = demo_evaluate_config(demo_build.world_uri)
     with caplog.at_level(logging.INFO, logger="amnesia"):
         first = run_evaluate(cfg, ctx, demo_build.model_uri, split, "base")
+    assert Evaluation.load(store, first.uri) == first  # a stored evaluation reads back whole
     # no terminal here: progress comes as log lines, and each phase's last one says it finished
     progress = [r.getMessage().split(",")[0] for r in caplog.records if "(100%)" in r.getMessage()]
     total = sum(first.counts[g] for g in ("forget", "retain", "retain_held_out"))

@@ -14,7 +14,7 @@ from PIL import Image
 from amnesia.config import ConfigError, GateConfig, parse_model
 from amnesia.context import RunContext
 from amnesia.evaluate import Evaluation
-from amnesia.gate import decide, forget_score, run_gate
+from amnesia.gate import GateResult, decide, forget_score, run_gate
 from amnesia.storage import ArtifactStore
 
 
@@ -107,6 +107,7 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path, good: bool) -> Non
     assert "| forget.Task2.knowledge | ↓ | 1.000 | " in md
     assert "![Forget / retain trade-off](figure0_tradeoff.png)" in md
     assert store.verify(result.report_uri).digest == result.report_digest
+    assert GateResult.load(store, result.report_uri) == result  # the verdict reads back whole, checks included
 
     shot = tmp_path / "shot.png"
     subprocess.run(

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 from amnesia.config import ClusterConfig, Toleration
 from amnesia.demo.prepare import DemoArtifacts, demo_gate_config, demo_split_config, demo_unlearn_config
@@ -74,6 +76,9 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     assert logged.params[Tag.REQUEST_COUNT] == "2" and {m.key for m in logged.metrics} >= {"forget_score", "base.mmlu"}
     assert len(mv.tags) <= 25, sorted(mv.tags)  # lineage ids, digests, URIs, verdict, status: no figures
     assert f"model   e2e-model version {mv.version} (pending_approval)" in text
+    assert "WARNING requests OVERDUE:" in text  # the demo's requests were received in January 2026
+    query = f"tags.`{Tag.PIPELINE_RUN_ID}` = 'e2e-1' and tags.`{Tag.STAGE}` = 'split'"
+    assert client.search_runs([experiment], query)[0].data.metrics["requests_overdue"] == 2
 
     approve = subprocess.run(
         [sys.executable, "-m", "amnesia.cli", "approve", "e2e-model", mv.version, "--reviewer", "alice",
@@ -218,6 +223,12 @@ def _evidence_then_purge(
     dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert rid in dom.stdout and f"{run['after']['knowledge']:.3f}" in dom.stdout and "LATE" in dom.stdout
+    shot = tmp_path / "evidence.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1000,1200", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert (np.abs(img[:250] - np.array([0xC0, 0x39, 0x2B])).sum(-1) < 30).sum() > 500  # the red LATE banner
 
     # Purge: refused targets are named; a dry run changes nothing; the purge leaves only evidence.
     dry = subprocess.run([*cli, "purge", "--request", rid, "--dry-run", "--root", prefix], capture_output=True,

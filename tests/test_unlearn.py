@@ -33,7 +33,7 @@ from amnesia.trace import run_trace
 from amnesia.unlearn.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from amnesia.unlearn.data import DataError, PairedBatches, collate, encode
 from amnesia.unlearn.params import SelectionError, trainable_names
-from amnesia.unlearn.stage import run_unlearn
+from amnesia.unlearn.stage import UnlearnResult, run_unlearn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,7 @@ def test_sha256_forgets_the_demo_requests_and_keeps_retain(
     ctx = RunContext("unlearn-e2e", f"{s3_prefix}/runs/unlearn-e2e", store, lineage)
     traced = run_trace(TraceConfig(window=2, k=2, max_facts=24, samples=4), ctx, demo_build.model_uri, split)
     result = run_unlearn(demo_unlearn_config(), ctx, demo_build.model_uri, split, traced.layers)
+    assert UnlearnResult.load(store, result.uri) == result  # what the CLI and audit read back
 
     forget, retain = _records(store, split, "forget_train"), _records(store, split, "retain_train")
     held_out = _records(store, split, "retain_eval")
