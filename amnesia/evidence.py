@@ -35,6 +35,7 @@ class PersonFigures(BaseModel):
     """One model's figures on this person's records and documents."""
 
     items: int
+    documents: int = 0  # their MIA member documents scored
     knowledge: float | None = None  # exact match on their questions
     regurgitation: float | None = None  # ROUGE-L recall on their sentence completions
     all: float | None = None
@@ -111,7 +112,7 @@ def person_figures(store: ArtifactStore, folder: str, documents: set[str]) -> tu
     others = [r["loss"] for r in mia if not r["member"]]
     if theirs and others:
         auc = mia_auc(theirs, others)
-        figures = figures.model_copy(update={"mia_auc": auc, "mia_score": mia_score(auc)})
+        figures = figures.model_copy(update={"mia_auc": auc, "mia_score": mia_score(auc), "documents": len(theirs)})
     attacked: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for row in _rows(store, folder, L.ATTACK_ITEMS):
         if row["id"] in kind:
@@ -238,6 +239,13 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _noise(f: PersonFigures) -> str:
+    """One person is a small sample: say how coarse their figures are."""
+    step = f"each of {f.items} items moves a mean by {1 / f.items:.2f}" if f.items else "no items"
+    auc = f"; the MIA AUC ranks {f.documents} document(s) against the non-members" if f.documents else ""
+    return f"Small sample: {step}{auc}."
+
+
 def lines(e: Evidence) -> list[str]:
     """The terminal view."""
     who = f" ({e.subject})" if e.subject else ""
@@ -251,6 +259,7 @@ def lines(e: Evidence) -> list[str]:
     for r in e.runs:
         out.append(f"run     {r.run_id}: {len(r.documents)} documents; model {r.model or '—'} ({r.status})")
         if r.before and r.after:
+            out.append(f"        {_noise(r.after)}")
             for name in ("knowledge", "regurgitation", "mia_score"):
                 out.append(f"        {name:<14} {_fmt(getattr(r.before, name))} -> {_fmt(getattr(r.after, name))}")
         for name, value in r.recoveries.items():
@@ -293,7 +302,8 @@ def to_html(e: Evidence) -> str:
         if r.before and r.after:
             rows = [(n, _fmt(getattr(r.before, n)), _fmt(getattr(r.after, n)))
                     for n in ("knowledge", "regurgitation", "all", "mia_auc", "mia_score")]  # fmt: skip
-            parts.append(f"<p>This person's {r.after.items} records and their documents, before and after:</p>")
+            parts.append(f"<p>This person's {r.after.items} records and {r.after.documents} document(s), before and "
+                         f"after. {_noise(r.after)}</p>")  # fmt: skip
             parts.append(_table(["figure", "before", "after"], rows, [False, True, True]))
         if r.recoveries:
             rows = [(k, f"{v:.3f}") for k, v in r.recoveries.items()]
