@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +201,10 @@ def resolve(uri: str, cache_root: Path | None = None, store: ArtifactStore | Non
             raise RecordError(f"{uri}: no such object or folder")
         name = uri.rsplit("/", 1)[-1]
         local = cache / "files" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+        from amnesia.layout import personal
+
+        if personal(uri):  # its own folder, removed once read (iter_records): never a shared, lasting copy
+            local = Path(tempfile.mkdtemp(prefix="amnesia-personal-")) / name
         store.get_file(uri, local)
         return Source(local, uri)
     return Source(Path(uri), uri)
@@ -241,7 +247,7 @@ def iter_records(
         from amnesia.layout import personal
 
         if uri.startswith("s3://") and personal(uri):  # a decrypted copy of personal data is not kept
-            path.unlink(missing_ok=True)
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _iter_file(path: Path, schema: type[R], name: str, allow_empty: bool = False) -> Iterator[R]:
