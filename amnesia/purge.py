@@ -102,17 +102,22 @@ def _folders(store: ArtifactStore, root: str, run_id: str, versions: list[Any]) 
     return sorted(folders)
 
 
-def _personal_files(store: ArtifactStore, folders: list[str]) -> list[PurgedFile]:
+def _personal_files(store: ArtifactStore, folders: list[str], run: str) -> list[PurgedFile]:
+    """The personal files of these folders as their manifests recorded them, and any other personal object
+    under the run's folder (an upload that never finished has no manifest): hashed as they are now."""
     out = []
     for folder in folders:
         try:
             manifest = store.read_manifest(folder)
         except AmnesiaError:
-            continue  # an upload that never finished: nothing was certified from it
-        for e in manifest.files:
-            uri = join(folder, e.path)
-            if L.personal(uri):
-                out.append(PurgedFile(uri=uri, size=e.size, sha256=e.sha256))
+            continue
+        out += [PurgedFile(uri=join(folder, e.path), size=e.size, sha256=e.sha256)
+                for e in manifest.files if L.personal(join(folder, e.path))]  # fmt: skip
+    known = {f.uri for f in out}
+    for uri in store.list(run):
+        if L.personal(uri) and uri not in known:
+            size, digest = store.hash_object(uri)
+            out.append(PurgedFile(uri=uri, size=size, sha256=digest))
     return out
 
 
@@ -150,7 +155,7 @@ def plan(
             raise PurgeError(f"run {run_id}: nothing stored under {L.run_root(root, run_id)}")
         found = _check_decided(client, store, root, run_id)
         versions += found
-        files += _personal_files(store, _folders(store, root, run_id, found))
+        files += _personal_files(store, _folders(store, root, run_id, found), L.run_root(root, run_id))
     unique = {f.uri: f for f in files}
     return PurgeRecord(
         purge_id="",

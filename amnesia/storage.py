@@ -530,6 +530,12 @@ class ArtifactStore:
                 raise IntegrityError(f"{child.uri}: size or sha256 differs from the manifest")
         return manifest, missing
 
+    def hash_object(self, uri: str) -> tuple[int, str]:
+        """Size and sha256 of the stored bytes (sealed objects stay sealed)."""
+        found = self._hash_remote(parse_uri(uri))
+        assert found is not None
+        return found
+
     def ref(self, uri: str) -> ArtifactRef:
         manifest = self.read_manifest(uri)
         return ArtifactRef(uri=parse_uri(uri).uri, digest=manifest.digest, kind="dir", size=manifest.size)

@@ -208,9 +208,11 @@ def test_purge_waits_for_the_decision_then_retention_purges_and_the_audit_shows_
     other = join(s3_prefix, "runs", f"{run_id}-b")
     _folder(store, join(other, "report"), {"verdict.json": {"passed": False, "codes": ["x"]}})
     _folder(store, join(other, "split"), {"requests.jsonl": canonical_jsonl(reqs)})
+    orphan = join(other, "trace", "heatmaps", "fact0_mlp.png")  # an upload that never wrote its manifest
+    store.put_bytes(b"a heatmap of someone's prompt", orphan)
     assert [f.uri for f in plan(stack_settings, store, s3_prefix, [f"{run_id}-b"]).files] == [
-        join(other, "split", "requests.jsonl")
-    ]
+        join(other, "split", "requests.jsonl"), orphan
+    ]  # fmt: skip
     _folder(store, join(other, "report"), {"verdict.json": {"passed": True, "codes": []}})
     with pytest.raises(PurgeError, match="passed its gate but registered no model version"):
         plan(stack_settings, store, s3_prefix, [f"{run_id}-b"])
