@@ -14,7 +14,6 @@ someone to be forgotten). Those files are encrypted at rest with the run's data 
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ EVALUATION_CACHE = f"{CACHE}/evaluations"
 
 @dataclass(frozen=True)
 class File:
-    pattern: str  # below the stage's folder; fnmatch-style ('*' crosses no '/', '**' does)
+    pattern: str  # below the stage's folder; '*' crosses no '/', '**' does
     about: str
     personal: bool = False
 
@@ -177,7 +176,3 @@ def personal_patterns() -> list[str]:
     """For the README and `amnesia purge --dry-run`: every personal file, as a path pattern."""
     out = [f"{RUNS}/*/{s.folder}/{f.pattern}" for s in STAGES.values() for f in s.files if f.personal]
     return out + [f"{CACHED_EVALUATION.folder}/{f.pattern}" for f in CACHED_EVALUATION.files if f.personal]
-
-
-def matches(rel: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(rel, pattern)
