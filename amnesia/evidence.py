@@ -159,14 +159,14 @@ def _run_evidence(
     settings: Settings, store: ArtifactStore, client: Any, root: str, run_id: str, request_id: str
 ) -> RunEvidence:
     from amnesia.audit import audit
-    from amnesia.purge import load_purges
+    from amnesia.purge import load_purges, versions_of_run
 
     run = L.run_root(root, run_id)
     report = store.get_json(L.stage_uri(run, "split", L.SPLIT_REPORT))
     documents = sorted(report.get("request_documents", {}).get(request_id, []))
     verdict_uri = L.stage_uri(run, "gate", L.VERDICT)
     verdict = store.get_json(verdict_uri) if store.exists(verdict_uri) else None
-    versions = list(client.search_model_versions(f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'"))
+    versions = versions_of_run(client, run_id)
     mv = versions[0] if versions else None
     tags = (mv.tags or {}) if mv else {}
     status = tags.get(Tag.STATUS) or ("gate failed" if verdict and not verdict["passed"] else "no verdict")

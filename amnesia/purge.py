@@ -63,13 +63,14 @@ class PurgeRecord(BaseModel):
 # ---------------------------------------------------------------- what a run made
 
 
-def _versions(client: Any, run_id: str) -> list[Any]:
+def versions_of_run(client: Any, run_id: str) -> list[Any]:
+    """The model versions a pipeline run registered."""
     return list(client.search_model_versions(f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'"))
 
 
 def _check_decided(client: Any, store: ArtifactStore, root: str, run_id: str) -> list[Any]:
     """The run's model versions, once every one is decided; or none, when its gate failed."""
-    versions = _versions(client, run_id)
+    versions = versions_of_run(client, run_id)
     for mv in versions:
         status = (mv.tags or {}).get(Tag.STATUS)
         if status not in (APPROVED, REJECTED):
@@ -206,9 +207,9 @@ def _record_in_mlflow(settings: Settings, record: PurgeRecord, value: str) -> No
     for name_version in record.versions:
         name, version = name_version.rsplit("/", 1)
         client.set_model_version_tag(name, version, key, value)
+    experiments = [e.experiment_id for e in client.search_experiments()]
     for run_id in record.runs:  # the pipeline's parent run, in whichever experiment it was
         query = f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}' and tags.`{Tag.ROLE}` = 'pipeline'"
-        experiments = [e.experiment_id for e in client.search_experiments()]
         for run in client.search_runs(experiments, filter_string=query):
             client.set_tag(run.info.run_id, key, value)
 
