@@ -24,12 +24,14 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/amnesia demo
 
-# The report tests render HTML in headless Chromium: Debian's package, installed when missing.
+# The report tests render HTML in headless Chromium, and the reviewers' page tests drive it through
+# chromedriver (Selenium): Debian's packages, installed when missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  command -v chromedriver >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
-	  echo "chromium is missing and this is not root: install it (apt-get install chromium) for the report tests"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } || \
+	  echo "chromium or chromedriver is missing and this is not root: apt-get install chromium chromium-driver"
 
 test: venv browser
 	$(BIN)/python -m pytest

@@ -72,7 +72,8 @@ def stack_up(owner_pid: int | None, ttl: float | None) -> None:
     store = ArtifactStore(state.client_settings())
     buckets = [b["Name"] for b in store.s3.list_buckets()["Buckets"]]
     click.echo(f"S3      {state.s3_endpoint}  buckets: {', '.join(sorted(buckets))}  (SeaweedFS)")
-    click.echo(f"MLflow  {state.tracking_uri}  (UI and /health)")
+    click.echo(f"MLflow  {state.tracking_uri}  (UI and /health; users: `amnesia stack user add NAME`)")
+    click.echo(f"review  {state.review_url}  (the reviewers' page: sign in as an MLflow user)")
     click.echo(f"data    {stk.s3_dir(Path(state.home))}, {Path(state.home) / 'mlflow.db'}  (kept by `stack down`)")
     click.echo(f"access  {state.audit_log}  (`amnesia stack logs audit`)")
     click.echo(f"state   {state.home}  (`amnesia stack env` prints the variables for other shells)")
@@ -119,23 +120,62 @@ def stack_status(as_json: bool) -> None:
     click.echo(f"running: {report['running']}")
     click.echo(f"S3      {report['s3']['endpoint']}  alive={report['s3']['alive']}  data={report['s3']['data']}")  # type: ignore[index]
     click.echo(f"MLflow  {report['mlflow']['tracking_uri']}  alive={report['mlflow']['alive']}")  # type: ignore[index]
+    click.echo(f"review  {report['review']['url']}  alive={report['review']['alive']}")  # type: ignore[index]
 
 
 @stack.command("env")
 @click.option("--auditor", is_flag=True, help="The read-only auditor identity instead of the admin one.")
-def stack_env(auditor: bool) -> None:
+@click.option("--user", help="Act as this MLflow user of the stack (a reviewer: `amnesia stack user add`).")
+def stack_env(auditor: bool, user: str | None) -> None:
     """Print `export` lines that point a shell at the running stack."""
     from amnesia import stack as stk
 
     state = stk.running(load_settings().home)
     if state is None:
         raise click.ClickException("the local stack is not running (`amnesia stack up`)")
-    for key, value in state.env("auditor" if auditor else "admin").items():
+    for key, value in state.env("auditor" if auditor else "admin", user=user).items():
         click.echo(f"export {key}={value}")
 
 
+@stack.group("user", cls=_Group)
+def stack_user() -> None:
+    """MLflow users of the local stack: the people who review (the cluster manages its own)."""
+
+
+@stack_user.command("add")
+@click.argument("user")
+@click.option("--grant", "models", multiple=True, help="Give EDIT on this registered model (repeatable).")
+def stack_user_add(user: str, models: tuple[str, ...]) -> None:
+    """Make an MLflow user (idempotent) and print its password; --grant lets it decide on a model."""
+    from amnesia import stack as stk
+
+    settings = load_settings()
+    password = stk.add_user(settings.home, user)
+    state = stk.running(settings.home)
+    assert state is not None  # add_user checked
+    for model in models:
+        state.mlflow_auth().grant(user, model, "EDIT")
+    click.echo(f"user {user}  password {password}" + (f"  EDIT on {', '.join(models)}" if models else ""))
+
+
+@stack_user.command("grant")
+@click.argument("user")
+@click.argument("model")
+@click.option("--permission", type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "DENY"]), default="EDIT",
+              show_default=True)  # fmt: skip
+def stack_user_grant(user: str, model: str, permission: str) -> None:
+    """Set an MLflow user's permission on a registered model (EDIT or MANAGE may decide on its versions)."""
+    from amnesia import stack as stk
+
+    state = stk.running(load_settings().home)
+    if state is None:
+        raise click.ClickException("the local stack is not running (`amnesia stack up`)")
+    state.mlflow_auth().grant(user, model, permission)
+    click.echo(f"{user}: {permission} on registered model {model}")
+
+
 @stack.command("logs")
-@click.argument("name", type=click.Choice(["audit", "s3", "mlflow", "watchdog"]), default="audit")
+@click.argument("name", type=click.Choice(["audit", "s3", "mlflow", "review", "watchdog"]), default="audit")
 @click.option("-n", "--lines", type=int, default=40, show_default=True, help="How many of the newest lines.")
 @click.option("--key", "key_part", help="audit: only requests whose object key contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="audit: print the records as JSON lines.")
@@ -626,35 +666,78 @@ def schedule_cmd(
 @cli.command("approve")
 @click.argument("name")
 @click.argument("version")
-@click.option("--reviewer", required=True, help="Who decides (must not be the identity that ran the pipeline).")
 @click.option("--note", required=True, help="What was checked (kept in the artifact store, not in MLflow).")
 @click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
-def approve_cmd(name: str, version: str, reviewer: str, note: str, root: str | None) -> None:
-    """Promote a gate-passed candidate to `champion`; its requests move to fulfilled."""
+def approve_cmd(name: str, version: str, note: str, root: str | None) -> None:
+    """Promote a gate-passed candidate to `champion`; its requests move to fulfilled. The approver is the
+    MLflow user this shell authenticates as (MLFLOW_TRACKING_USERNAME): EDIT on the model, not the runner."""
+    from amnesia.identity import from_settings
     from amnesia.registry import approve
     from amnesia.storage import ArtifactStore
 
     settings = client_settings()
     store_root = root or f"s3://{settings.bucket}"
-    tags = approve(settings, ArtifactStore(settings), store_root, name, version, reviewer, note)
+    tags = approve(settings, ArtifactStore(settings), store_root, name, version, from_settings(settings), note)
     previous = tags["amnesia.previous_champion"]
-    click.echo(f"{name} v{version} is champion (previous: {previous}); note stored at {tags['amnesia.note_uri']}")
+    click.echo(
+        f"{name} v{version} is champion (previous: {previous}), approved by {tags['amnesia.approver']}; "
+        f"note stored at {tags['amnesia.note_uri']}"
+    )
 
 
 @cli.command("reject")
 @click.argument("name")
 @click.argument("version")
-@click.option("--reviewer", required=True, help="Who decides (must not be the identity that ran the pipeline).")
 @click.option("--note", required=True, help="Why it is rejected (kept in the artifact store, not in MLflow).")
 @click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
-def reject_cmd(name: str, version: str, reviewer: str, note: str, root: str | None) -> None:
-    """Reject a candidate; its requests stay pending for the next run."""
+def reject_cmd(name: str, version: str, note: str, root: str | None) -> None:
+    """Reject a candidate; its requests stay pending for the next run. The reviewer is the authenticated
+    MLflow user, as for `approve`."""
+    from amnesia.identity import from_settings
     from amnesia.registry import reject
     from amnesia.storage import ArtifactStore
 
     settings = client_settings()
-    reject(settings, ArtifactStore(settings), root or f"s3://{settings.bucket}", name, version, reviewer, note)
-    click.echo(f"{name} v{version} rejected")
+    who = from_settings(settings)
+    reject(settings, ArtifactStore(settings), root or f"s3://{settings.bucket}", name, version, who, note)
+    click.echo(f"{name} v{version} rejected by {who.user}")
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=5600, show_default=True)
+@click.option(
+    "--auth",
+    type=click.Choice(["mlflow", "proxy"]),
+    default="mlflow",
+    show_default=True,
+    help="mlflow: reviewers sign in with their MLflow password; proxy: a trusted header names them.",
+)
+@click.option("--proxy-header", default="X-Forwarded-User", show_default=True, help="--auth proxy: the user header.")
+@click.option(
+    "--trusted-proxy",
+    "proxies",
+    multiple=True,
+    default=("127.0.0.1/32", "::1/128"),
+    show_default=True,
+    help="--auth proxy: networks the proxy connects from (repeatable); others are refused.",
+)
+@click.option("--secure-cookies", is_flag=True, help="Send the session cookie over HTTPS only (behind TLS).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def serve_cmd(host: str, port: int, auth: str, proxy_header: str, proxies: tuple[str, ...], secure_cookies: bool,
+              root: str | None) -> None:  # fmt: skip
+    """The reviewers' page: pending candidates, their evidence, approve or reject as a signed-in person.
+    Runs as an MLflow admin (MLFLOW_TRACKING_USERNAME); AMNESIA_REVIEW_SECRET_KEY keeps sessions across restarts."""
+    import os
+
+    from amnesia.review import ReviewConfig, serve
+
+    settings = client_settings()
+    cfg = ReviewConfig(auth=auth, proxy_header=proxy_header, trusted_proxies=proxies, secure_cookies=secure_cookies)
+    if os.environ.get("AMNESIA_REVIEW_SECRET_KEY"):
+        cfg.secret_key = os.environ["AMNESIA_REVIEW_SECRET_KEY"]
+    click.echo(f"review page on http://{host}:{port} (auth: {auth})")
+    serve(settings, root or f"s3://{settings.bucket}", host, port, cfg)
 
 
 @cli.command("pending")
@@ -683,7 +766,7 @@ def history_cmd(name: str) -> None:
     if not rows:
         click.echo("no decisions yet")
     for r in rows:
-        who = f"by {r['reviewer']:<16}"
+        who = f"by {r['reviewer']:<16} ({r['authenticated_by']})"
         click.echo(f"{r['at']}  v{r['version']:<4} {r['status']:<9} {who} previous champion {r['previous_champion']}")
 
 

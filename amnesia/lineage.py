@@ -341,8 +341,9 @@ HEADLINE_PARAMS = {"unlearn": ("method", "target", "layers", "lr", "epochs", "mo
 
 
 def runner_identity() -> str:
-    """Who runs the pipeline: AMNESIA_RUNNER (a service identity on a cluster), else the OS user."""
-    return os.environ.get("AMNESIA_RUNNER") or getpass.getuser()
+    """Who runs the pipeline: the MLflow user it authenticates as (the one that may not approve what it
+    made), else AMNESIA_RUNNER, else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("AMNESIA_RUNNER") or getpass.getuser()
 
 
 def _headline(stages: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:

@@ -2,7 +2,8 @@
 
 A passing candidate becomes an MLflow model version (source: its S3 folder) tagged with everything an
 auditor needs, under alias `candidate`, status `pending_approval`. Only a person other than the one who
-ran the pipeline can approve it, and only after the version's whole chain re-verifies against its
+ran the pipeline can approve it (an authenticated MLflow user with EDIT on the model: amnesia.identity),
+and only after the version's whole chain re-verifies against its
 recorded digests and the stored gate verdict passed (tags alone are never trusted): that moves alias
 `champion` (and takes `candidate` off), records the previous champion, and moves the fulfilled requests
 out of the queue. Reviewer notes are free text (they may name a person), so they
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from amnesia import __version__
 from amnesia.errors import AmnesiaError
+from amnesia.identity import Reviewer, authorize
 from amnesia.layout import REGISTRY, REQUESTS_SNAPSHOT
 from amnesia.lineage import Guard, Tag, code_version, runner_identity
 from amnesia.requests import RequestQueue, load_requests_uri
@@ -38,7 +40,8 @@ PENDING, APPROVED, REJECTED = "pending_approval", "approved", "rejected"
 
 # Registry tags beyond the lineage ones.
 RUNNER = "amnesia.runner"  # the identity that ran the pipeline (may not approve)
-APPROVER = "amnesia.approver"
+APPROVER = "amnesia.approver"  # the authenticated MLflow user who decided
+APPROVER_AUTH = "amnesia.approver_auth"  # how they were authenticated: mlflow, proxy:<header>
 DECIDED_AT = "amnesia.decided_at"
 NOTE_URI = "amnesia.note_uri"
 NOTE_SHA256 = "amnesia.note_sha256"
@@ -49,6 +52,7 @@ BASE_EVALUATION = "amnesia.base_evaluation"  # uri#digest of the stored per-item
 CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
 ATTACK_PREFIX = "amnesia.attack."  # + time: uri#digest of an on-demand attack run (`amnesia attack`)
 PURGE_PREFIX = "amnesia.purge."  # + purge id: uri#digest of a purge record (`amnesia purge`)
+NOTIFIED = "amnesia.notified"  # webhooks told of the new candidate: "<ok>/<configured>"
 
 
 class RegistryError(AmnesiaError):
@@ -175,35 +179,36 @@ def _version(client: Any, name: str, version: str) -> Any:
 
 
 def _decide(
-    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str, what: str
+    settings: Settings,
+    store: ArtifactStore,
+    root: str,
+    name: str,
+    version: str,
+    reviewer: Reviewer,
+    note: str,
+    what: str,
 ) -> tuple[Any, Any, dict[str, str]]:
     client = _client(settings)
     mv = _version(client, name, version)
     tags = mv.tags or {}
     if not note.strip():
         raise RegistryError("a decision needs a note (--note): say what was checked")
-    if not reviewer.strip():
-        raise RegistryError("a decision needs a reviewer (--reviewer)")
     if tags.get(Tag.STATUS) != PENDING:
         raise RegistryError(
             f"{name} version {version} is {tags.get(Tag.STATUS, 'not registered by amnesia')}, not pending"
         )
-    if same_person(reviewer, tags.get(RUNNER, "")):
-        raise RegistryError(f"{reviewer} ran the pipeline that made version {version}; another person must decide")
+    authorize(reviewer, name, version, tags.get(RUNNER, ""))
     if what == APPROVED and not verified_gate(settings, store, name, version):
         raise RegistryError(f"{name} version {version} did not pass its gate (stored verdict); it cannot be approved")
-    Guard().check("tag", APPROVER, reviewer)
+    Guard().check("tag", APPROVER, reviewer.user)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    record = {"name": name, "version": version, "decision": what, "reviewer": reviewer, "note": note, "at": when}
+    record = {"name": name, "version": version, "decision": what, "reviewer": reviewer.user,
+              "authenticated_by": reviewer.via, "note": note, "at": when}  # fmt: skip
     note_uri = join(root, REGISTRY, name, f"v{version}", f"{what}.json")
     ref = store.put_json(record, note_uri)
-    decided = {Tag.STATUS: what, APPROVER: reviewer, DECIDED_AT: when, NOTE_URI: note_uri, NOTE_SHA256: ref.digest}
+    decided = {Tag.STATUS: what, APPROVER: reviewer.user, APPROVER_AUTH: reviewer.via, DECIDED_AT: when,
+               NOTE_URI: note_uri, NOTE_SHA256: ref.digest}  # fmt: skip
     return client, mv, decided
-
-
-def same_person(a: str, b: str) -> bool:
-    """Identities compared as people write them: case and surrounding space do not make another person."""
-    return a.strip().casefold() == b.strip().casefold()
 
 
 def verified_gate(settings: Settings, store: ArtifactStore, name: str, version: str) -> bool:
@@ -226,7 +231,7 @@ def verified_gate(settings: Settings, store: ArtifactStore, name: str, version: 
 
 
 def approve(
-    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str
+    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: Reviewer, note: str
 ) -> dict[str, str]:
     """Promote a pending version to `champion` (it loses `candidate`) once its chain re-verifies and its
     stored gate verdict passed; returns the tags set."""
@@ -246,7 +251,7 @@ def approve(
 
 
 def reject(
-    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: str, note: str
+    settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: Reviewer, note: str
 ) -> dict[str, str]:
     """Mark a pending version rejected; it loses alias `candidate` if it held it. Requests stay pending."""
     client, _mv, tags = _decide(settings, store, root, name, version, reviewer, note, REJECTED)
@@ -312,6 +317,7 @@ def history(settings: Settings, name: str) -> list[dict[str, str]]:
                     "version": str(mv.version),
                     "status": tags[Tag.STATUS],
                     "reviewer": tags.get(APPROVER, ""),
+                    "authenticated_by": tags.get(APPROVER_AUTH, "not recorded"),
                     "at": tags.get(DECIDED_AT, ""),
                     "previous_champion": tags.get(PREVIOUS_CHAMPION, ""),
                     "note_sha256": tags.get(NOTE_SHA256, ""),
@@ -362,4 +368,17 @@ def register_candidate(
         tags |= {Tag.TRACE_URI: trace.uri, Tag.TRACE_DIGEST: trace.digest, Tag.LAYER_RULE: trace.rule}
     metrics = {k: v for k, v in scores(candidate).items() if v is not None}
     metrics |= {f"base.{k}": v for k, v in scores(base).items() if v is not None}
-    return register(settings, name, unlearn.uri, tags, metrics, gate.passed, parent_run_id)
+    done = register(settings, name, unlearn.uri, tags, metrics, gate.passed, parent_run_id)
+    if done.created and settings.webhook_urls():
+        tell(settings, done, metrics, pipeline_run_id=pipeline_run_id, requests=len(split.request_ids),
+             request_ids_digest=tags[Tag.REQUEST_IDS_DIGEST], gate="passed")  # fmt: skip
+    return done
+
+
+def tell(settings: Settings, done: Registration, figures: dict[str, float], **ids: Any) -> None:
+    """Notify the reviewers' webhooks of a new candidate; the version records how many were told."""
+    from amnesia.notify import candidate_event, notify
+
+    sent = notify(settings, candidate_event(settings, done.name, done.version, figures, **ids))
+    client = _client(settings)
+    client.set_model_version_tag(done.name, done.version, NOTIFIED, f"{sum(d.ok for d in sent)}/{len(sent)}")

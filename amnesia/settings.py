@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
     aws_region: str = Field("us-east-1", validation_alias=_env("AWS_DEFAULT_REGION", "AWS_REGION"))
     mlflow_tracking_uri: str | None = Field(None, validation_alias=_env("MLFLOW_TRACKING_URI"))
+    # The MLflow identity of this process (MLflow's basic-auth app): the runner's in a pipeline, the reviewer's
+    # for `amnesia approve`, an admin's for `amnesia serve`. MLflow's client reads the same variables.
+    mlflow_tracking_username: str | None = Field(None, validation_alias=_env("MLFLOW_TRACKING_USERNAME"))
+    mlflow_tracking_password: SecretStr | None = Field(None, validation_alias=_env("MLFLOW_TRACKING_PASSWORD"))
 
     # S3 client behaviour: bounded retries (boto3 "standard" mode) and short timeouts.
     s3_max_attempts: int = Field(4, ge=1, le=20)
@@ -45,6 +49,7 @@ class Settings(BaseSettings):
     # Local stack ports (0 = pick a free port).
     s3_port: int = Field(9900, ge=0, le=65535)
     mlflow_port: int = Field(5500, ge=0, le=65535)
+    review_port: int = Field(5600, ge=0, le=65535)
 
     # Read-only shared data (MMLU in the cais/mmlu layout), used by tests and the demo.
     shared_data: Path | None = Field(None, description="Folder holding mmlu/ (../shared/data here).")
@@ -53,6 +58,14 @@ class Settings(BaseSettings):
     # Encryption at rest of personal data (amnesia.sealing): on by default.
     encrypt: bool = Field(True, description="Seal the files amnesia.layout marks personal with the run's data key.")
     keystore: str | None = Field(None, description="file:/PATH or k8s:NAMESPACE/SECRET (default: a file in home).")
+
+    # The reviewers' page (`amnesia serve`) and the notifications the register step sends.
+    review_url: str | None = Field(None, description="The page's public address, for links in notifications.")
+    review_webhooks: str = Field("", description="Comma-separated URLs told of each new candidate (JSON POST).")
+    review_webhook_secret: SecretStr | None = Field(None, description="Signs notifications: HMAC-SHA256 header.")
+
+    def webhook_urls(self) -> list[str]:
+        return [u.strip() for u in self.review_webhooks.split(",") if u.strip()]
 
     def keystore_spec(self) -> str:
         return self.keystore or f"file:{(self.home / 'keys' / 'data-keys.json').resolve()}"

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -36,6 +38,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 REGION = "us-east-1"
 STATE_FILE = "stack.json"
 MLFLOW_BUCKET = "amnesia-mlflow"
+# MLflow's basic-auth users the stack makes: its admin, the pipeline's identity, a read-only auditor.
+MLFLOW_ADMIN, MLFLOW_RUNNER, MLFLOW_AUDITOR = "amnesia-admin", "amnesia-runner", "amnesia-auditor"
+USERS_FILE = "mlflow-users.json"  # their passwords (owner-only; survives `down`, goes with `purge`)
+AUTH_DB = "mlflow-auth.db"
 AUDIT_LOG = "s3-audit.jsonl"
 _S3_GRACE_S = 30.0  # SeaweedFS flushes and leaves its cluster on SIGTERM: ~12 s on 2 cores
 
@@ -53,6 +59,7 @@ class StackState(BaseModel):
     home: str
     s3: Service
     mlflow: Service
+    review: Service | None = None  # the reviewers' page (`amnesia serve`)
     audit: Service | None = None
     watchdog: Service | None = None
     access_key_id: str
@@ -70,12 +77,28 @@ class StackState(BaseModel):
         return f"http://{HOST}:{self.mlflow.port}"
 
     @property
+    def review_url(self) -> str | None:
+        return f"http://{HOST}:{self.review.port}" if self.review else None
+
+    def password(self, user: str) -> str:
+        """The password of an MLflow user this stack made (`amnesia stack user add`)."""
+        users = _users(Path(self.home))["users"]
+        if user not in users:
+            raise StackError(f"the local stack made no MLflow user {user!r} (`amnesia stack user add {user}`)")
+        return str(users[user])
+
+    def mlflow_auth(self, user: str = MLFLOW_ADMIN):  # type: ignore[no-untyped-def]
+        from amnesia.identity import MlflowAuth
+
+        return MlflowAuth(self.tracking_uri, user, self.password(user))
+
+    @property
     def audit_log(self) -> Path:
         return Path(self.home) / "logs" / AUDIT_LOG
 
     def services(self) -> list[Service]:
         """Everything `up` started, in the order `down` stops it."""
-        return [s for s in (self.watchdog, self.mlflow, self.s3, self.audit) if s is not None]
+        return [s for s in (self.watchdog, self.review, self.mlflow, self.s3, self.audit) if s is not None]
 
     def client_settings(self, base: Settings | None = None, **overrides: object) -> Settings:
         """Settings that reach this stack: its endpoints and key over `base` (home, bucket, ...)."""
@@ -88,12 +111,17 @@ class StackState(BaseModel):
             "aws_access_key_id": self.access_key_id,
             "aws_secret_access_key": self.secret_access_key,
             "mlflow_tracking_uri": self.tracking_uri,
+            "mlflow_tracking_username": MLFLOW_RUNNER,
+            "mlflow_tracking_password": self.password(MLFLOW_RUNNER),
         }
         return load_settings(**(values | overrides))
 
-    def env(self, role: str = "admin") -> dict[str, str]:
-        """The variables a client (CLI, component, test) needs to use this stack; role 'auditor' reads only."""
+    def env(self, role: str = "admin", user: str | None = None) -> dict[str, str]:
+        """The variables a client (CLI, component, test) needs to use this stack: role 'admin' is the
+        pipeline (S3 admin, MLflow user amnesia-runner), 'auditor' reads only, 'service' is the reviewers'
+        page (MLflow admin). `user`: act as that MLflow user instead (a reviewer at the CLI)."""
         key, secret = (self.access_key_id, self.secret_access_key)
+        mlflow_user = {"admin": MLFLOW_RUNNER, "auditor": MLFLOW_AUDITOR, "service": MLFLOW_ADMIN}[role]
         if role == "auditor":
             if self.auditor_key_id is None or self.auditor_secret is None:
                 raise StackError("this stack has no auditor identity (its identities file predates it)")
@@ -105,9 +133,13 @@ class StackState(BaseModel):
             "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_TRACKING_USERNAME": user or mlflow_user,
+            "MLFLOW_TRACKING_PASSWORD": self.password(user or mlflow_user),
             "AMNESIA_BUCKET": self.buckets[0],
         }
-        if role == "admin":  # the runs' data keys (amnesia.sealing); an auditor verifies ciphertext without them
+        if self.review_url:
+            env["AMNESIA_REVIEW_URL"] = self.review_url
+        if role != "auditor":  # the runs' data keys (amnesia.sealing); an auditor verifies ciphertext without them
             env["AMNESIA_KEYSTORE"] = f"file:{(Path(self.home) / 'keys' / 'data-keys.json').resolve()}"
         return env
 
@@ -421,8 +453,9 @@ def up(
     # SeaweedFS puts the S3 gateway's gRPC at port + 10000: a free port is picked as a pair.
     s3_port = free_port_pair() if settings.s3_port == 0 else _claim_port(settings.s3_port, "AMNESIA_S3_PORT")
     mlflow_port = _claim_port(settings.mlflow_port, "AMNESIA_MLFLOW_PORT")
-    if mlflow_port == s3_port:
-        raise StackError(f"AMNESIA_S3_PORT and AMNESIA_MLFLOW_PORT are both {s3_port}; pick two ports")
+    review_port = _claim_port(settings.review_port, "AMNESIA_REVIEW_PORT")
+    if len({s3_port, mlflow_port, review_port}) < 3:
+        raise StackError("AMNESIA_S3_PORT, AMNESIA_MLFLOW_PORT and AMNESIA_REVIEW_PORT must differ; pick three ports")
     logs = home / "logs"
 
     # The access-log receiver first: SeaweedFS connects to it when its S3 gateway starts.
@@ -435,22 +468,24 @@ def up(
         s3, ids = start_s3(s3_dir(home), s3_port, bucket_list + [MLFLOW_BUCKET], timeout_s, audit_port, logs / "s3.log")
         started.append(s3)
         mlflow = _start_mlflow(home, mlflow_port, s3_port, ids.admin, timeout_s)
+        started.append(mlflow)
+        state = StackState(
+            home=str(home),
+            s3=s3,
+            mlflow=mlflow,
+            audit=audit,
+            access_key_id=ids.admin.access_key_id,
+            secret_access_key=ids.admin.secret_access_key,
+            auditor_key_id=ids.auditor.access_key_id if ids.auditor else None,
+            auditor_secret=ids.auditor.secret_access_key if ids.auditor else None,
+            buckets=bucket_list,
+        )
+        _ensure_mlflow_users(state)
+        state.review = _start_review(state, review_port, timeout_s)
     except BaseException:
         for svc in reversed(started):
             stop(svc)
         raise
-
-    state = StackState(
-        home=str(home),
-        s3=s3,
-        mlflow=mlflow,
-        audit=audit,
-        access_key_id=ids.admin.access_key_id,
-        secret_access_key=ids.admin.secret_access_key,
-        auditor_key_id=ids.auditor.access_key_id if ids.auditor else None,
-        auditor_secret=ids.auditor.secret_access_key if ids.auditor else None,
-        buckets=bucket_list,
-    )
     if owner_pid is not None or ttl_s is not None:
         state.watchdog = _spawn_watchdog(state, owner_pid, ttl_s)
     _write_state(state)
@@ -466,8 +501,82 @@ def _wait_listening(svc: Service, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+def _users(home: Path) -> dict[str, Any]:
+    """The stack's MLflow users and their passwords, and the MLflow UI's CSRF key: made once, kept 0600."""
+    path = Path(home) / USERS_FILE
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    doc = {"secret_key": secrets.token_urlsafe(32),
+           "users": {u: secrets.token_urlsafe(18) for u in (MLFLOW_ADMIN, MLFLOW_RUNNER, MLFLOW_AUDITOR)}}  # fmt: skip
+    _write_private(path, json.dumps(doc, indent=2))
+    return doc
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def add_user(home: Path, user: str) -> str:
+    """Make an MLflow user on the running local stack (idempotent); returns its password."""
+    state = running(Path(home).resolve())
+    if state is None:
+        raise StackError("the local stack is not running (`amnesia stack up`)")
+    doc = _users(Path(state.home))
+    if user not in doc["users"]:
+        if state.mlflow_auth().user(user) is not None:
+            raise StackError(f"MLflow already has a user {user!r} that this stack did not make; pick another name")
+        doc["users"][user] = secrets.token_urlsafe(18)
+        state.mlflow_auth().create_user(user, doc["users"][user])
+        _write_private(Path(state.home) / USERS_FILE, json.dumps(doc, indent=2))
+    return str(doc["users"][user])
+
+
+def _ensure_mlflow_users(state: StackState) -> None:
+    """The runner and auditor exist in MLflow. Experiments and models made before the stack had auth
+    belong to nobody: the runner gets MANAGE on them so the pipeline keeps writing where it did."""
+    admin = state.mlflow_auth()
+    fresh = False
+    for user in (MLFLOW_RUNNER, MLFLOW_AUDITOR):
+        if admin.user(user) is None:
+            admin.create_user(user, state.password(user))
+            fresh = True
+    if not fresh:
+        return
+    models = admin._call("GET", "/api/2.0/mlflow/registered-models/search", "list models",
+                         params={"max_results": 1000}).get("registered_models", [])  # fmt: skip
+    experiments = admin._call("POST", "/api/2.0/mlflow/experiments/search", "list experiments",
+                              json={"max_results": 1000}).get("experiments", [])  # fmt: skip
+    for model in models:
+        admin.grant(MLFLOW_RUNNER, model["name"], "MANAGE")
+    for experiment in experiments:
+        admin.grant(MLFLOW_RUNNER, experiment["experiment_id"], "MANAGE", resource_type="experiment")
+
+
+def _auth_config(home: Path) -> Path:
+    """MLflow's basic-auth app config: users in their own database, READ for whoever has no grant."""
+    path = home / "mlflow-auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{home / AUTH_DB}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Without the cache every request pays a password hash (tens of ms): the pipeline makes thousands.
+        "auth_cache_ttl_seconds = 300\n"
+    )
+    return path
+
+
 def _start_mlflow(home: Path, port: int, s3_port: int, cred: seaweed.Credentials, timeout_s: float) -> Service:
+    users = _users(home)
     env = _base_env() | {
+        "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(home)),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": users["users"][MLFLOW_ADMIN],  # read only when the auth database is new
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": users["secret_key"],
         "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
         "AWS_ACCESS_KEY_ID": cred.access_key_id,
         "AWS_SECRET_ACCESS_KEY": cred.secret_access_key,
@@ -490,10 +599,22 @@ def _start_mlflow(home: Path, port: int, s3_port: int, cred: seaweed.Credentials
         str(port),
         "--workers",
         "1",
+        "--app-name",
+        "basic-auth",
     ]
     mlflow = _spawn("mlflow", cmd, home / "logs" / "mlflow.log", env, port)
     _wait_healthy(mlflow, f"http://{HOST}:{port}/health", timeout_s)
     return mlflow
+
+
+def _start_review(state: StackState, port: int, timeout_s: float) -> Service:
+    """The reviewers' page, as the MLflow admin (it reads any reviewer's permissions; each decision is
+    authorized for the signed-in person)."""
+    env = _base_env() | state.env("service") | {"AMNESIA_HOME": state.home}
+    cmd = [sys.executable, "-m", "amnesia.cli", "serve", "--host", HOST, "--port", str(port)]
+    review = _spawn("review", cmd, Path(state.home) / "logs" / "review.log", env, port)
+    _wait_healthy(review, f"http://{HOST}:{port}/health", timeout_s)
+    return review
 
 
 def _spawn_watchdog(state: StackState, owner_pid: int | None, ttl_s: float | None) -> Service:
@@ -524,7 +645,8 @@ def down(home: Path) -> list[str]:
 def stored_data(home: Path) -> list[Path]:
     """What `purge` deletes: the object store (data + identities), MLflow's database, logs, the access log."""
     home = Path(home).resolve()
-    candidates = [s3_dir(home), home / "mlflow.db", home / "logs", home / "kfp-local", home / "cache"]
+    candidates = [s3_dir(home), home / "mlflow.db", home / AUTH_DB, home / USERS_FILE, home / "logs",
+                  home / "kfp-local", home / "cache"]  # fmt: skip
     return [p for p in candidates if p.exists()]
 
 
@@ -556,6 +678,7 @@ def status(home: Path) -> dict[str, object]:
             "ports": state.s3.ports,
         },
         "mlflow": {"tracking_uri": state.tracking_uri, "pid": state.mlflow.pid, "alive": _alive(state.mlflow)},
+        "review": {"url": state.review_url, "alive": state.review is not None and _alive(state.review)},
         "audit_log": str(state.audit_log),
         "buckets": state.buckets,
     }
@@ -565,7 +688,7 @@ def log_file(home: Path, name: str) -> Path:
     """A stack log by name: s3, mlflow, audit (the S3 access log) or watchdog."""
     logs = Path(home).resolve() / "logs"
     files = {"s3": logs / "s3.log", "mlflow": logs / "mlflow.log", "audit": logs / AUDIT_LOG,
-             "watchdog": logs / "watchdog.log"}  # fmt: skip
+             "watchdog": logs / "watchdog.log", "review": logs / "review.log"}  # fmt: skip
     if name not in files:
         raise StackError(f"no stack log named {name!r}; choose one of {', '.join(files)}")
     return files[name]

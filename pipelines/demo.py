@@ -37,6 +37,9 @@ Echo = Callable[[str], None]
 MODEL_NAME = "amnesia-demo"
 
 
+DEMO_REVIEWER = "reviewer"  # the demo's MLflow user with EDIT on the demo model (a local, loopback-only stack)
+
+
 def demo_pipeline_config(demo: DemoArtifacts, root: str) -> PipelineConfig:
     return PipelineConfig(
         name="demo",
@@ -95,4 +98,10 @@ def run_demo(
     if not keep_stack and not was_running:
         stack.down(settings.home)
         echo("stack   stopped")
+    elif state.review_url:
+        password = stack.add_user(Path(cfg.home), DEMO_REVIEWER)  # made once; the same password after
+        state.mlflow_auth().grant(DEMO_REVIEWER, MODEL_NAME)
+        echo(f"review  {state.review_url}  sign in as {DEMO_REVIEWER} (password {password}) to approve or reject; "
+             f"the pipeline's own user may not")  # fmt: skip
+        result["review_url"] = state.review_url
     return result

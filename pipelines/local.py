@@ -60,4 +60,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
     if settings.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
+        env["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
+        env["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
+    if settings.review_webhooks:
+        env["AMNESIA_REVIEW_WEBHOOKS"] = settings.review_webhooks
+    if settings.review_webhook_secret:
+        env["AMNESIA_REVIEW_WEBHOOK_SECRET"] = settings.review_webhook_secret.get_secret_value()
+    if settings.review_url:
+        env["AMNESIA_REVIEW_URL"] = settings.review_url
     return env

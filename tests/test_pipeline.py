@@ -5,6 +5,7 @@ secrets, resources, retries and the image."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,19 +16,23 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
+from pydantic import SecretStr
 
 from amnesia.config import ClusterConfig, Toleration
 from amnesia.demo.prepare import DemoArtifacts, demo_gate_config, demo_split_config, demo_unlearn_config
 from amnesia.lineage import Tag
+from amnesia.notify import signature
 from amnesia.pipeline_config import PipelineConfig
 from amnesia.records import load_records
-from amnesia.registry import CANDIDATE, CHAMPION
+from amnesia.registry import CANDIDATE, CHAMPION, NOTIFIED
 from amnesia.requests import RequestQueue, load_requests_uri
 from amnesia.settings import Settings
+from amnesia.stack import add_user
 from amnesia.storage import ArtifactStore, join
 from amnesia.summary import summarize
 from pipelines.compile import compile_pipeline
 from pipelines.local import run_local
+from tests.chains import Inbox
 from tests.test_gate import _chromium
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +55,19 @@ def _config(demo: DemoArtifacts, prefix: str, name: str) -> PipelineConfig:
 
 
 def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
-    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings: Settings, s3_prefix: str, tmp_path: Path,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings: Settings, stack_state, s3_prefix: str,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:  # fmt: skip
-    monkeypatch.setenv("AMNESIA_RUNNER", "pipeline-bot")
-    RequestQueue(store, s3_prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))[:2])
+    requests = load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))[:2]
+    RequestQueue(store, s3_prefix).submit(requests)
     cfg = _config(demo_build, s3_prefix, "e2e-model")
-    run_local(cfg, stack_settings, "e2e-1", tmp_path / "kfp")
+    inbox = Inbox()  # the reviewers' webhook: told of the new candidate by the register step
+    told = stack_settings.model_copy(update={"review_webhooks": inbox.url, "review_url": "http://review.example",
+                                             "review_webhook_secret": SecretStr("hook-secret")})  # fmt: skip
+    try:
+        run_local(cfg, told, "e2e-1", tmp_path / "kfp")
+    finally:
+        inbox.close()
 
     lines = summarize(cfg, stack_settings, "e2e-1")
     text = "\n".join(lines)
@@ -67,8 +78,19 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     parent = client.search_runs([experiment], query)[0]  # the run at a glance: its figures and settings
     assert {"forget_score", "retain_score", "mmlu", "base.mmlu"} <= set(parent.data.metrics), parent.data.metrics
     assert parent.data.params["method"] == "sha256" and parent.data.params["base_model_uri"] == demo_build.model_uri
-    assert parent.data.tags["mlflow.user"] == "pipeline-bot" and parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.user"] == "amnesia-runner" and parent.info.status == "FINISHED"
     mv = client.get_model_version_by_alias("e2e-model", CANDIDATE)
+    [(headers, body)] = inbox.received
+    event = json.loads(body)
+    assert headers["X-Amnesia-Signature"] == signature("hook-secret", body) and mv.tags[NOTIFIED] == "1/1"
+    assert (event["model"], event["version"], event["requests"], event["gate"]) == (
+        "e2e-model",
+        mv.version,
+        2,
+        "passed",
+    )
+    assert event["url"] == f"http://review.example/models/e2e-model/versions/{mv.version}"
+    assert event["figures"]["forget_score"] > 0.5 and not [r for r in requests if r.subject in body.decode()]
     assert mv.tags[Tag.STATUS] == "pending_approval" and mv.tags[Tag.PIPELINE_RUN_ID] == "e2e-1"
     assert mv.tags[Tag.MODEL_DIGEST] == store.verify(mv.source).digest  # the source is the S3 model folder
     assert mv.tags[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest
@@ -80,12 +102,15 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     query = f"tags.`{Tag.PIPELINE_RUN_ID}` = 'e2e-1' and tags.`{Tag.STAGE}` = 'split'"
     assert client.search_runs([experiment], query)[0].data.metrics["requests_overdue"] == 2
 
-    approve = subprocess.run(
-        [sys.executable, "-m", "amnesia.cli", "approve", "e2e-model", mv.version, "--reviewer", "alice",
-         "--note", "report read", "--root", s3_prefix],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert approve.returncode == 0, approve.stderr
+    command = [sys.executable, "-m", "amnesia.cli", "approve", "e2e-model", mv.version, "--note", "report read",
+               "--root", s3_prefix]  # fmt: skip
+    as_runner = subprocess.run(command, capture_output=True, text=True, timeout=120)  # this shell: the pipeline's user
+    assert as_runner.returncode != 0 and "amnesia-runner ran the pipeline that made e2e-model" in as_runner.stderr
+    password = add_user(Path(stack_state.home), "alice")
+    stack_state.mlflow_auth().grant("alice", "e2e-model")
+    alice = os.environ | {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
+    approve = subprocess.run(command, capture_output=True, text=True, timeout=120, env=alice)
+    assert approve.returncode == 0 and "approved by alice" in approve.stdout, approve.stderr
     assert client.get_model_version_by_alias("e2e-model", CHAMPION).version == mv.version
     assert len(RequestQueue(store, s3_prefix).list("fulfilled")) == 2
     hist = subprocess.run([sys.executable, "-m", "amnesia.cli", "history", "e2e-model"], capture_output=True, text=True)

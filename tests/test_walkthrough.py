@@ -83,7 +83,8 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     # The store keeps its data: stop the stack, start it again (same ports, so the rest of the session's
     # clients still reach it), and the demo reuses the stored base model and finds its version.
     assert "mlflow, s3, audit" in cli("stack", "down").stdout
-    ports = {"AMNESIA_S3_PORT": str(stack_state.s3.port), "AMNESIA_MLFLOW_PORT": str(stack_state.mlflow.port)}
+    ports = {"AMNESIA_S3_PORT": str(stack_state.s3.port), "AMNESIA_MLFLOW_PORT": str(stack_state.mlflow.port),
+             "AMNESIA_REVIEW_PORT": str(stack_state.review.port)}  # fmt: skip
     restarted = subprocess.run([sys.executable, "-m", "amnesia.cli", "stack", "up", "--owner-pid", str(os.getpid())],
                                env=env | ports, capture_output=True, text=True, timeout=180)  # fmt: skip
     assert restarted.returncode == 0 and stack_state.s3_endpoint in restarted.stdout, restarted.stderr
@@ -94,8 +95,16 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     assert f"model   {MODEL_NAME} version 1 (pending_approval); already registered by run demo-" in again.stdout
     waiting = cli("pending", MODEL_NAME).stdout  # the reviewer's queue: the version, its gate and figures
     assert f"{MODEL_NAME} v1    gate passed" in waiting and "forget_score " in waiting and "mmlu " in waiting, waiting
-    approved = cli("approve", MODEL_NAME, "1", "--reviewer", "dpo-reviewer", "--note", "report and audit read")
-    assert approved.returncode == 0, approved.stderr
+    refused = cli("approve", MODEL_NAME, "1", "--note", "mine")  # the stack's default identity: the runner
+    assert refused.returncode != 0 and "amnesia-runner ran the pipeline" in refused.stderr, refused.stderr
+    made = cli("stack", "user", "add", "dpo-reviewer", "--grant", MODEL_NAME)
+    assert made.returncode == 0 and f"EDIT on {MODEL_NAME}" in made.stdout, made.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in cli("stack", "env", "--user", "dpo-reviewer")
+                   .stdout.splitlines())  # fmt: skip
+    assert exports["MLFLOW_TRACKING_USERNAME"] == "dpo-reviewer"
+    env |= {k: v for k, v in exports.items() if k.startswith("MLFLOW_TRACKING_")}
+    approved = cli("approve", MODEL_NAME, "1", "--note", "report and audit read")
+    assert approved.returncode == 0 and "approved by dpo-reviewer" in approved.stdout, approved.stderr
     assert cli("pending", MODEL_NAME).stdout == "nothing waits for a decision\n"  # other tests' models may wait
     audit = cli("audit", MODEL_NAME, "1")
     assert audit.returncode == 0 and "(approved): OK" in audit.stdout, audit.stdout + audit.stderr
