@@ -162,7 +162,7 @@ def stack_user_add(user: str, models: tuple[str, ...]) -> None:
 @click.argument("user")
 @click.argument("model")
 @click.option("--permission", type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "DENY"]), default="EDIT",
-              show_default=True)  # fmt: skip
+              show_default=True, help="MLflow's permission to set (EDIT or MANAGE may decide).")  # fmt: skip
 def stack_user_grant(user: str, model: str, permission: str) -> None:
     """Set an MLflow user's permission on a registered model (EDIT or MANAGE may decide on its versions)."""
     from amnesia import stack as stk
@@ -705,7 +705,7 @@ def reject_cmd(name: str, version: str, note: str, root: str | None) -> None:
 
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=5600, show_default=True)
+@click.option("--port", type=int, default=5600, show_default=True, help="Port to listen on.")
 @click.option(
     "--auth",
     type=click.Choice(["mlflow", "proxy"]),

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def stack_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackState]:
     home = tmp_path_factory.mktemp("stack")
-    state = stack.up(load_settings(home=home, s3_port=0, mlflow_port=0), owner_pid=os.getpid(), ttl_s=3 * 3600)
+    state = stack.up(
+        load_settings(home=home, s3_port=0, mlflow_port=0, review_port=0), owner_pid=os.getpid(), ttl_s=3 * 3600
+    )
     saved = {k: os.environ.get(k) for k in state.env()}
     os.environ.update(state.env())  # subprocesses (CLI, kfp.local tasks) reach the same stack
     yield state

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +27,8 @@ AMNESIA = [sys.executable, "-m", "amnesia.cli"]
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "AMNESIA_"))}
-    return env | {"AMNESIA_HOME": str(home), "AMNESIA_S3_PORT": "0", "AMNESIA_MLFLOW_PORT": "0"} | extra
+    ports = {"AMNESIA_S3_PORT": "0", "AMNESIA_MLFLOW_PORT": "0", "AMNESIA_REVIEW_PORT": "0"}
+    return env | {"AMNESIA_HOME": str(home)} | ports | extra
 
 
 def _run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -66,6 +68,14 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         assert resp.status == 200
     assert state.s3_endpoint.startswith("http://127.0.0.1:") and state.tracking_uri.startswith("http://127.0.0.1:")
     assert oct((tmp_path / "home" / "stack.json").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "home" / "mlflow-users.json").stat().st_mode & 0o777) == "0o600"
+    # MLflow runs its basic-auth app: no credentials, no API; the runner's work.
+    api = f"{state.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(api, timeout=5)
+    assert state.mlflow_auth(stack.MLFLOW_RUNNER).current_user().username == "amnesia-runner"
+    with urllib.request.urlopen(f"{state.review_url}/health", timeout=5) as resp:  # the reviewers' page
+        assert resp.status == 200 and state.review_url.startswith("http://127.0.0.1:")
 
     # up again: same processes (idempotent).
     _run(["stack", "up"], env)
@@ -77,10 +87,10 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     exports = _run(["stack", "env"], env).stdout
     assert f"export MLFLOW_TRACKING_URI={state.tracking_uri}" in exports
 
-    groups = [state.s3.pid, state.mlflow.pid]
+    groups = [state.s3.pid, state.mlflow.pid, state.review.pid]
     assert all(_group_members(g) for g in groups)
     down = _run(["stack", "down"], env)
-    assert "stopped: mlflow, s3" in down.stdout
+    assert "stopped: review, mlflow, s3" in down.stdout
     deadline = time.monotonic() + 10
     while any(_group_members(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -125,7 +135,7 @@ def test_down_spares_a_process_that_reused_a_pid(tmp_path: Path) -> None:
 
 def test_stack_stops_by_itself_when_its_owner_ends(tmp_path: Path) -> None:
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
-    state = stack.up(load_settings(home=tmp_path, s3_port=0, mlflow_port=0), owner_pid=owner.pid)
+    state = stack.up(load_settings(home=tmp_path, s3_port=0, mlflow_port=0, review_port=0), owner_pid=owner.pid)
     try:
         owner.wait()
         deadline = time.monotonic() + 20
@@ -164,7 +174,7 @@ def _loopback_only(pid: int) -> list[str]:
     return exposed
 
 
-def test_objects_credentials_and_runs_survive_a_restart(tmp_path: Path) -> None:
+def test_objects_credentials_and_runs_survive_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = _env(tmp_path / "home")
     _run(["stack", "up"], env)
     first = stack.read_state(tmp_path / "home")
@@ -181,12 +191,14 @@ def test_objects_credentials_and_runs_survive_a_restart(tmp_path: Path) -> None:
     ref = store.put_dir(src, "s3://amnesia/models/kept")
     import mlflow
 
+    for key, value in first.env().items():  # MLflow's users live in its auth database: they survive too
+        monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(first.tracking_uri)
     with mlflow.start_run(experiment_id=mlflow.create_experiment("restart")) as run:
         mlflow.log_text("evidence", "evidence.txt")  # proxied into the object store
 
     down = _run(["stack", "down"], env)
-    assert "stopped: mlflow, s3, audit" in down.stdout
+    assert "stopped: review, mlflow, s3, audit" in down.stdout
     assert "stored data kept" in _run(["stack", "status"], env).stdout
     _run(["stack", "up"], env)
     second = stack.read_state(tmp_path / "home")
