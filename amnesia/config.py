@@ -346,6 +346,10 @@ class ClusterConfig(StrictModel):
         "amnesia-s3", description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3."
     )
     mlflow_secret: str = Field("amnesia-mlflow", description="Secret with MLFLOW_TRACKING_URI (+ username/password).")
+    review_secret: str = Field(
+        "amnesia-review-notify",
+        description="Optional Secret the register step reads: AMNESIA_REVIEW_WEBHOOKS, _WEBHOOK_SECRET, _URL.",
+    )
     keystore: str = Field(
         "k8s:amnesia/amnesia-data-keys",
         pattern=r"^(k8s:[a-z0-9\-]+/[a-z0-9.\-]+|file:/.+)$",

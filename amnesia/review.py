@@ -272,6 +272,9 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
         key = (name, version, mv.last_updated_timestamp)
         chain = audits.get(key, lambda: audit(settings, store, name, version))
         ids = next((link.detail.get("request_ids", []) for link in chain.links if link.step == "requests"), [])
+        report = join(tags.get(Tag.SPLIT_URI, ""), L.SPLIT_REPORT)
+        if not ids and tags.get(Tag.SPLIT_URI) and store.exists(report):  # sealed and no key here: the ids only
+            ids = store.get_json(report).get("request_ids", [])
         runner = tags.get(registry.RUNNER, "")
         may, why = True, ""
         if tags.get(Tag.STATUS) == registry.PENDING:

@@ -42,7 +42,7 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
 
     def k8s(task: Any, name: str) -> Any:
         if cluster is not None:
-            apply_cluster(task, cluster, compute=name in COMPUTE)
+            apply_cluster(task, cluster, compute=name in COMPUTE, notify=name == "register")
         return task
 
     @dsl.pipeline(name=NAME, description="Make a model forget erasure requests, prove it, register a candidate.")

@@ -40,6 +40,13 @@ def test_overlay_renders_and_validates(overlay: str, tmp_path: Path) -> None:
     assert "minio" not in path.read_text().lower()
     assert all(d["metadata"].get("namespace", "amnesia") == "amnesia" for d in docs if d["kind"] != "Namespace")
     by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    page = by[("Deployment", "review")]["spec"]["template"]["spec"]  # the reviewers' page, behind MLflow's auth
+    command = page["containers"][0]["command"]
+    assert command[:2] == ["amnesia", "serve"] and "--secure-cookies" in command and ("Service", "review") in by
+    assert page["serviceAccountName"] == "amnesia-review"
+    assert {"secretRef": {"name": "amnesia-review"}} in page["containers"][0]["envFrom"]  # an MLflow admin, its key
+    mlflow_env = {e["name"] for e in by[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in mlflow_env  # the basic-auth app refuses to start without it
     endpoint = by[("Secret", "amnesia-s3")]["stringData"]["AWS_ENDPOINT_URL_S3"]
     assert endpoint.startswith("http://seaweedfs." if overlay == "seaweedfs" else "https://s3.")
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
