@@ -22,6 +22,7 @@ from amnesia.measures import headline
 from amnesia.purge import Purged, load_purges
 from amnesia.registry import (
     APPROVER,
+    APPROVER_AUTH,
     ATTACK_PREFIX,
     BASE_EVALUATION,
     CANDIDATE_EVALUATION,
@@ -207,7 +208,8 @@ def _decision(store: ArtifactStore, t: dict[str, str]) -> Link:
     except AmnesiaError as err:
         return Link(step="approval", what="decision record", uri=uri, expected=expected, actual=None, ok=False,
                     detail={"error": str(err)})  # fmt: skip
-    detail = {"decision": status, "by": t.get(APPROVER), "at": t.get(DECIDED_AT)}
+    detail = {"decision": status, "by": t.get(APPROVER), "authenticated_by": t.get(APPROVER_AUTH, "not recorded"),
+              "at": t.get(DECIDED_AT)}  # fmt: skip
     return Link(step="approval", what="decision record (reviewer's note)", uri=uri, expected=expected, actual=actual,
                 ok=actual == expected, detail=detail)  # fmt: skip
 

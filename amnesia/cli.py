@@ -144,7 +144,9 @@ def stack_user() -> None:
 
 @stack_user.command("add")
 @click.argument("user")
-@click.option("--grant", "models", multiple=True, help="Give EDIT on this registered model (repeatable).")
+@click.option(
+    "--grant", "models", multiple=True, help="Give MANAGE on this registered model: it may decide (repeatable)."
+)
 def stack_user_add(user: str, models: tuple[str, ...]) -> None:
     """Make an MLflow user (idempotent) and print its password; --grant lets it decide on a model."""
     from amnesia import stack as stk
@@ -154,17 +156,17 @@ def stack_user_add(user: str, models: tuple[str, ...]) -> None:
     state = stk.running(settings.home)
     assert state is not None  # add_user checked
     for model in models:
-        state.mlflow_auth().grant(user, model, "EDIT")
-    click.echo(f"user {user}  password {password}" + (f"  EDIT on {', '.join(models)}" if models else ""))
+        state.mlflow_auth().grant(user, model, "MANAGE")
+    click.echo(f"user {user}  password {password}" + (f"  MANAGE on {', '.join(models)}" if models else ""))
 
 
 @stack_user.command("grant")
 @click.argument("user")
 @click.argument("model")
-@click.option("--permission", type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "DENY"]), default="EDIT",
-              show_default=True, help="MLflow's permission to set (EDIT or MANAGE may decide).")  # fmt: skip
+@click.option("--permission", type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "DENY"]), default="MANAGE",
+              show_default=True, help="MLflow's permission to set (MANAGE may decide).")  # fmt: skip
 def stack_user_grant(user: str, model: str, permission: str) -> None:
-    """Set an MLflow user's permission on a registered model (EDIT or MANAGE may decide on its versions)."""
+    """Set an MLflow user's permission on a registered model (MANAGE may decide on its versions)."""
     from amnesia import stack as stk
 
     state = stk.running(load_settings().home)
@@ -670,7 +672,7 @@ def schedule_cmd(
 @click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
 def approve_cmd(name: str, version: str, note: str, root: str | None) -> None:
     """Promote a gate-passed candidate to `champion`; its requests move to fulfilled. The approver is the
-    MLflow user this shell authenticates as (MLFLOW_TRACKING_USERNAME): EDIT on the model, not the runner."""
+    MLflow user this shell authenticates as (MLFLOW_TRACKING_USERNAME): MANAGE on the model, not the runner."""
     from amnesia.identity import from_settings
     from amnesia.registry import approve
     from amnesia.storage import ArtifactStore

@@ -4,7 +4,8 @@ A reviewer is never a name somebody typed. `login` proves one with a password ML
 takes one from a header an authenticating proxy (OIDC in front) set, once MLflow knows that user; the CLI
 is whoever its MLflow credentials name. `authorize` then asks MLflow's own permission store for the
 user's effective permission on the registered model (grants, roles and the server's default, resolved as
-MLflow resolves them for a real request): deciding needs EDIT or MANAGE, and the pipeline's runner is
+MLflow resolves them for a real request): deciding needs MANAGE, because a decision makes writes that
+MLflow counts as a delete (alias `candidate` comes off the version), and the pipeline's runner is
 refused whatever their permission. The web page and the CLI both go through `authorize`.
 """
 
@@ -18,7 +19,7 @@ import requests
 from amnesia.errors import AmnesiaError
 from amnesia.settings import Settings
 
-DECIDES = ("EDIT", "MANAGE")  # MLflow permissions that can update a registered model
+DECIDES = ("MANAGE",)  # tags and aliases set, alias `candidate` deleted: MLflow asks MANAGE for the delete
 _TIMEOUT_S = 10.0
 
 
@@ -104,9 +105,7 @@ class MlflowAuth:
         self._call("POST", "/api/2.0/mlflow/users/create", "create users",
                    json={"username": username, "password": password})  # fmt: skip
 
-    def grant(
-        self, username: str, resource: str, permission: str = "EDIT", resource_type: str = "registered_model"
-    ) -> None:
+    def grant(self, username: str, resource: str, permission: str, resource_type: str = "registered_model") -> None:
         """Give a user a permission on a registered model (it need not exist yet) or an experiment (by id)."""
         body = {"username": username, "resource_type": resource_type, "resource_id": resource,
                 "permission": permission}  # fmt: skip
@@ -145,7 +144,7 @@ def from_proxy(username: str, header: str, service: MlflowAuth) -> Reviewer:
 
 
 def authorize(reviewer: Reviewer, name: str, version: str, runner: str) -> None:
-    """Raise unless this person may decide on the version: not its runner, EDIT or MANAGE on the model."""
+    """Raise unless this person may decide on the version: not its runner, MANAGE on the model."""
     if runner and same_person(reviewer.user, runner):
         raise AuthError(
             f"{reviewer.user} ran the pipeline that made {name} version {version}; another person must decide"
@@ -153,6 +152,6 @@ def authorize(reviewer: Reviewer, name: str, version: str, runner: str) -> None:
     permission = reviewer.checker.permission(reviewer.user, name)
     if permission not in DECIDES:
         raise AuthError(
-            f"{reviewer.user} has {permission} on registered model {name}; deciding needs EDIT or MANAGE "
+            f"{reviewer.user} has {permission} on registered model {name}; deciding needs MANAGE "
             f"(an MLflow admin grants it: `amnesia stack user grant {reviewer.user} {name}` on the local stack)"
         )

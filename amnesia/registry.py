@@ -2,7 +2,7 @@
 
 A passing candidate becomes an MLflow model version (source: its S3 folder) tagged with everything an
 auditor needs, under alias `candidate`, status `pending_approval`. Only a person other than the one who
-ran the pipeline can approve it (an authenticated MLflow user with EDIT on the model: amnesia.identity),
+ran the pipeline can approve it (an authenticated MLflow user with MANAGE on the model: amnesia.identity),
 and only after the version's whole chain re-verifies against its
 recorded digests and the stored gate verdict passed (tags alone are never trusted): that moves alias
 `champion` (and takes `candidate` off), records the previous champion, and moves the fulfilled requests

@@ -37,7 +37,7 @@ Echo = Callable[[str], None]
 MODEL_NAME = "amnesia-demo"
 
 
-DEMO_REVIEWER = "reviewer"  # the demo's MLflow user with EDIT on the demo model (a local, loopback-only stack)
+DEMO_REVIEWER = "reviewer"  # the demo's MLflow user with MANAGE on the demo model (a local, loopback-only stack)
 
 
 def demo_pipeline_config(demo: DemoArtifacts, root: str) -> PipelineConfig:
@@ -100,7 +100,7 @@ def run_demo(
         echo("stack   stopped")
     elif state.review_url:
         password = stack.add_user(Path(cfg.home), DEMO_REVIEWER)  # made once; the same password after
-        state.mlflow_auth().grant(DEMO_REVIEWER, MODEL_NAME)
+        state.mlflow_auth().grant(DEMO_REVIEWER, MODEL_NAME, "MANAGE")
         echo(f"review  {state.review_url}  sign in as {DEMO_REVIEWER} (password {password}) to approve or reject; "
              f"the pipeline's own user may not")  # fmt: skip
         result["review_url"] = state.review_url

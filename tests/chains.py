@@ -15,7 +15,7 @@ from amnesia.registry import BASE_EVALUATION, CANDIDATE_EVALUATION, REPORT_DIGES
 from amnesia.requests import ErasureRequest, canonical_jsonl, request_digest
 from amnesia.storage import ArtifactStore, join
 
-People = Callable[..., Reviewer]  # people(user, model=None, permission="EDIT"): a signed-in MLflow user
+People = Callable[..., Reviewer]  # people(user, model=None, permission="MANAGE"): a signed-in MLflow user
 
 
 def _requests(n: int, tag: str) -> list[ErasureRequest]:

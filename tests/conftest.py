@@ -46,11 +46,11 @@ def settings_for(state: stack.StackState, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def people(stack_state: stack.StackState):  # type: ignore[no-untyped-def]
-    """people(user, model=None, permission="EDIT"): an MLflow user of the session stack, signed in (made on
+    """people(user, model=None, permission="MANAGE"): an MLflow user of the session stack, signed in (made on
     first use), with that permission on the registered model when one is named."""
     from amnesia.identity import Reviewer, login
 
-    def person(user: str, model: str | None = None, permission: str = "EDIT") -> Reviewer:
+    def person(user: str, model: str | None = None, permission: str = "MANAGE") -> Reviewer:
         password = stack.add_user(Path(stack_state.home), user)
         if model:
             stack_state.mlflow_auth().grant(user, model, permission)

@@ -107,7 +107,7 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
     as_runner = subprocess.run(command, capture_output=True, text=True, timeout=120)  # this shell: the pipeline's user
     assert as_runner.returncode != 0 and "amnesia-runner ran the pipeline that made e2e-model" in as_runner.stderr
     password = add_user(Path(stack_state.home), "alice")
-    stack_state.mlflow_auth().grant("alice", "e2e-model")
+    stack_state.mlflow_auth().grant("alice", "e2e-model", "MANAGE")
     alice = os.environ | {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
     approve = subprocess.run(command, capture_output=True, text=True, timeout=120, env=alice)
     assert approve.returncode == 0 and "approved by alice" in approve.stdout, approve.stderr
@@ -152,6 +152,7 @@ def test_dag_runs_end_to_end_in_kfp_local_then_a_person_approves(
         "approval", "attack",
     ]  # fmt: skip
     assert chain["links"][0]["detail"]["count"] == 2 and chain["links"][8]["detail"]["by"] == "alice"
+    assert chain["links"][8]["detail"]["authenticated_by"] == "mlflow"
     assert set(chain["links"][9]["detail"]) == {"quantization_recovery", "relearning_recovery", "failed"}
     assert "OK</h1>" in (tmp_path / "audit.html").read_text()
 

@@ -61,8 +61,11 @@ def test_register_approve_reject_history(
     with pytest.raises(AuthError, match="amnesia-runner ran the pipeline"):  # MANAGE on the model, still refused
         approve(stack_settings, store, s3_prefix, name, first.version, runner, "looks fine")
     dave = people("dave")  # signed in, but the server's default (READ) on this model
-    with pytest.raises(AuthError, match=f"dave has READ on registered model {name}; deciding needs EDIT"):
+    with pytest.raises(AuthError, match=f"dave has READ on registered model {name}; deciding needs MANAGE"):
         approve(stack_settings, store, s3_prefix, name, first.version, dave, "looks fine")
+    frank = people("frank", name, "EDIT")  # may edit, not delete: alias `candidate` could not come off
+    with pytest.raises(AuthError, match=f"frank has EDIT on registered model {name}; deciding needs MANAGE"):
+        reject(stack_settings, store, s3_prefix, name, first.version, frank, "looks fine")
     with pytest.raises(RegistryError, match="needs a note"):
         approve(stack_settings, store, s3_prefix, name, first.version, alice, "  ")
     assert client.get_model_version(name, first.version).tags[Tag.STATUS] == "pending_approval"

@@ -263,6 +263,18 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
     seen.append(browser.page_source)
     _shot(browser, tmp_path / "history.png")
 
+    # Dave may read the model (the server's default, READ) but not decide: told so, and refused.
+    people("dave")
+    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    _sign_in(browser, base, "dave", stack_state.password("dave"))
+    browser.get(f"{base}/models/{name}/versions/{second}")
+    assert f"dave has READ on registered model {name}" in _wait_for(browser, "refusal").text
+    browser.find_element(By.ID, "note").send_keys("looks fine to me")
+    browser.find_element(By.ID, "reject").click()
+    assert "deciding needs MANAGE" in _wait_for(browser, "error").text
+    assert client.get_model_version(name, second).tags[Tag.STATUS] == "pending_approval"
+    seen.append(browser.page_source)
+
     # MLflow agrees (alias, tags), and so does `amnesia history`.
     assert client.get_model_version_by_alias(name, CHAMPION).version == first
     tags = client.get_model_version(name, first).tags

@@ -41,6 +41,7 @@ def test_demo_runs_the_pipeline_and_logs_no_forget_text(
     assert result["demo"]["model_digest"] == demo_build.model_digest and result["demo"]["reused"] is True  # type: ignore[index]
     assert "store   verified" in text and "status  succeeded (stopped at: end)" in text and "gate    PASS" in text, text
     assert f"model   {MODEL_NAME} version 1 (pending_approval)" in text and "report  s3://" in text
+    assert f"review  {result['review_url']}  sign in as reviewer (password " in text  # the page, and who may decide
 
     client = MlflowClient(stack_settings.mlflow_tracking_uri)
     parent = client.search_runs(
@@ -98,7 +99,7 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     refused = cli("approve", MODEL_NAME, "1", "--note", "mine")  # the stack's default identity: the runner
     assert refused.returncode != 0 and "amnesia-runner ran the pipeline" in refused.stderr, refused.stderr
     made = cli("stack", "user", "add", "dpo-reviewer", "--grant", MODEL_NAME)
-    assert made.returncode == 0 and f"EDIT on {MODEL_NAME}" in made.stdout, made.stderr
+    assert made.returncode == 0 and f"MANAGE on {MODEL_NAME}" in made.stdout, made.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in cli("stack", "env", "--user", "dpo-reviewer")
                    .stdout.splitlines())  # fmt: skip
     assert exports["MLFLOW_TRACKING_USERNAME"] == "dpo-reviewer"
