@@ -732,8 +732,13 @@ def serve_cmd(host: str, port: int, auth: str, proxy_header: str, proxies: tuple
     Runs as an MLflow admin (MLFLOW_TRACKING_USERNAME); AMNESIA_REVIEW_SECRET_KEY keeps sessions across restarts."""
     import os
 
+    from amnesia import stack as stk
     from amnesia.review import ReviewConfig, serve
 
+    state = stk.running(load_settings().home)
+    if state is not None and "MLFLOW_TRACKING_USERNAME" not in os.environ:  # the local stack: as its MLflow admin
+        for key, value in state.env("service").items():
+            os.environ.setdefault(key, value)
     settings = client_settings()
     cfg = ReviewConfig(auth=auth, proxy_header=proxy_header, trusted_proxies=proxies, secure_cookies=secure_cookies)
     if os.environ.get("AMNESIA_REVIEW_SECRET_KEY"):

@@ -327,7 +327,11 @@ def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path)
     inner = spec["components"][tasks]["dag"]["tasks"]
     assert {n for n, t in inner.items() if "retryPolicy" in t} == {"trace", "unlearn", "evaluate", "evaluate-2"}
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert all({s["secretName"] for s in e["secretAsEnv"]} == {"amnesia-s3", "amnesia-mlflow"} for e in k8s.values())
+    secrets = {name: {s["secretName"] for s in e["secretAsEnv"]} for name, e in k8s.items()}
+    assert all(got >= {"amnesia-s3", "amnesia-mlflow"} for got in secrets.values()), secrets
+    told = [name for name, got in secrets.items() if "amnesia-review-notify" in got]  # the register step only
+    assert len(told) == 1 and "register" in told[0], secrets
+    assert [s["optional"] for s in k8s[told[0]]["secretAsEnv"] if s["secretName"] == "amnesia-review-notify"] == [True]
     with_selector = [e for e in k8s.values() if "nodeSelector" in e]
     assert len(with_selector) == 4 and all(e["tolerations"][0]["key"] == "nvidia.com/gpu" for e in with_selector)
 

@@ -261,7 +261,8 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
     tenure = browser.find_element(By.ID, "tenures").text
     assert f"v{first}" in tenure and "now alice mlflow" in tenure
     seen.append(browser.page_source)
-    _shot(browser, tmp_path / "history.png")
+    shot = _shot(browser, tmp_path / "history.png")
+    assert (np.abs(shot - np.array([0xE6, 0xF4, 0xEA])).sum(-1) < 12).sum() > 5000  # the green "approved" banner
 
     # Dave may read the model (the server's default, READ) but not decide: told so, and refused.
     people("dave")
