@@ -233,14 +233,12 @@ class Lineage:
         settings: Settings | None = None,
         protected: Iterable[str] = (),
     ) -> None:
-        from mlflow import MlflowClient
-
         self.settings = settings or default_settings()
         if not self.settings.mlflow_tracking_uri:
             raise LineageError("MLFLOW_TRACKING_URI is not set (start the local stack: `amnesia stack up`)")
         self.pipeline_run_id = Guard().check("tag", Tag.PIPELINE_RUN_ID, pipeline_run_id)
         self.experiment = experiment or self.settings.experiment
-        self.client = MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
+        self.client = self.settings.mlflow_client()
         self.guard = Guard(protected)
         self._experiment_id: str | None = None
         self._parent_id: str | None = None

@@ -67,11 +67,9 @@ class Registration(BaseModel):
 
 
 def _client(settings: Settings) -> Any:
-    from mlflow import MlflowClient
-
     if not settings.mlflow_tracking_uri:
         raise RegistryError("MLFLOW_TRACKING_URI is not set (start the local stack: `amnesia stack up`)")
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    return settings.mlflow_client()
 
 
 def find_version(client: Any, name: str, request_digest: str, base_digest: str) -> Any | None:
@@ -296,6 +294,8 @@ def pending(settings: Settings, name: str | None = None) -> list[dict[str, Any]]
                 "version": str(mv.version),
                 "gate": "passed" if tags.get(Tag.GATE_PASSED) == "true" else "not passed",
                 "figures": {k: got[k] for k in PENDING_FIGURES if k in got},
+                "base_figures": {k: got[f"base.{k}"] for k in PENDING_FIGURES if f"base.{k}" in got},
+                "split_uri": tags.get(Tag.SPLIT_URI, ""),
                 "age_s": max(0.0, now - mv.creation_timestamp / 1000),
                 "pipeline_run_id": tags.get(Tag.PIPELINE_RUN_ID, ""),
                 "runner": tags.get(RUNNER, ""),

@@ -85,6 +85,22 @@ def _due_rows(store: ArtifactStore, root: str, ids: list[str]) -> list[dict[str,
     return sorted(rows, key=lambda r: r["due"] or "~")
 
 
+def _request_ids(store: ArtifactStore, split_uri: str) -> list[str]:
+    """The ids of the requests a run worked on: its split report's (ids only), else its request snapshot's."""
+    from amnesia.requests import load_requests_uri
+    from amnesia.sealing import DataKeyError
+
+    if not split_uri:
+        return []
+    report = join(split_uri, L.SPLIT_REPORT)
+    if store.exists(report):
+        return list(store.get_json(report).get("request_ids", []))
+    try:
+        return [r.request_id for r in load_requests_uri(store, join(split_uri, L.REQUESTS_SNAPSHOT))]
+    except (AmnesiaError, DataKeyError):
+        return []
+
+
 def _root_of(tags: dict[str, str], default: str) -> str:
     """The store root a version's run lives under (its queue, its decision notes); else the page's own."""
     split = tags.get(Tag.SPLIT_URI, "")
@@ -150,6 +166,7 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
     store = ArtifactStore(settings)
     proxies = [ipaddress.ip_network(p) for p in cfg.trusted_proxies]
     audits, permissions, known = _Cache(_CACHE_S), _Cache(_CACHE_S), _Cache(_CACHE_S)
+    dues = _Cache(2 * _CACHE_S)  # due dates move by days, the list asks every few seconds
 
     app = Flask(__name__, template_folder=str(TEMPLATES))
     app.config.update(
@@ -201,6 +218,17 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
         rows = [r for r in registry.pending(settings) if permission(r["name"]) in READABLE]
         for r in rows:
             r["url"] = url_for("candidate", name=r["name"], version=r["version"])
+            due = dues.get(
+                (r["name"], r["version"]),
+                lambda r=r: _due_rows(
+                    store, _root_of({Tag.SPLIT_URI: r["split_uri"]}, root), _request_ids(store, r["split_uri"])
+                ),
+            )
+            dated = [d for d in due if d["due"]]
+            r["requests"] = len(due)
+            r["soonest_due"] = dated[0]["due"] if dated else ""
+            r["overdue"] = sum(d["overdue"] for d in due)
+            del r["split_uri"]
         return rows
 
     @app.errorhandler(CSRFError)

@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     def webhook_urls(self) -> list[str]:
         return [u.strip() for u in self.review_webhooks.split(",") if u.strip()]
 
+    def mlflow_client(self):  # type: ignore[no-untyped-def]
+        """An MlflowClient for this identity. MLflow reads credentials from the environment only, so they are put
+        there unless the process already names an MLflow user (its own identity wins)."""
+        from mlflow import MlflowClient
+
+        if self.mlflow_tracking_username and self.mlflow_tracking_password and not os.environ.get(
+            "MLFLOW_TRACKING_USERNAME"
+        ):
+            os.environ["MLFLOW_TRACKING_USERNAME"] = self.mlflow_tracking_username
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_tracking_password.get_secret_value()
+        return MlflowClient(tracking_uri=self.mlflow_tracking_uri)
+
     def keystore_spec(self) -> str:
         return self.keystore or f"file:{(self.home / 'keys' / 'data-keys.json').resolve()}"
 

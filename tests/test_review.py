@@ -232,6 +232,8 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
     second, _ = _candidate(stack_settings, store, s3_prefix, name, "u2", gate)
     WebDriverWait(browser, 30, poll_frequency=0.5).until(lambda _: f"{name}/{second}" in rows())
     assert "pending" in browser.find_element(By.ID, "checked").text
+    added = browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{name}/{second}"]').text  # drawn by the page's script
+    assert "0.02 → 0.81" in added and "0.50 → 0.49" in added and "2 2026-02-02 (2 overdue)" in added, added
     seen.append(browser.page_source)
 
     # Its page: verdict and checks, figures before → after, the requests and their due dates, the audit

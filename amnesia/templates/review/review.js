@@ -3,11 +3,15 @@
 (function () {
   const table = document.getElementById("pending");
   if (!table) return;
-  const fmt = (x) => (x === undefined ? "–" : x.toFixed(3));
+  const fmt = (x) => (x === undefined ? "–" : x.toFixed(2));
+  const figures = ["forget_score", "retain_score", "held_out_retain_score", "mmlu"];
   function row(r) {
     const tr = document.createElement("tr");
     tr.dataset.key = r.name + "/" + r.version;
-    const cells = [r.name, null, r.gate, ...["forget_score", "retain_score", "held_out_retain_score", "mmlu"].map((k) => fmt(r.figures[k])), r.runner, Math.floor(r.age_s / 60) + " min"];
+    if (r.overdue) tr.className = "bad";
+    const due = (r.soonest_due || "–") + (r.overdue ? " (" + r.overdue + " overdue)" : "");
+    const cells = [r.name, null, r.gate, ...figures.map((k) => fmt(r.base_figures[k]) + " → " + fmt(r.figures[k])),
+      String(r.requests), due, r.runner, Math.floor(r.age_s / 60) + " min"];
     cells.forEach((text, i) => {
       const td = document.createElement("td");
       if (i === 1) { const a = document.createElement("a"); a.href = r.url; a.textContent = "v" + r.version; td.appendChild(a); }
@@ -22,7 +26,7 @@
       if (!resp.ok) throw new Error(resp.status);
       const data = await resp.json();
       const body = table.tBodies[0];
-      body.replaceChildren(...(data.pending.length ? data.pending.map(row) : [(() => { const tr = document.createElement("tr"); tr.className = "empty"; tr.innerHTML = '<td colspan="9">Nothing waits for a decision.</td>'; return tr; })()]));
+      body.replaceChildren(...(data.pending.length ? data.pending.map(row) : [(() => { const tr = document.createElement("tr"); tr.className = "empty"; tr.innerHTML = '<td colspan="11">Nothing waits for a decision.</td>'; return tr; })()]));
       document.getElementById("checked").textContent = "checked " + data.checked_at + ", " + data.pending.length + " pending";
     } catch (err) {
       document.getElementById("checked").textContent = "could not check (" + err.message + "): the list may be stale";
