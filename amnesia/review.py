@@ -267,7 +267,8 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
                 session.permanent = True
                 session["user"] = who.user  # the name MLflow knows, not the one typed
                 target = request.args.get("next", "")
-                return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+                local = target.startswith("/") and not target.startswith(("//", "/\\"))  # never off-site
+                return redirect(target if local else "/")
         return render_template("login.html", error=error), 401 if error else 200
 
     @app.post("/logout")

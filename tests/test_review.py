@@ -102,6 +102,12 @@ def test_page_refuses_the_runner_the_unpermitted_forgeries_and_missing_csrf(
     refused = runner.post(f"{page}/decision", data=forged)
     assert refused.status_code == 403 and "amnesia-runner ran the pipeline" in refused.text
     people("dave")
+    off = requests.Session()  # a sign-in link that would send the reviewer elsewhere afterwards goes home
+    login = {"username": "dave", "password": stack_state.password("dave")}
+    for target in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+        login["csrf_token"] = _form(off, f"{base}/login")  # a sign-in starts a new session, and a new token
+        got = off.post(f"{base}/login", params={"next": target}, data=login, allow_redirects=False)
+        assert got.status_code == 302 and got.headers["Location"] == "/", (target, got.headers.get("Location"))
     dave = _signed_in(base, "dave", stack_state.password("dave"))
     refused = dave.post(f"{page}/decision", data={"csrf_token": _form(dave, page), "decision": "approve", "note": "x"})
     assert refused.status_code == 403 and f"dave has READ on registered model {name}" in refused.text
