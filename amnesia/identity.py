@@ -106,10 +106,19 @@ class MlflowAuth:
                    json={"username": username, "password": password})  # fmt: skip
 
     def grant(self, username: str, resource: str, permission: str, resource_type: str = "registered_model") -> None:
-        """Give a user a permission on a registered model (it need not exist yet) or an experiment (by id)."""
+        """Set a user's permission on a registered model (it need not exist yet) or an experiment (by id); a grant
+        already there is replaced (MLflow refuses a second one)."""
         body = {"username": username, "resource_type": resource_type, "resource_id": resource,
                 "permission": permission}  # fmt: skip
-        self._call("POST", "/api/3.0/mlflow/users/permissions/grant", f"grant permissions on {resource}", json=body)
+        what = f"grant permissions on {resource}"
+        try:
+            self._call("POST", "/api/3.0/mlflow/users/permissions/grant", what, json=body)
+        except AuthError as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err):
+                raise
+            revoke = {k: v for k, v in body.items() if k != "permission"}
+            self._call("POST", "/api/3.0/mlflow/users/permissions/revoke", what, json=revoke)
+            self._call("POST", "/api/3.0/mlflow/users/permissions/grant", what, json=body)
 
 
 @dataclass(frozen=True)

@@ -63,12 +63,17 @@ def _signed_in(base: str, user: str, password: str) -> requests.Session:
     return s
 
 
-def test_identity_is_what_mlflow_authenticates(stack_state) -> None:  # type: ignore[no-untyped-def]
+def test_identity_is_what_mlflow_authenticates(stack_state, people: People) -> None:  # type: ignore[no-untyped-def]
     uri = stack_state.tracking_uri
     with pytest.raises(AuthError, match="refused the credentials of alice"):
         login(uri, "alice", "not-her-password")
     assert login(uri, MLFLOW_RUNNER, stack_state.password(MLFLOW_RUNNER)).user == MLFLOW_RUNNER
     assert same_person(" Alice ", "alice") and not same_person("alice", "alicia")
+    admin, model = stack_state.mlflow_auth(), f"grants-{uuid.uuid4().hex[:6]}"
+    people("gina")
+    for level in ("READ", "MANAGE", "MANAGE", "DENY"):  # a second grant replaces the first
+        admin.grant("gina", model, level)
+        assert admin.permission("gina", model) == level
     runner = MlflowAuth(uri, MLFLOW_RUNNER, stack_state.password(MLFLOW_RUNNER))
     with pytest.raises(AuthError, match="amnesia-runner may not read the permissions of amnesia-admin"):
         runner.permission(MLFLOW_ADMIN, "any-model")  # only oneself, or an admin
