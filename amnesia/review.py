@@ -235,6 +235,7 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
     def bad_csrf(err: CSRFError) -> Any:
         return render_template("error.html", code=400, message=f"refused: {err.description}"), 400
 
+    @app.errorhandler(400)
     @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
