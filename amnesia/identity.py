@@ -101,6 +101,14 @@ class MlflowAuth:
         )
         return str(got.get("permission", "NO_PERMISSIONS"))
 
+    def resources(self) -> tuple[list[str], list[str]]:
+        """The registered models' names and the experiments' ids this user can see (the first 1000 of each)."""
+        models = self._call("GET", "/api/2.0/mlflow/registered-models/search", "list models",
+                            params={"max_results": 1000}).get("registered_models", [])  # fmt: skip
+        experiments = self._call("POST", "/api/2.0/mlflow/experiments/search", "list experiments",
+                                 json={"max_results": 1000}).get("experiments", [])  # fmt: skip
+        return [m["name"] for m in models], [e["experiment_id"] for e in experiments]
+
     def create_user(self, username: str, password: str) -> None:
         self._call("POST", "/api/2.0/mlflow/users/create", "create users",
                    json={"username": username, "password": password})  # fmt: skip

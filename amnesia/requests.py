@@ -196,6 +196,14 @@ class RequestQueue:
                 out.append(_parse([self.store.get_json(uri)], uri, "object")[0])
         return sorted(out, key=lambda r: r.request_id)
 
+    def find(self, request_id: str) -> tuple[str, ErasureRequest] | None:
+        """A request and its state (pending or fulfilled), or None when the queue never had it."""
+        for state in ("pending", "fulfilled"):
+            uri = self._uri(state, request_id)
+            if self.store.exists(uri):
+                return state, _parse([self.store.get_json(uri)], uri, "object")[0]
+        return None
+
     def extension(self, request_id: str) -> Extension | None:
         uri = self._uri("extensions", request_id)
         return Extension.model_validate(self.store.get_json(uri)) if self.store.exists(uri) else None

@@ -69,15 +69,15 @@ class _Cache:
 
 def _due_rows(store: ArtifactStore, root: str, ids: list[str]) -> list[dict[str, Any]]:
     """Each request's id, state and due date (Art. 12(3)); the request's text stays in the store."""
-    from amnesia.requests import ErasureRequest, RequestQueue, due_date
+    from amnesia.requests import RequestQueue, due_date
 
     queue, now, rows = RequestQueue(store, root), datetime.now(UTC), []
     for rid in ids:
-        state = next((s for s in ("pending", "fulfilled") if store.exists(queue._uri(s, rid))), None)
-        if state is None:
+        found = queue.find(rid)
+        if found is None:
             rows.append({"request_id": rid, "state": "unknown", "due": "", "days_left": None, "overdue": False})
             continue
-        req = ErasureRequest.model_validate(store.get_json(queue._uri(state, rid)))
+        state, req = found
         due = due_date(req, queue.extension(rid))
         days = (due - now).days
         rows.append({"request_id": rid, "state": state, "due": due.date().isoformat(), "days_left": days,

@@ -72,8 +72,10 @@ class Settings(BaseSettings):
         there unless the process already names an MLflow user (its own identity wins)."""
         from mlflow import MlflowClient
 
-        if self.mlflow_tracking_username and self.mlflow_tracking_password and not os.environ.get(
-            "MLFLOW_TRACKING_USERNAME"
+        if (
+            self.mlflow_tracking_username
+            and self.mlflow_tracking_password
+            and not os.environ.get("MLFLOW_TRACKING_USERNAME")
         ):
             os.environ["MLFLOW_TRACKING_USERNAME"] = self.mlflow_tracking_username
             os.environ["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_tracking_password.get_secret_value()

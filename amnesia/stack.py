@@ -546,14 +546,11 @@ def _ensure_mlflow_users(state: StackState) -> None:
             fresh = True
     if not fresh:
         return
-    models = admin._call("GET", "/api/2.0/mlflow/registered-models/search", "list models",
-                         params={"max_results": 1000}).get("registered_models", [])  # fmt: skip
-    experiments = admin._call("POST", "/api/2.0/mlflow/experiments/search", "list experiments",
-                              json={"max_results": 1000}).get("experiments", [])  # fmt: skip
+    models, experiments = admin.resources()
     for model in models:
-        admin.grant(MLFLOW_RUNNER, model["name"], "MANAGE")
+        admin.grant(MLFLOW_RUNNER, model, "MANAGE")
     for experiment in experiments:
-        admin.grant(MLFLOW_RUNNER, experiment["experiment_id"], "MANAGE", resource_type="experiment")
+        admin.grant(MLFLOW_RUNNER, experiment, "MANAGE", resource_type="experiment")
 
 
 def _auth_config(home: Path) -> Path:

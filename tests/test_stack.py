@@ -280,3 +280,34 @@ def test_a_store_that_does_not_come_up_says_why_in_one_line(tmp_path: Path) -> N
         stack.start_s3(tmp_path / "s3", stack.free_port_pair(), ["b"], timeout_s=0.05)
     msg = str(info.value)
     assert "\n" not in msg and "did not answer" in msg and "log tail:" in msg, msg
+
+
+def test_a_store_from_before_auth_keeps_the_runner_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow data made when the stack had no auth belongs to nobody: the first start with auth gives the
+    runner MANAGE on it (simulated by an experiment and a model made by the admin, then the users forgotten)."""
+    from mlflow import MlflowClient
+
+    settings = load_settings(home=tmp_path, s3_port=0, mlflow_port=0, review_port=0)
+    state = stack.up(settings, owner_pid=os.getpid())
+
+    def as_user(env: dict[str, str]) -> None:  # MLflow's client takes its identity from the environment only
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(key, env[key])
+
+    try:
+        as_user(state.env("service"))
+        client = MlflowClient(state.tracking_uri)
+        experiment = client.create_experiment("made-before-auth")
+        client.create_registered_model("model-before-auth")
+        runner = state.mlflow_auth(stack.MLFLOW_RUNNER)
+        assert runner.permission(stack.MLFLOW_RUNNER, "model-before-auth") == "READ"
+    finally:
+        stack.down(tmp_path)
+    (tmp_path / stack.AUTH_DB).unlink()  # no users, no grants: what MLflow had before the auth app
+    state = stack.up(settings, owner_pid=os.getpid())
+    try:
+        assert state.mlflow_auth(stack.MLFLOW_RUNNER).permission(stack.MLFLOW_RUNNER, "model-before-auth") == "MANAGE"
+        as_user(state.env())
+        MlflowClient(state.tracking_uri).create_run(experiment)  # the pipeline writes where it did
+    finally:
+        stack.down(tmp_path)
