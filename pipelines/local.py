@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp import local
+from pydantic import SecretStr
 
 from amnesia.pipeline_config import PipelineConfig
 from amnesia.requests import RequestQueue, request_digest
@@ -50,23 +51,22 @@ def run_local(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """The variables a task process needs to reach the same stores as this one, as this one's identity."""
     env = {"AMNESIA_BUCKET": settings.bucket, "AMNESIA_EXPERIMENT": settings.experiment,
            "AMNESIA_ENCRYPT": str(settings.encrypt).lower(), "AMNESIA_KEYSTORE": settings.keystore_spec()}  # fmt: skip
-    if settings.s3_endpoint_url:
-        env["AMNESIA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
-    if settings.aws_access_key_id:
-        env["AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id
-    if settings.aws_secret_access_key:
-        env["AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
-    if settings.mlflow_tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
-    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
-        env["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
-        env["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
-    if settings.review_webhooks:
-        env["AMNESIA_REVIEW_WEBHOOKS"] = settings.review_webhooks
-    if settings.review_webhook_secret:
-        env["AMNESIA_REVIEW_WEBHOOK_SECRET"] = settings.review_webhook_secret.get_secret_value()
-    if settings.review_url:
-        env["AMNESIA_REVIEW_URL"] = settings.review_url
+    mlflow_user = settings.mlflow_tracking_username if settings.mlflow_tracking_password else None  # both or neither
+    optional = {
+        "AMNESIA_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLFLOW_TRACKING_USERNAME": mlflow_user,
+        "MLFLOW_TRACKING_PASSWORD": settings.mlflow_tracking_password if mlflow_user else None,
+        "AMNESIA_REVIEW_WEBHOOKS": settings.review_webhooks,
+        "AMNESIA_REVIEW_WEBHOOK_SECRET": settings.review_webhook_secret,
+        "AMNESIA_REVIEW_URL": settings.review_url,
+    }
+    for key, value in optional.items():
+        if value:
+            env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     return env
