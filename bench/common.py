@@ -17,23 +17,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amnesia.arch import inspect_model  # noqa: E402
-from amnesia.config import AttackConfig, EvaluateConfig, MMLUConfig, SplitConfig  # noqa: E402
 from amnesia.demo.prepare import demo_trace_config, local_base_model  # noqa: E402
 from amnesia.demo.world import World, WorldConfig, generate  # noqa: E402
-from amnesia.evaluate import Evaluation, evaluate_model, score_items  # noqa: E402
-from amnesia.measures import forget_score, retain_score  # noqa: E402
-from amnesia.mmlu import score_mmlu  # noqa: E402
-from amnesia.models import load_model  # noqa: E402
-from amnesia.records import MIADocument, UnlearningRecord, load_records  # noqa: E402
-from amnesia.scoring import per_task  # noqa: E402
-from amnesia.split import build_sets  # noqa: E402
-from amnesia.trace import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
-from amnesia.unlearn.config import UnlearnConfig  # noqa: E402
-from amnesia.unlearn.data import PairedBatches, encode  # noqa: E402
-from amnesia.unlearn.methods import method_class  # noqa: E402
-from amnesia.unlearn.params import freeze_all_but, trainable_names  # noqa: E402
-from amnesia.unlearn.trainer import Trainer, held_out_batches  # noqa: E402
+from amnesia.results.evaluation import Evaluation  # noqa: E402
+from amnesia.science.architecture import inspect_model  # noqa: E402
+from amnesia.science.attack_config import AttackConfig  # noqa: E402
+from amnesia.science.metrics.aggregate import per_task  # noqa: E402
+from amnesia.science.metrics.registry import forget_score, retain_score  # noqa: E402
+from amnesia.science.mmlu import score_mmlu  # noqa: E402
+from amnesia.science.records import MIADocument, UnlearningRecord  # noqa: E402
+from amnesia.science.unlearning.data import PairedBatches, encode  # noqa: E402
+from amnesia.science.unlearning.methods import method_class  # noqa: E402
+from amnesia.science.unlearning.params import freeze_all_but, trainable_names  # noqa: E402
+from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+from amnesia.stages.evaluate.stage import evaluate_model, score_items
+from amnesia.stages.split.config import SplitConfig
+from amnesia.stages.split.stage import build_sets  # noqa: E402
+from amnesia.stages.trace.stage import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
+from amnesia.stages.unlearn.config import UnlearnConfig  # noqa: E402
+from amnesia.stages.unlearn.trainer import Trainer, held_out_batches  # noqa: E402
+from amnesia.storage.models import load_model  # noqa: E402
+from amnesia.storage.records import load_records
 
 Sets = dict[str, list[UnlearningRecord]]
 

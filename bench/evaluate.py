@@ -1,4 +1,4 @@
-"""Benchmark: batched evaluation (amnesia.evaluate) against a one-by-one loop like the official scorer's
+"""Benchmark: batched evaluation (amnesia.stages.evaluate.stage) against a one-by-one loop like the official scorer's
 (one prompt per generate call, one document per forward, one question per forward), on the same model
 and items, in one run. Prints each path's time, the speed-up, and whether every metric is equal.
 
@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer  # noqa: E402
 from amnesia.demo.world import WorldConfig, generate  # noqa: E402
-from amnesia.evaluate import document_losses  # noqa: E402
-from amnesia.generation import greedy_generate  # noqa: E402
-from amnesia.metrics import item_score  # noqa: E402
-from amnesia.mmlu import score_mmlu  # noqa: E402
-from amnesia.scoring import mia_auc, per_task  # noqa: E402
+from amnesia.science.generation import greedy_generate  # noqa: E402
+from amnesia.science.metrics.aggregate import mia_auc, per_task  # noqa: E402
+from amnesia.science.metrics.items import item_score  # noqa: E402
+from amnesia.science.mmlu import score_mmlu  # noqa: E402
+from amnesia.stages.evaluate.stage import document_losses  # noqa: E402
 
 
 def run(model, tok, items, docs, questions, args, batch: int) -> tuple[float, dict[str, object]]:  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ def main() -> None:
 
     world = generate(WorldConfig())
     if args.model:
-        from amnesia.models import load_model
+        from amnesia.storage.models import load_model
 
         loaded = load_model(args.model, device=args.device)
         model, tok = loaded.model, loaded.tokenizer

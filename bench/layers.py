@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import demo_arguments, demo_setup, score, traced_layers, unlearn  # noqa: E402
 
-from amnesia.arch import inspect_model  # noqa: E402
 from amnesia.demo.prepare import demo_trace_config, demo_unlearn_config  # noqa: E402
+from amnesia.science.architecture import inspect_model  # noqa: E402
 
 
 def main() -> None:

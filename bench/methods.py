@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import demo_arguments, demo_setup, evaluation, traced_layers, unlearn  # noqa: E402
 
-from amnesia.config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig  # noqa: E402
 from amnesia.demo.prepare import demo_gate_config, demo_trace_config, demo_unlearn_config  # noqa: E402
-from amnesia.evaluate import Evaluation  # noqa: E402
-from amnesia.gate import decide  # noqa: E402
-from amnesia.measures import Verdict, comparisons, scores  # noqa: E402
-from amnesia.unlearn.config import UnlearnConfig  # noqa: E402
-from amnesia.unlearn.methods import METHODS  # noqa: E402
+from amnesia.results.evaluation import Evaluation  # noqa: E402
+from amnesia.results.figures import comparisons, scores  # noqa: E402
+from amnesia.results.gate import Verdict
+from amnesia.science.attack_config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig  # noqa: E402
+from amnesia.science.unlearning.methods import METHODS  # noqa: E402
+from amnesia.stages.gate.stage import decide  # noqa: E402
+from amnesia.stages.unlearn.config import UnlearnConfig  # noqa: E402
 
 DEFAULT = [*sorted(METHODS), "sam+npo", "sam+sha256"]
 COLUMNS = ("forget", "retain", "held_out", "mia", "utility", "final", "quant4_recovery", "rtt_recovery")
@@ -142,8 +143,8 @@ def _report(folder: Path, method: str, cfg: UnlearnConfig, base: Evaluation, ev:
     """The gate's report for this candidate, with the recovery plot (no trace heatmaps or curves here)."""
     import tempfile
 
-    from amnesia import report
-    from amnesia.gate import recovery_plot
+    from amnesia.stages.gate import report
+    from amnesia.stages.gate.stage import recovery_plot
 
     with tempfile.TemporaryDirectory() as tmp:
         plot = recovery_plot(demo_gate_config(), base, ev, Path(tmp) / "recovery.png")

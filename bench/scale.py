@@ -6,13 +6,13 @@
 Models are random-initialised from the OLMo-1B and OLMo-7B configurations (no download: the config
 alone; timing does not depend on what the weights learned) and each size runs in a fresh process, so
 its peak memory is its own. Measured with the project's own code, not a stand-in:
-- trace: `amnesia.tracing.trace_fact` (hidden/MLP/attention, 10 noise samples, window 10) on demo-world
+- trace: `amnesia.science.tracing.causal.trace_fact` (hidden/MLP/attention, 10 noise samples, window 10) on demo-world
   QA prompts; seconds per fact.
 - unlearn: the `sha256` method's trainer step on the MLPs of layers 0-5 (AdamW; fp32 master weights
   with bf16 autocast on CUDA, as `precision: auto` does); steps per second and peak memory.
-- evaluate: `amnesia.generation.greedy_generate` on forget/retain prompts; items per second. Random
+- evaluate: `amnesia.science.generation.greedy_generate` on forget/retain prompts; items per second. Random
   weights never emit EOS, so every item runs the full `--new-tokens`: a worst case.
-- MMLU: `amnesia.mmlu.score_mmlu` (letter format), k-shot; questions per second.
+- MMLU: `amnesia.science.mmlu.score_mmlu` (letter format), k-shot; questions per second.
 Inference (trace, evaluate, MMLU) runs in bf16 on CUDA, fp32 on CPU. Then it projects one pipeline run
 from the workload flags (defaults below: check them against your data) on one device of this kind.
 """
@@ -88,19 +88,19 @@ def measure(size: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import OlmoConfig, OlmoForCausalLM
 
-    from amnesia.arch import inspect_model
     from amnesia.demo.base_model import train_tokenizer
     from amnesia.demo.world import WorldConfig, generate
-    from amnesia.generation import greedy_generate
-    from amnesia.mmlu import score_mmlu
-    from amnesia.records import load_mmlu
-    from amnesia.trace import make_fact
-    from amnesia.tracing import trace_fact
-    from amnesia.unlearn.config import UnlearnConfig
-    from amnesia.unlearn.data import PairedBatches, encode
-    from amnesia.unlearn.methods import method_class
-    from amnesia.unlearn.params import count, freeze_all_but, trainable_names
-    from amnesia.unlearn.trainer import HeldOut, Trainer
+    from amnesia.science.architecture import inspect_model
+    from amnesia.science.generation import greedy_generate
+    from amnesia.science.mmlu import score_mmlu
+    from amnesia.science.tracing.causal import trace_fact
+    from amnesia.science.unlearning.data import PairedBatches, encode
+    from amnesia.science.unlearning.methods import method_class
+    from amnesia.science.unlearning.params import count, freeze_all_but, trainable_names
+    from amnesia.stages.trace.stage import make_fact
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.trainer import HeldOut, Trainer
+    from amnesia.storage.records import load_mmlu
 
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")

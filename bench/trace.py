@@ -3,7 +3,7 @@
     .venv/bin/python bench/trace.py [--model random|demo|smollm|PATH] [--facts 8] [--threads 1] [--device cpu|cuda]
 
 Paths: the plain one-restoration-per-forward reference (tests/reference_trace.py), the batched exact
-tracer (amnesia.tracing), attribution patching (atp: one forward and one backward per fact) and hybrid
+tracer (amnesia.science.tracing.causal), attribution patching (atp: one forward and one backward per fact) and hybrid
 (atp screens, exact patching confirms each fact's top cells and the chosen group's MLP row: the stage's
 own code). The paths are interleaved fact by fact in a rotating order (A B C D, B C D A, …) with torch's
 threads pinned, and both wall and CPU time are reported, so a busy machine cannot fake a ratio.
@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amnesia.arch import inspect_model  # noqa: E402
-from amnesia.attribution import atp_trace  # noqa: E402
-from amnesia.config import TraceConfig  # noqa: E402
-from amnesia.layer_choice import choose, per_fact_effects  # noqa: E402
-from amnesia.trace import confirmed_choice, make_fact, trace_facts  # noqa: E402
-from amnesia.tracing import KINDS, Fact, FactTrace, corrupted_score, subject_embedding_std, trace_fact  # noqa: E402
+from amnesia.science.architecture import inspect_model  # noqa: E402
+from amnesia.science.tracing.attribution import atp_trace  # noqa: E402
+from amnesia.science.tracing.causal import KINDS, Fact, FactTrace, corrupted_score, subject_embedding_std, trace_fact  # noqa: E402
+from amnesia.science.tracing.layer_choice import choose, per_fact_effects  # noqa: E402
+from amnesia.stages.trace.config import TraceConfig  # noqa: E402
+from amnesia.stages.trace.stage import confirmed_choice, make_fact, trace_facts  # noqa: E402
 from tests.reference_trace import reference_trace  # noqa: E402
 
 CAPITALS = {"France": "Paris", "Italy": "Rome", "Japan": "Tokyo", "Germany": "Berlin", "Spain": "Madrid",
@@ -50,7 +50,7 @@ class _Quiet:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from amnesia.demo.world import WorldConfig, generate
-    from amnesia.models import load_model
+    from amnesia.storage.models import load_model
 
     if args.model == "random":
         from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer

@@ -30,14 +30,14 @@ def _rss_kb(field: str) -> int:
 def variant(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from amnesia.arch import inspect_model
     from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
     from amnesia.demo.world import WorldConfig, generate
-    from amnesia.unlearn.config import UnlearnConfig
-    from amnesia.unlearn.data import PairedBatches, encode
-    from amnesia.unlearn.methods import method_class
-    from amnesia.unlearn.params import count, freeze_all_but, trainable_names
-    from amnesia.unlearn.trainer import HeldOut, Trainer
+    from amnesia.science.architecture import inspect_model
+    from amnesia.science.unlearning.data import PairedBatches, encode
+    from amnesia.science.unlearning.methods import method_class
+    from amnesia.science.unlearning.params import count, freeze_all_but, trainable_names
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.trainer import HeldOut, Trainer
 
     torch.manual_seed(0)
     world = generate(WorldConfig())

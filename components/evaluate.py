@@ -16,13 +16,14 @@ def evaluate(
     role: str,
     evaluation_out: dsl.Output[dsl.Metrics],
 ) -> str:
-    """Runs amnesia.evaluate.run_evaluate; the base model's result is reused from the store when its
+    """Runs amnesia.stages.evaluate.stage.run_evaluate; the base model's result is reused from the store when its
     (model digest, data, config) was scored before. Returns the Evaluation JSON."""
-    from amnesia.config import EvaluateConfig, ModelConfig
-    from amnesia.context import RunContext
-    from amnesia.evaluate import run_evaluate
-    from amnesia.preflight import one_line_errors
-    from amnesia.split import SplitResult
+    from amnesia.core.config import ModelConfig
+    from amnesia.results.split import SplitResult
+    from amnesia.runtime.preflight import one_line_errors
+    from amnesia.stages.evaluate.config import EvaluateConfig
+    from amnesia.stages.evaluate.stage import run_evaluate
+    from amnesia.storage.context import RunContext
 
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, f"evaluate-{role}"):

@@ -18,18 +18,18 @@ def gate(
     unlearn_json: str,
     report: dsl.Output[dsl.HTML],
 ) -> NamedTuple("GateOutputs", [("passed", bool), ("reasons", str), ("result", str)]):  # noqa: F821
-    """Runs amnesia.gate.run_gate; writes the HTML report as a KFP HTML artifact too."""
+    """Runs amnesia.stages.gate.stage.run_gate; writes the HTML report as a KFP HTML artifact too."""
     from collections import namedtuple
     from pathlib import Path
 
-    from amnesia.config import GateConfig
-    from amnesia.context import RunContext
-    from amnesia.evaluate import Evaluation
-    from amnesia.gate import run_gate
-    from amnesia.layout import REPORT_HTML
-    from amnesia.storage import join
-    from amnesia.trace import TraceResult
-    from amnesia.unlearn.stage import UnlearnResult
+    from amnesia.results.evaluation import Evaluation
+    from amnesia.results.trace import TraceResult
+    from amnesia.results.unlearn import UnlearnResult
+    from amnesia.stages.gate.config import GateConfig
+    from amnesia.stages.gate.stage import run_gate
+    from amnesia.storage.context import RunContext
+    from amnesia.storage.layout import REPORT_HTML
+    from amnesia.storage.uri import join
 
     ctx = RunContext.create(pipeline_run_id, store_root)
     result = run_gate(

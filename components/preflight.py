@@ -12,11 +12,13 @@ def preflight(
     split_config: str,
     evaluate_config: str,
 ) -> str:
-    """Runs amnesia.preflight.run_preflight; a failure is one line (and the run stops, not retried)."""
-    from amnesia.config import EvaluateConfig, ModelConfig, SplitConfig
-    from amnesia.context import RunContext
-    from amnesia.lineage import Lineage
-    from amnesia.preflight import one_line_errors, run_preflight
+    """Runs amnesia.runtime.preflight.run_preflight; a failure is one line (and the run stops, not retried)."""
+    from amnesia.core.config import ModelConfig
+    from amnesia.runtime.preflight import one_line_errors, run_preflight
+    from amnesia.stages.evaluate.config import EvaluateConfig
+    from amnesia.stages.split.config import SplitConfig
+    from amnesia.storage.context import RunContext
+    from amnesia.storage.lineage import Lineage
 
     ctx = RunContext.create(pipeline_run_id, store_root, track=False)  # MLflow is one of the checks
     with one_line_errors(ctx, "preflight"):

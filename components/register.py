@@ -17,18 +17,18 @@ def register(
     gate_json: str,
     registered: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Runs amnesia.registry.register_candidate; a second run for the same requests and base model
+    """Runs amnesia.governance.registry.register_candidate; a second run for the same requests and base model
     returns the existing version. Returns the Registration JSON (or, for a failed gate, why not)."""
     import json
 
-    from amnesia.evaluate import Evaluation
-    from amnesia.gate import GateResult
-    from amnesia.lineage import Lineage
-    from amnesia.registry import register_candidate
-    from amnesia.settings import settings
-    from amnesia.split import SplitResult
-    from amnesia.trace import TraceResult
-    from amnesia.unlearn.stage import UnlearnResult
+    from amnesia.core.settings import settings
+    from amnesia.governance.registry import register_candidate
+    from amnesia.results.evaluation import Evaluation
+    from amnesia.results.gate import GateResult
+    from amnesia.results.split import SplitResult
+    from amnesia.results.trace import TraceResult
+    from amnesia.results.unlearn import UnlearnResult
+    from amnesia.storage.lineage import Lineage
 
     gate = GateResult.model_validate_json(gate_json)
     if not gate.passed:  # dsl.If keeps a failed candidate out on a cluster; this guards every other path

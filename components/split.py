@@ -13,15 +13,15 @@ def split(
     splits: dsl.Output[dsl.Dataset],
     request_digest: str = "",
 ) -> str:
-    """Runs amnesia.split.run_split; returns the SplitResult JSON and describes the stored sets.
+    """Runs amnesia.stages.split.stage.run_split; returns the SplitResult JSON and describes the stored sets.
 
     request_digest: the digest of the queue snapshot the run was submitted for. It keys the task's cache
     (different requests never share an entry), and a queue that changed since submission fails the run."""
-    from amnesia.config import SplitConfig
-    from amnesia.context import RunContext
-    from amnesia.handoff import describe
-    from amnesia.preflight import one_line_errors
-    from amnesia.split import SplitError, run_split
+    from amnesia.runtime.handoff import describe
+    from amnesia.runtime.preflight import one_line_errors
+    from amnesia.stages.split.config import SplitConfig
+    from amnesia.stages.split.stage import SplitError, run_split
+    from amnesia.storage.context import RunContext
 
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "split"):

@@ -15,13 +15,14 @@ def trace(
     split_json: str,
     trace_out: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Runs amnesia.trace.run_trace on the split's forget facts; returns the TraceResult JSON."""
-    from amnesia.config import ModelConfig, TraceConfig
-    from amnesia.context import RunContext
-    from amnesia.handoff import describe
-    from amnesia.preflight import one_line_errors
-    from amnesia.split import SplitResult
-    from amnesia.trace import run_trace
+    """Runs amnesia.stages.trace.stage.run_trace on the split's forget facts; returns the TraceResult JSON."""
+    from amnesia.core.config import ModelConfig
+    from amnesia.results.split import SplitResult
+    from amnesia.runtime.handoff import describe
+    from amnesia.runtime.preflight import one_line_errors
+    from amnesia.stages.trace.config import TraceConfig
+    from amnesia.stages.trace.stage import run_trace
+    from amnesia.storage.context import RunContext
 
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "trace"):

@@ -18,16 +18,16 @@ def unlearn(
     trace_json: str,
     model_out: dsl.Output[dsl.Model],
 ) -> NamedTuple("UnlearnOutputs", [("model_uri", str), ("result", str)]):  # noqa: F821
-    """Runs amnesia.unlearn.stage.run_unlearn on the split, with the trace's layers unless the config names
+    """Runs amnesia.stages.unlearn.stage.run_unlearn on the split, with the trace's layers unless the config names
     layers (trace_json may then be empty). A retried task resumes from the run's last S3 checkpoint."""
-    from amnesia.config import ModelConfig
-    from amnesia.context import RunContext
-    from amnesia.handoff import describe
-    from amnesia.preflight import one_line_errors
-    from amnesia.split import SplitResult
-    from amnesia.trace import TraceResult
-    from amnesia.unlearn.config import UnlearnConfig
-    from amnesia.unlearn.stage import run_unlearn
+    from amnesia.core.config import ModelConfig
+    from amnesia.results.split import SplitResult
+    from amnesia.results.trace import TraceResult
+    from amnesia.runtime.handoff import describe
+    from amnesia.runtime.preflight import one_line_errors
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.stage import run_unlearn
+    from amnesia.storage.context import RunContext
 
     layers = TraceResult.model_validate_json(trace_json).layers if trace_json else None
     ctx = RunContext.create(pipeline_run_id, store_root)

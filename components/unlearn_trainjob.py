@@ -33,17 +33,18 @@ def unlearn_trainjob(
     task_config: dsl.TaskConfig,
     model_out: dsl.Output[dsl.Model],
 ) -> NamedTuple("UnlearnOutputs", [("model_uri", str), ("result", str)]):  # noqa: F821
-    """Runs amnesia.trainjob.unlearn: writes the job to the run's folder, creates this run's TrainJob
+    """Runs amnesia.runtime.trainjob.unlearn: writes the job to the run's folder, creates this run's TrainJob
     (or takes over its earlier one), waits for it and returns rank 0's UnlearnResult."""
     import json
 
-    from amnesia import trainjob
-    from amnesia.config import ModelConfig, TrainJobConfig
-    from amnesia.context import RunContext
-    from amnesia.handoff import describe
-    from amnesia.split import SplitResult
-    from amnesia.trace import TraceResult
-    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.core.config import ModelConfig
+    from amnesia.results.split import SplitResult
+    from amnesia.results.trace import TraceResult
+    from amnesia.runtime import trainjob
+    from amnesia.runtime.cluster_config import TrainJobConfig
+    from amnesia.runtime.handoff import describe
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.storage.context import RunContext
 
     tj = TrainJobConfig.model_validate_json(trainjob_json)
     secrets = json.loads(secrets_json)  # {secret name: [keys]}

@@ -7,12 +7,12 @@ from typing import Any
 
 from kfp import kubernetes
 
-from amnesia.config import ClusterConfig
+from amnesia.runtime.cluster_config import ClusterConfig
 
-# Secret keys, each exposed as the environment variable of the same name (amnesia.settings reads them).
+# Secret keys, each exposed as the environment variable of the same name (amnesia.core.settings reads them).
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-REVIEW_KEYS = ("AMNESIA_REVIEW_WEBHOOKS", "AMNESIA_REVIEW_WEBHOOK_SECRET", "AMNESIA_REVIEW_URL")  # amnesia.notify
+REVIEW_KEYS = ("AMNESIA_REVIEW_WEBHOOKS", "AMNESIA_REVIEW_WEBHOOK_SECRET", "AMNESIA_REVIEW_URL")  # amnesia.governance.notify
 
 
 def apply_cluster(task: Any, cfg: ClusterConfig, compute: bool, notify: bool = False) -> Any:
@@ -21,7 +21,7 @@ def apply_cluster(task: Any, cfg: ClusterConfig, compute: bool, notify: bool = F
         task.set_env_variable("AMNESIA_IMAGE_REF", cfg.image)  # lineage and registry record the image
     kubernetes.use_secret_as_env(task, cfg.s3_secret, {key: key for key in S3_KEYS})
     kubernetes.use_secret_as_env(task, cfg.mlflow_secret, {key: key for key in MLFLOW_KEYS})
-    task.set_env_variable("AMNESIA_KEYSTORE", cfg.keystore)  # the runs' data keys (amnesia.sealing)
+    task.set_env_variable("AMNESIA_KEYSTORE", cfg.keystore)  # the runs' data keys (amnesia.storage.sealing)
     if notify:  # the register step tells the reviewers' webhooks, when that Secret exists
         kubernetes.use_secret_as_env(task, cfg.review_secret, {key: key for key in REVIEW_KEYS}, optional=True)
     if compute:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from amnesia.config import ClusterConfig
+from amnesia.runtime.cluster_config import ClusterConfig
 from pipelines.unlearning import build
 
 

@@ -78,7 +78,7 @@ class TaskConsole(io.TextIOBase):
             self.terminal.write(line + "\n")
         elif _SHOWN.search(plain):
             shown = plain.strip()
-            if "ERROR" not in shown:  # "12:34:56 amnesia.unlearn: unlearning: step …" → "unlearning: step …"
+            if "ERROR" not in shown:  # "12:34:56 amnesia.stages.unlearn: unlearning: step …" → "unlearning: step …"
                 shown = "        " + shown.split(": ", 1)[-1]
             self._show(shown)
 

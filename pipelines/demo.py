@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from amnesia import stack
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import (
     DemoArtifacts,
     DemoConfig,
@@ -26,11 +26,12 @@ from amnesia.demo.prepare import (
     prepare,
     print_summary,
 )
-from amnesia.pipeline_config import PipelineConfig
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.settings import Settings
-from amnesia.storage import ArtifactStore, join
-from amnesia.summary import summarize
+from amnesia.devstack import stack
+from amnesia.runtime.pipeline_config import PipelineConfig
+from amnesia.runtime.summary import summarize
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 from pipelines.local import run_local
 
 Echo = Callable[[str], None]

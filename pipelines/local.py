@@ -11,10 +11,10 @@ from typing import Any
 from kfp import local
 from pydantic import SecretStr
 
-from amnesia.pipeline_config import PipelineConfig
-from amnesia.requests import RequestQueue, request_digest
-from amnesia.settings import Settings
-from amnesia.storage import ArtifactStore
+from amnesia.core.settings import Settings
+from amnesia.runtime.pipeline_config import PipelineConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.requests import RequestQueue, request_digest
 from pipelines.console import task_console
 from pipelines.unlearning import build
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from amnesia.errors import AmnesiaError, ConfigError
-from amnesia.pipeline_config import PipelineConfig
+from amnesia.core.errors import AmnesiaError, ConfigError
+from amnesia.runtime.pipeline_config import PipelineConfig
 from pipelines.compile import compile_pipeline
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-?A-Za-z]+$")

@@ -12,10 +12,13 @@ from typing import Any
 
 from kfp import dsl
 
-from amnesia.config import ClusterConfig, EvaluateConfig, GateConfig, TraceConfig
-from amnesia.pipeline_config import PipelineConfig
-from amnesia.settings import Settings
-from amnesia.unlearn.config import UnlearnConfig
+from amnesia.core.settings import Settings
+from amnesia.runtime.cluster_config import ClusterConfig
+from amnesia.runtime.pipeline_config import PipelineConfig
+from amnesia.stages.evaluate.config import EvaluateConfig
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.stages.unlearn.config import UnlearnConfig
 from components import IMAGE
 from components.evaluate import evaluate
 from components.finish import finish

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from amnesia.identity import Reviewer
-from amnesia.lineage import Tag
-from amnesia.registry import BASE_EVALUATION, CANDIDATE_EVALUATION, REPORT_DIGEST
-from amnesia.requests import ErasureRequest, canonical_jsonl, request_digest
-from amnesia.storage import ArtifactStore, join
+from amnesia.governance.identity import Reviewer
+from amnesia.governance.versions import BASE_EVALUATION, CANDIDATE_EVALUATION, REPORT_DIGEST
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.lineage import Tag
+from amnesia.storage.requests import ErasureRequest, canonical_jsonl, request_digest
+from amnesia.storage.uri import join
 
 People = Callable[..., Reviewer]  # people(user, model=None, permission="MANAGE"): a signed-in MLflow user
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest  # noqa: E402
 
-from amnesia import stack  # noqa: E402
-from amnesia.settings import Settings, load_settings  # noqa: E402
-from amnesia.storage import ArtifactStore  # noqa: E402
+from amnesia.core.settings import Settings, load_settings  # noqa: E402
+from amnesia.devstack import stack  # noqa: E402
+from amnesia.storage.artifacts import ArtifactStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def settings_for(state: stack.StackState, **overrides: object) -> Settings:
 def people(stack_state: stack.StackState):  # type: ignore[no-untyped-def]
     """people(user, model=None, permission="MANAGE"): an MLflow user of the session stack, signed in (made on
     first use), with that permission on the registered model when one is named."""
-    from amnesia.identity import Reviewer, login
+    from amnesia.governance.identity import Reviewer, login
 
     def person(user: str, model: str | None = None, permission: str = "MANAGE") -> Reviewer:
         password = stack.add_user(Path(stack_state.home), user)

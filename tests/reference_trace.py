@@ -1,6 +1,6 @@
 """A plain causal-tracing reference: one restoration per forward pass, as in ROME's trace_with_patch.
 
-Kept deliberately simple and separate from amnesia.tracing, which must match it to 1e-5.
+Kept deliberately simple and separate from amnesia.science.tracing.causal, which must match it to 1e-5.
 bench/trace.py times the two against each other.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from amnesia.arch import Layout
-from amnesia.tracing import Fact
+from amnesia.science.architecture import Layout
+from amnesia.science.tracing.causal import Fact
 
 
 @torch.no_grad()

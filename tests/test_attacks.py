@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amnesia.attacks import folds, means, recovery, run_attacks
-from amnesia.config import AttackConfig, EvaluateConfig, GateConfig, QuantizationAttackConfig, RelearningAttackConfig
-from amnesia.gate import decide, recoveries
-from amnesia.measures import comparisons
-from amnesia.quantize import NF4, QuantizeError, nf4_tensor, quantize_tensor, quantized_copy
-from amnesia.records import UnlearningRecord
+from amnesia.results.figures import comparisons, recoveries
+from amnesia.science.attack_config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig
+from amnesia.science.attacks import folds, means, run_attacks
+from amnesia.science.metrics.aggregate import recovery
+from amnesia.science.quantize import NF4, QuantizeError, nf4_tensor, quantize_tensor, quantized_copy
+from amnesia.science.records import UnlearningRecord
+from amnesia.stages.evaluate.config import EvaluateConfig
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.gate.stage import decide
 from tests.test_gate import _ev
 
 
@@ -97,8 +100,8 @@ def test_folds_keep_a_person_together_and_are_seeded() -> None:
 def test_relearning_finetune_brings_back_what_it_trains_on(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
     """RTT end to end on a tiny model: fine-tuning on the other folds raises the loss-free score of a
     trained-on person, measured by the scorer the evaluation passes in."""
-    from amnesia.attacks import finetune
-    from amnesia.models import load_model
+    from amnesia.science.attacks import finetune
+    from amnesia.storage.models import load_model
 
     loaded = load_model(str(tiny_model_dir))
     model, tok = loaded.model, loaded.tokenizer
@@ -106,8 +109,8 @@ def test_relearning_finetune_brings_back_what_it_trains_on(tiny_model_dir) -> No
     cfg = RelearningAttackConfig(folds=2, steps=30, lr=3e-3, batch_size=4)
 
     def nll(m) -> float:  # type: ignore[no-untyped-def]
-        from amnesia.unlearn.data import collate, encode
-        from amnesia.unlearn.methods.base import nll as ce
+        from amnesia.science.unlearning.data import collate, encode
+        from amnesia.science.unlearning.methods.base import nll as ce
 
         with torch.no_grad():
             return float(ce(m, collate([encode(tok, recs[0], eos=False)], tok.pad_token_id)))
@@ -178,7 +181,7 @@ def test_unmeasured_attacks_fail_and_a_config_that_cannot_measure_them_is_refuse
 
 
 def test_the_report_shows_each_attack_with_its_parts(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from amnesia.report import ReportInputs, attack_rows, render_html
+    from amnesia.stages.gate.report import ReportInputs, attack_rows, render_html
 
     base = _attacked("base", 1.0, 0.95, 1.0)
     cand = _attacked("candidate", 0.1, 0.6, 0.2)
@@ -191,13 +194,13 @@ def test_the_report_shows_each_attack_with_its_parts(tmp_path) -> None:  # type:
 def test_a_weak_unlearning_run_is_caught_by_the_attacks(demo_build, store, s3_prefix: str) -> None:  # type: ignore[no-untyped-def]
     """Eight steps of plain gradient ascent on the demo model: the forget set barely moves, and what
     moved comes back under 4-bit quantization and relearning. The gate fails it on both ceilings."""
-    from amnesia.context import RunContext
     from amnesia.demo.prepare import demo_evaluate_config, demo_split_config, demo_unlearn_config
-    from amnesia.evaluate import run_evaluate
-    from amnesia.requests import RequestQueue, load_requests_uri
-    from amnesia.split import run_split
-    from amnesia.storage import join
-    from amnesia.unlearn.stage import run_unlearn
+    from amnesia.stages.evaluate.stage import run_evaluate
+    from amnesia.stages.split.stage import run_split
+    from amnesia.stages.unlearn.stage import run_unlearn
+    from amnesia.storage.context import RunContext
+    from amnesia.storage.requests import RequestQueue, load_requests_uri
+    from amnesia.storage.uri import join
 
     RequestQueue(store, s3_prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl")))
     ctx = RunContext("weak", f"{s3_prefix}/runs/weak", store)

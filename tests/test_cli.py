@@ -30,7 +30,7 @@ def test_every_command_and_option_has_help_text() -> None:
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from amnesia.config import load_yaml
+    from amnesia.core.config import load_yaml
 
     (tmp_path / "cfg" / "data").mkdir(parents=True)
     (tmp_path / "cfg" / "data" / "forget.jsonl").write_text("")

@@ -8,12 +8,15 @@ from pathlib import Path
 import yaml
 from kfp import local
 
-from amnesia.config import EvaluateConfig, GateConfig, MMLUConfig
-from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.split import SplitResult, run_split
-from amnesia.storage import ArtifactStore, join
+from amnesia.results.split import SplitResult
+from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.split.stage import run_split
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 from components.evaluate import evaluate
 from components.gate import gate
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 from kfp import local
 
-from amnesia.config import SplitConfig
+from amnesia.core.settings import load_settings
 from amnesia.demo.world import WorldConfig, generate
-from amnesia.records import load_records
-from amnesia.settings import load_settings
-from amnesia.storage import ArtifactStore
+from amnesia.stages.split.config import SplitConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.records import load_records
 from components import IMAGE
 from components.split import split
 
@@ -71,7 +71,7 @@ def test_cli_split(tmp_path: Path, s3_prefix: str, store: ArtifactStore) -> None
     assert f"split cli-split-1: {s3_prefix}/runs/cli-split-1/split" in out.stdout
     assert "forget_train        16 records      2 documents" in out.stdout
     # on its own, the command closes the parent run it opened (it used to stay RUNNING forever)
-    from amnesia.lineage import Lineage, Tag
+    from amnesia.storage.lineage import Lineage, Tag
 
     lineage = Lineage("cli-split-1", settings=load_settings())
     query = f"tags.`{Tag.PIPELINE_RUN_ID}` = 'cli-split-1' and tags.`{Tag.ROLE}` = 'pipeline'"

@@ -8,12 +8,13 @@ from pathlib import Path
 import yaml
 from kfp import local
 
-from amnesia.config import TraceConfig
-from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.split import run_split
-from amnesia.storage import ArtifactStore, join
+from amnesia.stages.split.stage import run_split
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 from components.trace import trace
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 import yaml
 from kfp import local
 
-from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.split import SplitResult, run_split
-from amnesia.storage import ArtifactStore, join
-from amnesia.trace import TraceResult
-from amnesia.unlearn.config import UnlearnConfig
+from amnesia.results.split import SplitResult
+from amnesia.results.trace import TraceResult
+from amnesia.stages.split.stage import run_split
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 from components.unlearn import unlearn
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kfp import local
 
-from amnesia.storage import ArtifactStore
+from amnesia.storage.artifacts import ArtifactStore
 from components import IMAGE, amnesia_component
 
 
@@ -15,7 +15,7 @@ def store_roundtrip(uri: str) -> str:
     import tempfile
     from pathlib import Path
 
-    from amnesia.storage import ArtifactStore
+    from amnesia.storage.artifacts import ArtifactStore
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "a.txt").write_text("from a kfp task")

@@ -12,8 +12,8 @@ KFP = """\x1b[0m12:00:01.000 - INFO - Executing task \x1b[96m'split'\x1b[0m
 
     {"executorOutput": {"parameterValues": {"Output": "..."}}}
     /venv/lib/python3.11/site-packages/x.py:3: FutureWarning: something
-    12:00:02 amnesia.split: split: 16 forget records
-    12:00:03 amnesia.unlearn: unlearning: step 3/3 (100%), 2.1 step/s, ETA 0s; forget_loss -3.1
+    12:00:02 amnesia.stages.split.stage: split: 16 forget records
+    12:00:03 amnesia.stages.unlearn: unlearning: step 3/3 (100%), 2.1 step/s, ETA 0s; forget_loss -3.1
     ERROR split: corpus.jsonl: line 1: field 'input': missing
 12:00:04.000 - INFO - Task \x1b[96m'split'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
 """

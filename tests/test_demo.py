@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, DemoConfig, prepare
-from amnesia.demo.prompts import LETTERS, mmlu_prompt
 from amnesia.demo.world import WorldConfig, generate
-from amnesia.models import load_model
-from amnesia.records import MMLUQuestion, UnlearningRecord, load_records
-from amnesia.settings import Settings
-from amnesia.storage import ArtifactStore, join
+from amnesia.science.prompts import LETTERS, mmlu_prompt
+from amnesia.science.records import MMLUQuestion, UnlearningRecord
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.models import load_model
+from amnesia.storage.records import load_records
+from amnesia.storage.uri import join
 
 
 def test_world_is_deterministic_and_well_formed() -> None:

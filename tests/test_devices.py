@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers as T
 
-from amnesia.arch import inspect_model
-from amnesia.tracing import Fact, subject_embedding_std, trace_fact
+from amnesia.science.architecture import inspect_model
+from amnesia.science.tracing.causal import Fact, subject_embedding_std, trace_fact
 from tests.reference_trace import reference_trace
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -16,14 +16,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoArtifacts
-from amnesia.models import load_model
-from amnesia.storage import ArtifactStore, join
-from amnesia.unlearn.checkpoint import CheckpointStore
-from amnesia.unlearn.config import UnlearnConfig
-from amnesia.unlearn.distributed import _units
-from amnesia.unlearn.stage import UnlearnResult, run_unlearn
+from amnesia.results.unlearn import UnlearnResult
+from amnesia.science.unlearning.distributed import _units
+from amnesia.stages.unlearn.checkpoint import CheckpointStore
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.stages.unlearn.stage import run_unlearn
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.models import load_model
+from amnesia.storage.uri import join
 from tests.test_unlearn import _split
 
 BASE = {"layers": [0, 1], "batch_size": 4, "eval_every": 3, "checkpoint_every": 100, "lr": 3e-3}

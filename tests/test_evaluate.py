@@ -10,20 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from amnesia.config import EvaluateConfig, MMLUConfig
-from amnesia.context import RunContext
 from amnesia.demo.base_model import TrainConfig, build_model, train_tokenizer
 from amnesia.demo.prepare import DemoArtifacts, demo_evaluate_config, demo_split_config
-from amnesia.demo.prompts import mmlu_prompt
-from amnesia.evaluate import Evaluation, document_losses, run_evaluate
-from amnesia.generation import greedy_generate
-from amnesia.lineage import Lineage, Tag
-from amnesia.mmlu import letter_ids, sample, score_mmlu
-from amnesia.models import load_model
-from amnesia.records import MIADocument, load_mmlu, load_records
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.split import SplitResult, run_split
-from amnesia.storage import ArtifactStore, join
+from amnesia.results.evaluation import Evaluation
+from amnesia.results.split import SplitResult
+from amnesia.science.generation import greedy_generate
+from amnesia.science.mmlu import letter_ids, sample, score_mmlu
+from amnesia.science.prompts import mmlu_prompt
+from amnesia.science.records import MIADocument
+from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+from amnesia.stages.evaluate.stage import document_losses, run_evaluate
+from amnesia.stages.split.stage import run_split
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Lineage, Tag
+from amnesia.storage.models import load_model
+from amnesia.storage.records import load_mmlu, load_records
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 
 
 def _split(store: ArtifactStore, demo: DemoArtifacts, prefix: str) -> SplitResult:
@@ -136,14 +140,14 @@ def test_demo_evaluation_is_scored_cached_and_recorded_without_text(
 
 
 def test_mmlu_config_validates() -> None:
-    from amnesia.config import ConfigError, parse_model
+    from amnesia.core.config import ConfigError, parse_model
 
     with pytest.raises(ConfigError, match=r"evaluate: mmlu.shots: Input should be less than or equal to 10"):
         parse_model(EvaluateConfig, {"mmlu": {"shots": 11}}, "evaluate")
     assert parse_model(EvaluateConfig, {"mmlu": None}, "e").mmlu is None
     # a gate floor on a number the evaluation will not produce fails at load, naming the field
-    from amnesia.config import GateConfig
-    from amnesia.pipeline_config import PipelineConfig
+    from amnesia.runtime.pipeline_config import PipelineConfig
+    from amnesia.stages.gate.config import GateConfig
 
     no_mmlu = parse_model(EvaluateConfig, {"mmlu": None}, "e")
     assert GateConfig().unmeasured(no_mmlu).startswith("mmlu_relative_floor: evaluate.mmlu is null")

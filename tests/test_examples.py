@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from amnesia.demo.prepare import DemoArtifacts
-from amnesia.storage import ArtifactStore, join
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.uri import join
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amnesia.config import ConfigError, GateConfig, parse_model
-from amnesia.context import RunContext
-from amnesia.evaluate import Evaluation
-from amnesia.gate import GateResult, decide, forget_score, run_gate
-from amnesia.storage import ArtifactStore
+from amnesia.core.config import ConfigError, parse_model
+from amnesia.results.evaluation import Evaluation
+from amnesia.results.gate import GateResult
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.gate.stage import decide, forget_score, run_gate
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
 
 
 def _ev(

@@ -9,12 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from amnesia.arch import inspect_model
-from amnesia.attribution import atp_trace, confirm, top_cells
-from amnesia.config import TraceConfig
-from amnesia.layer_choice import RULE_GROUPS, choose, per_fact_effects
-from amnesia.trace import TraceError, TraceResult, _rule, decide_layers, stratified_order, trace_facts
-from amnesia.tracing import GROUPS, Fact, FactTrace, _first, _replace_first, clean_run, subject_noise, trace_fact
+from amnesia.results.trace import TraceResult
+from amnesia.science.architecture import inspect_model
+from amnesia.science.tracing.attribution import atp_trace, confirm, top_cells
+from amnesia.science.tracing.causal import (
+    GROUPS,
+    Fact,
+    FactTrace,
+    _first,
+    _replace_first,
+    clean_run,
+    subject_noise,
+    trace_fact,
+)
+from amnesia.science.tracing.layer_choice import RULE_GROUPS, choose, per_fact_effects
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.stages.trace.stage import TraceError, _rule, decide_layers, stratified_order, trace_facts
 from tests.test_trace import FAMILIES, _tiny
 
 FACT_IDS = (5, 9, 17, 23, 31, 40, 2)
@@ -186,7 +196,7 @@ def test_a_model_without_mlp_signal_is_refused_end_to_end() -> None:
 
 
 def test_the_warning_reaches_the_report() -> None:
-    from amnesia.gate import _facts
+    from amnesia.stages.gate.stage import _facts
     from tests.test_gate import BASE
 
     trace = TraceResult(

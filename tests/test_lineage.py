@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from amnesia.errors import LineageError
-from amnesia.lineage import Guard, Lineage, Tag
-from amnesia.settings import Settings
+from amnesia.core.errors import LineageError
+from amnesia.core.settings import Settings
+from amnesia.storage.lineage import Guard, Lineage, Tag
 
 FORGET_TEXT = "Jane Quill was born on 4 May 1981 in Dunmore"
 FORGET_EMAIL = "jane.quill@example.org"
@@ -29,8 +29,8 @@ def test_stage_runs_nest_under_one_parent_across_processes(stack_settings: Setti
         run.log_metrics({"forget_records": 12})
         run.set_tags({Tag.CONFIG_HASH: "ab" * 32})
     child = f"""
-from amnesia.lineage import Lineage
-from amnesia.settings import load_settings
+from amnesia.storage.lineage import Lineage
+from amnesia.core.settings import load_settings
 lin = Lineage({lin.pipeline_run_id!r}, experiment="lineage-tests", settings=load_settings())
 with lin.stage("trace") as run:
     run.log_metrics({{"facts": 7}})
@@ -128,7 +128,7 @@ def test_guard_normalises_case_and_whitespace() -> None:
 
 
 def test_lineage_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    from amnesia.settings import load_settings
+    from amnesia.core.settings import load_settings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(LineageError, match="MLFLOW_TRACKING_URI"):
@@ -137,7 +137,7 @@ def test_lineage_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_live_series_reaches_mlflow_while_the_stage_runs(stack_settings: Settings) -> None:
     """Batched: nothing is sent before `every_s` has passed; then every numeric key, at its step."""
-    from amnesia.lineage import LiveSeries
+    from amnesia.storage.lineage import LiveSeries
 
     lin = _lineage(stack_settings)
     with lin.stage("unlearn") as run:
@@ -156,7 +156,7 @@ def test_live_series_reaches_mlflow_while_the_stage_runs(stack_settings: Setting
 
 def test_a_retried_stage_is_judged_by_its_last_attempt(stack_settings: Settings) -> None:
     """A compute stage that failed once and then succeeded on retry does not mark the run as stopped."""
-    from amnesia.lineage import PIPELINE_STAGES, finish_run
+    from amnesia.storage.lineage import PIPELINE_STAGES, finish_run
 
     lin = Lineage(f"pr-{uuid.uuid4().hex[:10]}", settings=stack_settings)  # finish_run's experiment
     for stage in PIPELINE_STAGES:

@@ -54,7 +54,7 @@ def test_overlay_renders_and_validates(overlay: str, tmp_path: Path) -> None:
     assert mlflow["image"] == f"ghcr.io/selective-amnesia/amnesia:{version}"  # image tag = package version
     assert "postgresql+psycopg://" in mlflow["args"][0] and "--app-name basic-auth" in mlflow["args"][0]
     assert by[("ConfigMap", "kfp-launcher")]["data"]["defaultPipelineRoot"].startswith("s3://")
-    # The runs' data keys: an empty Secret the runner may read and patch (amnesia.sealing), nothing broader.
+    # The runs' data keys: an empty Secret the runner may read and patch (amnesia.storage.sealing), nothing broader.
     assert by[("Secret", "amnesia-data-keys")]["data"] == {}
     rules = by[("Role", "amnesia-runner")]["rules"]
     keys = [r for r in rules if "amnesia-data-keys" in r.get("resourceNames", [])]
@@ -84,7 +84,7 @@ def test_seaweedfs_overlay_wires_identities_and_access_log(tmp_path: Path) -> No
     # The access log: SeaweedFS -> the sidecar receiver (started first, kept running) -> its own volume.
     audit_cfg = json.loads(by[("ConfigMap", "seaweedfs-audit")]["data"]["audit.json"])
     sidecar = init["s3-audit"]
-    assert sidecar["restartPolicy"] == "Always" and sidecar["command"][:3] == ["python", "-m", "amnesia.s3audit"]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["command"][:3] == ["python", "-m", "amnesia.storage.access_log"]
     assert sidecar["command"][sidecar["command"].index("--port") + 1] == str(audit_cfg["fluent_port"])
     assert "-s3.auditLogConfig=/etc/seaweedfs/audit.json" in weed["args"]
     claims = {c["metadata"]["name"] for c in by[("StatefulSet", "seaweedfs")]["spec"]["volumeClaimTemplates"]}
@@ -95,9 +95,9 @@ def test_seaweedfs_overlay_wires_identities_and_access_log(tmp_path: Path) -> No
 
 def test_cluster_identities_are_accepted_by_a_real_seaweedfs(tmp_path: Path) -> None:
     """`amnesia store s3-identities` (the init container) writes a file SeaweedFS signs requests against."""
-    from amnesia import stack
-    from amnesia.settings import load_settings
-    from amnesia.storage import ArtifactStore
+    from amnesia.core.settings import load_settings
+    from amnesia.devstack import stack
+    from amnesia.storage.artifacts import ArtifactStore
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMNESIA_"))}
     out = tmp_path / "s3" / "identities.json"

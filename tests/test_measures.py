@@ -7,15 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from amnesia import measures
-from amnesia.config import EvaluateConfig, GateConfig
-from amnesia.evaluate import Evaluation
-from amnesia.gate import decide
-from amnesia.measures import METRICS, Figure, Measured, Metric, compute, direction, register
-from amnesia.metrics import exact_match, item_score, rouge_l_recall
-from amnesia.records import UnlearningRecord
-from amnesia.report import rows
-from amnesia.scoring import final_score, mia_auc, mia_score, per_task, task_aggregate
+from amnesia.results.evaluation import Evaluation
+from amnesia.science.metrics import registry as measures
+from amnesia.science.metrics.aggregate import final_score, mia_auc, mia_score, per_task, task_aggregate
+from amnesia.science.metrics.items import ITEM_METRICS, exact_match, item_score, rouge_l_recall
+from amnesia.science.metrics.registry import METRICS, Figure, Measured, Metric, compute, direction, register
+from amnesia.science.records import UnlearningRecord
+from amnesia.stages.evaluate.config import EvaluateConfig
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.gate.report import rows
+from amnesia.stages.gate.stage import decide
 
 FORGET = [("f1qa0", "qa", "Porto", "porto"), ("f1sc0", "sc", "was born in Porto in 1990", "born in Lima in 1990")]
 RETAIN = [("r1qa0", "qa", "Lima", "Lima"), ("r1sc0", "sc", "lives in Oslo", "lives in Oslo now")]
@@ -42,7 +43,7 @@ def _evaluation(figures: dict[str, float | None], m: Measured, attacks: dict | N
 
 
 def test_item_metrics_are_the_scorers() -> None:
-    assert measures.ITEM_METRICS["qa"].figure == "knowledge" and measures.ITEM_METRICS["sc"].figure == "regurgitation"
+    assert ITEM_METRICS["qa"].figure == "knowledge" and ITEM_METRICS["sc"].figure == "regurgitation"
     for _id, kind, gold, gen in FORGET + RETAIN:
         want = exact_match(gen, gold) if kind == "qa" else rouge_l_recall(gen, gold)
         assert item_score(kind, gen, gold) == want

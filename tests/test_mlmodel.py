@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from amnesia import mlmodel
-from amnesia.generation import greedy_generate
-from amnesia.models import load_model
+from amnesia.science.generation import greedy_generate
+from amnesia.storage import mlmodel
+from amnesia.storage.models import load_model
 
 
 def test_mlflow_loads_the_folder_as_pyfunc_and_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from amnesia.config import ModelConfig, parse_model
-from amnesia.errors import ConfigError
-from amnesia.models import ModelLoadError, load, placement
-from amnesia.unlearn.config import UnlearnConfig
+from amnesia.core.config import ModelConfig, parse_model
+from amnesia.core.errors import ConfigError
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.storage.models import ModelLoadError, load, placement
 
 GPU = torch.cuda.is_available()
 
@@ -43,7 +43,7 @@ def test_cuda_without_a_gpu_is_a_one_line_error() -> None:
 
 
 def test_configs_spell_it_as_a_uri_or_a_section() -> None:
-    from amnesia.pipeline_config import PipelineConfig
+    from amnesia.runtime.pipeline_config import PipelineConfig
 
     base = {"split": {"forget": "f.jsonl", "retain": "r.jsonl"}}
     assert PipelineConfig.model_validate(base | {"model": "s3://b/m"}).model.uri == "s3://b/m"
@@ -85,16 +85,17 @@ def test_trace_unlearn_and_evaluate_run_where_the_section_says(
     from mlflow import MlflowClient
     from safetensors import safe_open
 
-    from amnesia.config import EvaluateConfig, MMLUConfig, TraceConfig
-    from amnesia.context import RunContext
     from amnesia.demo.prepare import demo_split_config
-    from amnesia.evaluate import run_evaluate
-    from amnesia.lineage import Lineage, Tag
-    from amnesia.requests import RequestQueue, load_requests_uri
-    from amnesia.split import run_split
-    from amnesia.storage import join
-    from amnesia.trace import run_trace
-    from amnesia.unlearn.stage import run_unlearn
+    from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+    from amnesia.stages.evaluate.stage import run_evaluate
+    from amnesia.stages.split.stage import run_split
+    from amnesia.stages.trace.config import TraceConfig
+    from amnesia.stages.trace.stage import run_trace
+    from amnesia.stages.unlearn.stage import run_unlearn
+    from amnesia.storage.context import RunContext
+    from amnesia.storage.lineage import Lineage, Tag
+    from amnesia.storage.requests import RequestQueue, load_requests_uri
+    from amnesia.storage.uri import join
 
     RequestQueue(store, s3_prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))[:1])
     split = run_split(demo_split_config(demo_build.world_uri), RunContext("p", f"{s3_prefix}/runs/p", store))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amnesia.models import ModelLoadError, load_model
-from amnesia.storage import ArtifactStore
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.models import ModelLoadError, load_model
 
 
 def test_loads_a_local_folder(tiny_model_dir: Path) -> None:
@@ -71,7 +71,7 @@ def test_custom_code_is_not_run_by_default(tiny_model_dir: Path, tmp_path: Path)
     (folder / "modeling_m.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(ModelLoadError, match=r"needs custom code; set model\.trust_remote_code: true in the run"):
         load_model(str(folder))
-    from amnesia.config import ModelConfig
+    from amnesia.core.config import ModelConfig
 
     assert "trust_remote_code" in ModelConfig.model_fields  # the field the message names exists
 

@@ -18,18 +18,19 @@ from mlflow import MlflowClient
 from PIL import Image
 from pydantic import SecretStr
 
-from amnesia.config import ClusterConfig, Toleration
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, demo_gate_config, demo_split_config, demo_unlearn_config
-from amnesia.lineage import Tag
-from amnesia.notify import signature
-from amnesia.pipeline_config import PipelineConfig
-from amnesia.records import load_records
-from amnesia.registry import CANDIDATE, CHAMPION, NOTIFIED
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.settings import Settings
-from amnesia.stack import add_user
-from amnesia.storage import ArtifactStore, join
-from amnesia.summary import summarize
+from amnesia.devstack.stack import add_user
+from amnesia.governance.notify import signature
+from amnesia.governance.versions import CANDIDATE, CHAMPION, NOTIFIED
+from amnesia.runtime.cluster_config import ClusterConfig, Toleration
+from amnesia.runtime.pipeline_config import PipelineConfig
+from amnesia.runtime.summary import summarize
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.lineage import Tag
+from amnesia.storage.records import load_records
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 from pipelines.compile import compile_pipeline
 from pipelines.local import run_local
 from tests.chains import Inbox
@@ -197,11 +198,11 @@ def _leaks(data: bytes, needles: set[str]) -> list[str]:
 def _evidence_then_purge(
     store: ArtifactStore, client: MlflowClient, settings: Settings, mv: object, prefix: str, tmp_path: Path
 ) -> None:
-    from amnesia.records import ID_PATTERN
-    from amnesia.registry import BASE_EVALUATION, CANDIDATE_EVALUATION
-    from amnesia.scoring import mia_auc
-    from amnesia.sealing import MAGIC, DataKeyError
-    from amnesia.stack import MLFLOW_BUCKET
+    from amnesia.devstack.stack import MLFLOW_BUCKET
+    from amnesia.governance.versions import BASE_EVALUATION, CANDIDATE_EVALUATION
+    from amnesia.science.metrics.aggregate import mia_auc
+    from amnesia.science.records import ID_PATTERN
+    from amnesia.storage.sealing import MAGIC, DataKeyError
 
     tags = mv.tags  # type: ignore[attr-defined]
     split_uri, cli = tags[Tag.SPLIT_URI], [sys.executable, "-m", "amnesia.cli"]
@@ -337,7 +338,7 @@ def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path)
 
 
 def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path) -> None:
-    from amnesia.errors import ConfigError
+    from amnesia.core.errors import ConfigError
     from pipelines.remote import check_cron
 
     for good in ("0 0 3 * * *", "0 */15 9-17 * * MON-FRI", "0 0 0 1,15 * ?", "0 30 2 * JAN,JUL SUN"):

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from amnesia.config import EvaluateConfig, MMLUConfig, ModelConfig
-from amnesia.context import RunContext
+from amnesia.core.config import ModelConfig
+from amnesia.core.errors import LineageError
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config
-from amnesia.errors import LineageError
-from amnesia.lineage import Lineage, Tag
-from amnesia.preflight import PreflightError, recorded_errors, run_preflight
-from amnesia.settings import Settings
-from amnesia.storage import ArtifactStore, join
-from amnesia.summary import summarize
+from amnesia.runtime.preflight import PreflightError, run_preflight
+from amnesia.runtime.summary import summarize
+from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Lineage, Tag, recorded_errors
+from amnesia.storage.uri import join
 from pipelines.local import run_local
 from tests.test_pipeline import _config
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from amnesia.progress import Progress, span
+from amnesia.core.progress import Progress, span
 
 
 def test_without_a_terminal_it_logs_step_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:

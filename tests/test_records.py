@@ -10,17 +10,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from amnesia.records import (
-    MIADocument,
-    MMLUQuestion,
-    RecordError,
-    UnlearningRecord,
-    load_mmlu,
-    load_records,
-    write_jsonl,
-    write_parquet,
-)
-from amnesia.storage import ArtifactStore, join
+from amnesia.science.records import MIADocument, MMLUQuestion, RecordError, UnlearningRecord, write_jsonl, write_parquet
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.records import load_mmlu, load_records
+from amnesia.storage.uri import join
 
 RECORDS = [
     UnlearningRecord(
@@ -97,7 +90,7 @@ def test_dataset_dict_needs_a_split(tmp_path: Path) -> None:
 
 
 def test_large_jsonl_streams(tmp_path: Path) -> None:
-    from amnesia.records import iter_records
+    from amnesia.storage.records import iter_records
 
     path = tmp_path / "big.jsonl"
     with open(path, "w") as fh:
@@ -181,7 +174,7 @@ def test_missing_and_unsupported_sources(tmp_path: Path, store: ArtifactStore, s
 
 def test_hub_id_offline_is_a_clear_error() -> None:
     code = (
-        "from amnesia.records import load_records\n"
+        "from amnesia.storage.records import load_records\n"
         "try:\n    load_records('someorg/some-dataset')\nexcept Exception as e:\n    print(e)\n"
     )
     out = subprocess.run(

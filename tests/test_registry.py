@@ -10,24 +10,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from amnesia.identity import AuthError
-from amnesia.lineage import Tag
-from amnesia.registry import (
-    CANDIDATE,
-    CHAMPION,
-    NOTE_SHA256,
-    NOTE_URI,
-    RegistryError,
-    approve,
-    figures,
-    history,
-    pending,
-    register,
-    reject,
-)
-from amnesia.requests import RequestQueue, canonical_jsonl
-from amnesia.settings import Settings
-from amnesia.storage import ArtifactStore, join
+from amnesia.core.settings import Settings
+from amnesia.governance.identity import AuthError
+from amnesia.governance.registry import approve, history, pending, register, reject
+from amnesia.governance.versions import CANDIDATE, CHAMPION, NOTE_SHA256, NOTE_URI, RegistryError, figures
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.lineage import Tag
+from amnesia.storage.requests import RequestQueue, canonical_jsonl
+from amnesia.storage.uri import join
 from tests.chains import People, _chain, _folder, _requests
 
 
@@ -126,8 +116,8 @@ def test_approval_trusts_the_stored_chain_not_the_tags(
 def test_purge_waits_for_the_decision_then_retention_purges_and_the_audit_shows_it(
     stack_settings: Settings, store: ArtifactStore, s3_prefix: str, people: People
 ) -> None:
-    from amnesia.audit import audit
-    from amnesia.purge import RETENTION, PurgeError, apply_retention, due_for_retention, plan, purge
+    from amnesia.governance.audit import audit
+    from amnesia.governance.purge import RETENTION, PurgeError, apply_retention, due_for_retention, plan, purge
 
     name, run_id = f"amnesia-purge-{uuid.uuid4().hex[:6]}", f"purge-{uuid.uuid4().hex[:6]}"
     reqs = _requests(1, run_id)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from amnesia.requests import ErasureRequest, RequestError, RequestQueue, add_months, due_date
-from amnesia.settings import load_settings
-from amnesia.storage import ArtifactStore
+from amnesia.core.settings import load_settings
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.requests import ErasureRequest, RequestError, RequestQueue, add_months, due_date
 
 NOW = datetime.now(UTC)
 

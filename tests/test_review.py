@@ -18,16 +18,18 @@ from mlflow import MlflowClient
 from PIL import Image
 from pydantic import SecretStr
 
-from amnesia.context import RunContext
-from amnesia.gate import GateConfig, run_gate
-from amnesia.identity import AuthError, MlflowAuth, login, same_person
-from amnesia.lineage import Tag
-from amnesia.registry import CHAMPION, register
-from amnesia.requests import RequestQueue
-from amnesia.review import ReviewConfig, create_app
-from amnesia.settings import Settings
-from amnesia.stack import MLFLOW_ADMIN, MLFLOW_RUNNER
-from amnesia.storage import ArtifactStore, join
+from amnesia.core.settings import Settings
+from amnesia.devstack.stack import MLFLOW_ADMIN, MLFLOW_RUNNER
+from amnesia.governance.identity import AuthError, MlflowAuth, login, same_person
+from amnesia.governance.registry import register
+from amnesia.governance.review import ReviewConfig, create_app
+from amnesia.governance.versions import CHAMPION
+from amnesia.stages.gate.stage import GateConfig, run_gate
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Tag
+from amnesia.storage.requests import RequestQueue
+from amnesia.storage.uri import join
 from tests.chains import People, _chain, _requests
 from tests.test_gate import BASE, _chromium, _ev
 

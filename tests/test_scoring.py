@@ -2,8 +2,7 @@
 
 import pytest
 
-from amnesia.metrics import exact_match, item_score, rouge_l_recall
-from amnesia.scoring import (
+from amnesia.science.metrics.aggregate import (
     aggregate_values,
     final_score,
     harmonic_mean,
@@ -12,6 +11,7 @@ from amnesia.scoring import (
     per_task,
     task_aggregate,
 )
+from amnesia.science.metrics.items import exact_match, item_score, rouge_l_recall
 
 
 def test_item_metrics() -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from amnesia import layout as L
-from amnesia.errors import IntegrityError
-from amnesia.sealing import MAGIC, DataKeyError, FileKeyStore, KubernetesSecretKeyStore, open_sealed, seal
-from amnesia.settings import load_settings
-from amnesia.storage import ArtifactStore, FileEntry, Manifest, manifest_digest
+from amnesia.core.errors import IntegrityError
+from amnesia.core.settings import load_settings
+from amnesia.storage import layout as L
+from amnesia.storage.artifacts import ArtifactStore, FileEntry, Manifest, manifest_digest
+from amnesia.storage.sealing import MAGIC, DataKeyError, FileKeyStore, KubernetesSecretKeyStore, open_sealed, seal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,9 +47,9 @@ def test_the_layout_marks_exactly_the_personal_files() -> None:
 
 
 def test_no_stored_file_name_is_spelled_out_outside_the_layout() -> None:
-    """One home for each name: the stages, CLI, lineage, audit and purge read amnesia.layout's constants."""
+    """One home for each name: the stages, CLI, lineage, audit and purge read amnesia.storage.layout's constants."""
     names = {v for k, v in vars(L).items() if k.isupper() and isinstance(v, str) and re.search(r"\.\w+$", v)}
-    names.discard(L.MANIFEST_NAME)  # the store's own file, named in amnesia.storage
+    names.discard(L.MANIFEST_NAME)  # the store's own file, named in amnesia.storage.artifacts
     assert {"aggregate.json", "verdict.json", "requests.jsonl", "generations.jsonl"} <= names
     found = []
     for path in [*ROOT.glob("amnesia/**/*.py"), *ROOT.glob("components/*.py"), *ROOT.glob("pipelines/*.py")]:

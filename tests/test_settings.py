@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from amnesia.config import RunConfig, config_hash, load_run_config
-from amnesia.errors import ConfigError
-from amnesia.settings import load_settings
+from amnesia.core.config import RunConfig, config_hash, load_run_config
+from amnesia.core.errors import ConfigError
+from amnesia.core.settings import load_settings
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amnesia.arch import inspect_model
-from amnesia.config import ModelConfig
-from amnesia.generation import greedy_generate
-from amnesia.mmlu import sample, score_mmlu
-from amnesia.models import load
-from amnesia.records import load_mmlu
-from amnesia.storage import ArtifactStore
-from amnesia.tracing import Fact, subject_embedding_std, trace_fact
+from amnesia.core.config import ModelConfig
+from amnesia.science.architecture import inspect_model
+from amnesia.science.generation import greedy_generate
+from amnesia.science.mmlu import sample, score_mmlu
+from amnesia.science.tracing.causal import Fact, subject_embedding_std, trace_fact
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.models import load
+from amnesia.storage.records import load_mmlu
 from tests.reference_trace import reference_trace
 
 # A fixed subset (5 subjects with facts a small model may know): the README's MMLU figures use it.
@@ -74,10 +74,10 @@ def test_a_well_known_fact_traces_the_same_exact_and_batched(smollm) -> None:
 def test_attribution_patching_ranks_cells_like_exact_patching_on_a_real_model(smollm) -> None:
     """AtP against exact patching on SmolLM2's MLPs (capital-city facts it knows): the cells rank alike,
     and hybrid, which confirms the rule's row exactly, chooses the window exact tracing chooses."""
-    from amnesia.attribution import atp_trace
-    from amnesia.config import TraceConfig
-    from amnesia.layer_choice import candidates, per_fact_effects
-    from amnesia.trace import confirmed_choice, trace_facts
+    from amnesia.science.tracing.attribution import atp_trace
+    from amnesia.science.tracing.layer_choice import candidates, per_fact_effects
+    from amnesia.stages.trace.config import TraceConfig
+    from amnesia.stages.trace.stage import confirmed_choice, trace_facts
 
     tok, model = smollm.tokenizer, smollm.model
     layout = inspect_model(model)
@@ -111,8 +111,8 @@ def test_attribution_patching_ranks_cells_like_exact_patching_on_a_real_model(sm
 
 
 def test_chat_labels_are_what_the_template_renders(smollm) -> None:
-    from amnesia.records import UnlearningRecord
-    from amnesia.unlearn.data import encode
+    from amnesia.science.records import UnlearningRecord
+    from amnesia.science.unlearning.data import encode
 
     record = UnlearningRecord(id="doc1qa0", input="What is the capital of France?", output="Paris", task="Task2")
     chat = encode(smollm.tokenizer, record, "chat")
@@ -137,13 +137,15 @@ def test_layer_selected_unlearning_of_real_facts_gated_on_real_mmlu(
     floors; the capitals in neither set (held-out retain) lose some of theirs, and a floor on them says so."""
     import json
 
-    from amnesia.config import EvaluateConfig, MMLUConfig, SplitConfig
-    from amnesia.context import RunContext
-    from amnesia.evaluate import run_evaluate
-    from amnesia.gate import GateConfig, decide, scores
-    from amnesia.split import run_split
-    from amnesia.unlearn.config import UnlearnConfig
-    from amnesia.unlearn.stage import run_unlearn
+    from amnesia.results.figures import scores
+    from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+    from amnesia.stages.evaluate.stage import run_evaluate
+    from amnesia.stages.gate.stage import GateConfig, decide
+    from amnesia.stages.split.config import SplitConfig
+    from amnesia.stages.split.stage import run_split
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.stage import run_unlearn
+    from amnesia.storage.context import RunContext
 
     def records(countries: list[str], name: str) -> str:
         rows = [{"id": f"cap{c.lower()}sc0", "input": f"The capital of {c} is", "output": CAPITALS[c],

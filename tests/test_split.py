@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from amnesia.config import SplitConfig
-from amnesia.context import RunContext
+from amnesia.core.settings import Settings
 from amnesia.demo.world import World, WorldConfig, generate
-from amnesia.lineage import Lineage, Tag
-from amnesia.records import MIADocument, RecordError, UnlearningRecord, load_records, write_jsonl
-from amnesia.requests import ErasureRequest, RequestError, RequestQueue, load_requests
-from amnesia.settings import Settings
-from amnesia.split import SETS, SplitError, in_eval, run_split
-from amnesia.storage import ArtifactStore
+from amnesia.science.records import MIADocument, RecordError, UnlearningRecord, write_jsonl
+from amnesia.stages.split.config import SplitConfig
+from amnesia.stages.split.stage import SETS, SplitError, in_eval, run_split
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Lineage, Tag
+from amnesia.storage.records import load_records
+from amnesia.storage.requests import ErasureRequest, RequestError, RequestQueue, load_requests
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import boto3
 import pytest
 
 from amnesia import s3audit, stack
-from amnesia.errors import StackError, StoreError
-from amnesia.settings import load_settings
-from amnesia.storage import ArtifactStore
+from amnesia.core.errors import StackError, StoreError
+from amnesia.core.settings import load_settings
+from amnesia.storage.artifacts import ArtifactStore
 from tests.conftest import settings_for
 
 AMNESIA = [sys.executable, "-m", "amnesia.cli"]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from amnesia import stack
-from amnesia.errors import IntegrityError, StoreError
-from amnesia.settings import load_settings
-from amnesia.storage import MANIFEST_NAME, ArtifactStore, Manifest, MissingError, join, parse_uri, sha256_file
+from amnesia.core.errors import IntegrityError, StoreError
+from amnesia.core.settings import load_settings
+from amnesia.devstack import stack
+from amnesia.storage.artifacts import ArtifactStore, Manifest, MissingError, sha256_file
+from amnesia.storage.uri import MANIFEST_NAME, join, parse_uri
 from tests.conftest import settings_for
 
 

@@ -14,18 +14,26 @@ import transformers as T
 from mlflow import MlflowClient
 from torch import nn
 
-from amnesia.arch import ArchitectureError, inspect_model
-from amnesia.config import TraceConfig
-from amnesia.context import RunContext
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_trace_config
 from amnesia.demo.world import generate
-from amnesia.lineage import Lineage, Tag
-from amnesia.requests import ErasureRequest, RequestQueue
-from amnesia.settings import Settings
-from amnesia.split import run_split
-from amnesia.storage import ArtifactStore, join
-from amnesia.trace import TraceError, _check_explicit, decide_layers, heuristic_subject, run_trace, subject_span
-from amnesia.tracing import Fact, aggregate, token_groups, trace_fact
+from amnesia.science.architecture import ArchitectureError, inspect_model
+from amnesia.science.tracing.causal import Fact, aggregate, token_groups, trace_fact
+from amnesia.stages.split.stage import run_split
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.stages.trace.stage import (
+    TraceError,
+    _check_explicit,
+    decide_layers,
+    heuristic_subject,
+    run_trace,
+    subject_span,
+)
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Lineage, Tag
+from amnesia.storage.requests import ErasureRequest, RequestQueue
+from amnesia.storage.uri import join
 from tests.reference_trace import reference_trace
 
 SMALL = {
@@ -81,7 +89,7 @@ def test_every_family_traces_equal_to_the_reference(family: str, prefix_cache: b
 
 
 def test_reference_equality_on_the_trained_demo_model(demo_build: DemoArtifacts, tmp_path: Path) -> None:
-    from amnesia.models import load_model
+    from amnesia.storage.models import load_model
 
     loaded = load_model(demo_build.model_uri, cache_root=tmp_path)
     tok, model = loaded.tokenizer, loaded.model
@@ -139,7 +147,7 @@ def test_token_groups_and_aggregate() -> None:
     assert groups["last subject token"] == [5] and groups["first subsequent token"] == [6]
     assert groups["further tokens"] == [7] and groups["last token"] == [8]
     assert token_groups(4, (1, 2))["middle subject tokens"] == []
-    from amnesia.tracing import FactTrace
+    from amnesia.science.tracing.causal import FactTrace
 
     grid = np.arange(9 * 2, dtype=float).reshape(9, 2)
     tr = FactTrace(Fact("a", tuple(range(9)), (2, 6), 0), clean=1.0, corrupted=1.0, scores={"mlp": grid})
@@ -162,7 +170,7 @@ def test_trace_on_the_demo_model(
 ) -> None:
     from PIL import Image
 
-    from amnesia.requests import load_requests_uri
+    from amnesia.storage.requests import load_requests_uri
 
     world_requests = load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))
     RequestQueue(store, s3_prefix).submit([ErasureRequest.model_validate(r.model_dump()) for r in world_requests])

@@ -20,13 +20,13 @@ from kfp import components
 from kubeflow_trainer_api import models as tapi
 from pydantic import BaseModel
 
-from amnesia import trainjob
-from amnesia.context import RunContext
 from amnesia.demo.prepare import DemoArtifacts
-from amnesia.models import as_model_config
-from amnesia.storage import ArtifactStore
-from amnesia.unlearn.config import UnlearnConfig
-from amnesia.unlearn.launch import read_result, write_job
+from amnesia.runtime import trainjob
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.stages.unlearn.launch import read_result, write_job
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.models import as_model_config
 from tests.test_pipeline import compile_against_golden
 from tests.test_unlearn import _split
 
@@ -79,7 +79,7 @@ def test_the_manifest_meets_the_trainjob_schema() -> None:
         pod.template.spec.node_selector == {"gpu": "h100"} and pod.template.spec.tolerations[0].key == "nvidia.com/gpu"
     )
     assert pod.template.spec.service_account_name == "amnesia-runner"  # it may read the runs' data keys
-    assert body["spec"]["trainer"]["command"][:3] == ["torchrun", "-m", "amnesia.unlearn.launch"]
+    assert body["spec"]["trainer"]["command"][:3] == ["torchrun", "-m", "amnesia.stages.unlearn.rank"]
     # the checker can fail: a misplaced key (podSpecOverrides is the older API's) is named
     body["spec"]["podSpecOverrides"] = [{"targetJobs": [{"name": "node"}]}]
     body["spec"]["trainer"]["numProcsPerNode"] = 4

@@ -18,22 +18,26 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from amnesia.arch import inspect_model
-from amnesia.config import TraceConfig
-from amnesia.context import RunContext
 from amnesia.demo.base_model import measure
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_unlearn_config
-from amnesia.lineage import Lineage, Tag
-from amnesia.models import load_model
-from amnesia.records import UnlearningRecord, load_records
-from amnesia.requests import RequestQueue, load_requests_uri
-from amnesia.split import SplitResult, run_split
-from amnesia.storage import ArtifactStore, join
-from amnesia.trace import run_trace
-from amnesia.unlearn.checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from amnesia.unlearn.data import DataError, PairedBatches, collate, encode
-from amnesia.unlearn.params import SelectionError, trainable_names
-from amnesia.unlearn.stage import UnlearnResult, run_unlearn
+from amnesia.results.split import SplitResult
+from amnesia.results.unlearn import UnlearnResult
+from amnesia.science.architecture import inspect_model
+from amnesia.science.records import UnlearningRecord
+from amnesia.science.unlearning.data import DataError, PairedBatches, collate, encode
+from amnesia.science.unlearning.params import SelectionError, trainable_names
+from amnesia.stages.split.stage import run_split
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.stages.trace.stage import run_trace
+from amnesia.stages.unlearn.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from amnesia.stages.unlearn.stage import run_unlearn
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.context import RunContext
+from amnesia.storage.lineage import Lineage, Tag
+from amnesia.storage.models import load_model
+from amnesia.storage.records import load_records
+from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.uri import join
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,7 +219,7 @@ def test_chat_prompt_format_uses_the_template_or_says_there_is_none(tiny_model_d
 def test_gradient_checkpointing_changes_memory_not_results(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from amnesia.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.config import UnlearnConfig
 
     split = _split(store, demo_build, s3_prefix, n=1)
     weights = []
@@ -231,8 +235,8 @@ def test_gradient_checkpointing_changes_memory_not_results(
 def test_llm_surgery_learns_its_update_set_and_refuses_one_that_names_a_forget_id(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from amnesia.unlearn.config import UnlearnConfig
-    from amnesia.unlearn.stage import UnlearnError
+    from amnesia.stages.unlearn.config import UnlearnConfig
+    from amnesia.stages.unlearn.stage import UnlearnError
 
     split = _split(store, demo_build, s3_prefix, n=1)
     forget = _records(store, split, "forget_train")

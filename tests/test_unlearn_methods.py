@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from amnesia.arch import inspect_model
-from amnesia.models import load_model
-from amnesia.records import UnlearningRecord
-from amnesia.unlearn.config import UnlearnConfig
-from amnesia.unlearn.data import Batch, ChunkedBatches, DataError, PairedBatches, chunks, collate, encode
-from amnesia.unlearn.methods import METHODS, Micro, StepInfo, method_class, method_names
-from amnesia.unlearn.methods.rmu import hidden_at
-from amnesia.unlearn.params import freeze_all_but, trainable_names
-from amnesia.unlearn.stage import _frozen_copy
-from amnesia.unlearn.trainer import HeldOut, Trainer
+from amnesia.science.architecture import inspect_model
+from amnesia.science.records import UnlearningRecord
+from amnesia.science.unlearning.data import Batch, ChunkedBatches, DataError, PairedBatches, chunks, collate, encode
+from amnesia.science.unlearning.methods import METHODS, Micro, StepInfo, method_class, method_names
+from amnesia.science.unlearning.methods.rmu import hidden_at
+from amnesia.science.unlearning.params import freeze_all_but, trainable_names
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.stages.unlearn.stage import _frozen_copy
+from amnesia.stages.unlearn.trainer import HeldOut, Trainer
+from amnesia.storage.models import load_model
 
 FORGET = [("Ada Quill was born in", "Porto."), ("What is Ada Quill's phone?", "555-0101")]
 RETAIN = [("Bo Reyes was born in", "Lima."), ("What is Bo Reyes's phone?", "555-0199")]
@@ -117,7 +117,7 @@ def test_registry_lists_every_method() -> None:
 
 
 def test_method_args_are_validated_by_the_methods_config() -> None:
-    from amnesia.config import ConfigError, parse_model
+    from amnesia.core.config import ConfigError, parse_model
 
     with pytest.raises(ConfigError, match=r"unlearn: method_args: beta: Input should be greater than 0"):
         parse_model(UnlearnConfig, {"method": "npo", "method_args": {"beta": 0}}, "unlearn")

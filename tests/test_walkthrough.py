@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, DemoConfig
 from amnesia.demo.world import generate
-from amnesia.lineage import Tag
-from amnesia.settings import Settings
+from amnesia.storage.lineage import Tag
 from pipelines.demo import MODEL_NAME, run_demo
 
 

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from amnesia.config import StrictModel
+from amnesia.core.config import StrictModel
+from amnesia.core.errors import AmnesiaError
 from amnesia.demo.world import World
-from amnesia.errors import AmnesiaError
-from amnesia.generation import greedy_generate
-from amnesia.metrics import item_score
-from amnesia.records import UnlearningRecord
+from amnesia.science.generation import greedy_generate
+from amnesia.science.metrics.items import item_score
+from amnesia.science.records import UnlearningRecord
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 

@@ -14,11 +14,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.config import EvaluateConfig, GateConfig, MMLUConfig, SplitConfig, StrictModel, TraceConfig
+from amnesia.core.config import StrictModel
 from amnesia.demo.base_model import TrainConfig, train_base_model
 from amnesia.demo.world import GENERATOR_VERSION, WorldConfig, generate
-from amnesia.storage import MANIFEST_NAME, ArtifactStore, join
-from amnesia.unlearn.config import UnlearnConfig
+from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+from amnesia.stages.gate.config import GateConfig
+from amnesia.stages.split.config import SplitConfig
+from amnesia.stages.trace.config import TraceConfig
+from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.uri import MANIFEST_NAME, join
 
 
 class DemoConfig(StrictModel):

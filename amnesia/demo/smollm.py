@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from amnesia.models import ModelLoadError
+from amnesia.storage.models import ModelLoadError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILDER_VERSION = "1"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from amnesia.config import StrictModel
-from amnesia.records import MIADocument, MMLUQuestion, UnlearningRecord, write_jsonl
+from amnesia.core.config import StrictModel
+from amnesia.science.records import MIADocument, MMLUQuestion, UnlearningRecord, write_jsonl
 
 # Bump when the generator's output changes for the same config (it is part of the content address).
 GENERATOR_VERSION = 1
@@ -313,7 +313,7 @@ class World(StrictModel):
 
     def training_texts(self) -> list[str]:
         """What the base model memorises: whole bios, each QA pair, each utility question answered."""
-        from amnesia.demo.prompts import mmlu_prompt
+        from amnesia.science.prompts import mmlu_prompt
 
         texts = [d.document for d in self.documents]
         texts += [f"{r.input} {r.output}" for r in self.corpus if r.kind == "qa"]

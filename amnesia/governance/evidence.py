@@ -1,0 +1,322 @@
+"""`amnesia evidence REQUEST_ID`: what was done about one person's erasure request, for the person and the
+regulator who ask (EDPB Opinion 28/2024; GDPR Art. 12(3) and 17).
+
+Received, ground, due date (and any extension), the runs that worked on the request and the model versions
+they made, this person's own figures before and after (knowledge and regurgitation on their records, a
+membership-inference score on their documents, and what the attacks brought back), the gate's verdict, who
+approved and when, whether the version's chain re-verifies, and the purge. Figures come from the stored
+per-item results (ids and scores), which a purge keeps: the evidence outlives the data. No record text
+appears; the subject's name only with `show_subject`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from amnesia.core.errors import AmnesiaError
+from amnesia.core.settings import Settings
+from amnesia.governance.versions import APPROVER, DECIDED_AT, registry_client
+from amnesia.science.metrics.aggregate import mia_auc, mia_score
+from amnesia.science.records import ID_PATTERN
+from amnesia.storage import layout as L
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.lineage import Tag
+from amnesia.storage.requests import ErasureRequest, RequestError, RequestQueue
+from amnesia.storage.uri import join
+
+KINDS = (("knowledge", "qa"), ("regurgitation", "sc"), ("all", None))  # as amnesia.science.attacks.means
+
+
+class PersonFigures(BaseModel):
+    """One model's figures on this person's records and documents."""
+
+    items: int
+    documents: int = 0  # their MIA member documents scored
+    knowledge: float | None = None  # exact match on their questions
+    regurgitation: float | None = None  # ROUGE-L recall on their sentence completions
+    all: float | None = None
+    mia_auc: float | None = None  # their documents against every non-member
+    mia_score: float | None = None
+
+
+class RunEvidence(BaseModel):
+    run_id: str
+    documents: list[str]
+    model: str | None  # name/version, when the run registered one
+    status: str  # approved / rejected / pending_approval / gate failed
+    gate_passed: bool | None
+    gate_failed_checks: list[str]
+    approver: str | None = None
+    decided_at: str | None = None
+    chain_verified: bool | None = None  # `amnesia audit` of the version
+    before: PersonFigures | None = None
+    after: PersonFigures | None = None
+    recoveries: dict[str, float] = {}  # attack -> metric share brought back, on this person's items
+    purged: list[dict[str, Any]] = []  # by, at, files, purge id
+
+
+class Evidence(BaseModel):
+    request_id: str
+    state: str
+    subject: str | None  # only when asked for
+    ground: str
+    received_at: str
+    due: str
+    extended_months: int
+    days_left: int | None  # pending only
+    overdue: bool
+    answered_at: str | None  # the approval of the version that forgot them
+    answered_in_time: bool | None
+    runs: list[RunEvidence]
+    generated_at: str
+
+
+# ---------------------------------------------------------------- figures from per-item results
+
+
+def _rows(store: ArtifactStore, folder: str, name: str) -> list[dict[str, Any]]:
+    import json
+
+    uri = join(folder, name)
+    if not store.exists(uri):
+        return []
+    return [json.loads(line) for line in store.get_bytes(uri).splitlines() if line.strip()]
+
+
+def _doc(record_id: str) -> str | None:
+    m = ID_PATTERN.match(record_id)
+    return m["doc"] if m else None
+
+
+def _means(rows: list[tuple[str, float]]) -> dict[str, float]:
+    """(kind, score) -> knowledge / regurgitation / all means, absent kinds left out."""
+    out = {}
+    for metric, keep in KINDS:
+        values = [s for kind, s in rows if keep is None or kind == keep]
+        if values:
+            out[metric] = sum(values) / len(values)
+    return out
+
+
+def person_figures(store: ArtifactStore, folder: str, documents: set[str]) -> tuple[PersonFigures, dict[str, dict]]:
+    """This person's figures in one stored evaluation, and their attack means (variant -> metric -> mean)."""
+    items = [i for i in _rows(store, folder, L.ITEMS) if i["set"] == "forget" and _doc(i["id"]) in documents]
+    kind = {i["id"]: i["kind"] for i in items}
+    figures = PersonFigures(items=len(items), **_means([(i["kind"], i["score"]) for i in items]))
+    mia = _rows(store, folder, L.MIA_LOSSES)
+    theirs = [r["loss"] for r in mia if r["member"] and r["id"] in documents]
+    others = [r["loss"] for r in mia if not r["member"]]
+    if theirs and others:
+        auc = mia_auc(theirs, others)
+        figures = figures.model_copy(update={"mia_auc": auc, "mia_score": mia_score(auc), "documents": len(theirs)})
+    attacked: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for row in _rows(store, folder, L.ATTACK_ITEMS):
+        if row["id"] in kind:
+            attacked[row["attack"]].append((kind[row["id"]], row["score"]))
+    return figures, {variant: _means(rows) for variant, rows in attacked.items()}
+
+
+def _recoveries(before: PersonFigures, after: PersonFigures, attacked: dict[str, dict]) -> dict[str, float]:
+    from amnesia.science.metrics.aggregate import recovery
+
+    out = {}
+    for variant, metrics in sorted(attacked.items()):
+        for metric, value in metrics.items():
+            b, c = getattr(before, metric), getattr(after, metric)
+            if b is not None and c is not None:
+                out[f"{variant}.{metric}"] = recovery(b, c, value)
+    return out
+
+
+# ---------------------------------------------------------------- gathering
+
+
+def _find(queue: RequestQueue, request_id: str) -> tuple[ErasureRequest, str]:
+    for state in ("pending", "fulfilled"):
+        for r in queue.list(state):  # type: ignore[arg-type]
+            if r.request_id == request_id:
+                return r, state
+    raise RequestError(f"request {request_id}: not in the queue (pending or fulfilled)")
+
+
+def _evaluations(client: Any, run_id: str) -> dict[str, str]:
+    """role -> evaluation folder, from the run's stage runs in MLflow (a run's own folder or a cache entry)."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}' and tags.`{Tag.ROLE}` = 'stage'"
+    out = {}
+    for run in sorted(client.search_runs(experiments, filter_string=query), key=lambda r: r.info.start_time):
+        stage = run.data.tags.get(Tag.STAGE, "")
+        if stage.startswith("evaluate-") and Tag.EVALUATION_URI in run.data.tags:
+            out[stage.removeprefix("evaluate-")] = run.data.tags[Tag.EVALUATION_URI]
+    return out
+
+
+def _run_evidence(
+    settings: Settings, store: ArtifactStore, client: Any, root: str, run_id: str, request_id: str
+) -> RunEvidence:
+    from amnesia.governance.audit import audit
+    from amnesia.governance.purge import load_purges, versions_of_run
+
+    run = L.run_root(root, run_id)
+    report = store.get_json(L.stage_uri(run, "split", L.SPLIT_REPORT))
+    documents = sorted(report.get("request_documents", {}).get(request_id, []))
+    verdict_uri = L.stage_uri(run, "gate", L.VERDICT)
+    verdict = store.get_json(verdict_uri) if store.exists(verdict_uri) else None
+    versions = versions_of_run(client, run_id)
+    mv = versions[0] if versions else None
+    tags = (mv.tags or {}) if mv else {}
+    status = tags.get(Tag.STATUS) or ("gate failed" if verdict and not verdict["passed"] else "no verdict")
+    ev = RunEvidence(
+        run_id=run_id,
+        documents=documents,
+        model=f"{mv.name}/{mv.version}" if mv else None,
+        status=status,
+        gate_passed=verdict["passed"] if verdict else None,
+        gate_failed_checks=verdict["codes"] if verdict else [],
+        approver=tags.get(APPROVER),
+        decided_at=tags.get(DECIDED_AT),
+    )
+    if mv is not None:
+        ev.chain_verified = audit(settings, store, mv.name, str(mv.version)).ok
+        purged, _problems = load_purges(store, tags)
+        records = {r.purge_id: r for _f, r in purged.values()}
+        ev.purged = [{"purge_id": r.purge_id, "by": r.by, "at": r.at, "files": len(r.files)} for r in records.values()]
+    folders = _evaluations(client, run_id)
+    if "base" in folders and "candidate" in folders:
+        before, _ = person_figures(store, folders["base"], set(documents))
+        after, attacked = person_figures(store, folders["candidate"], set(documents))
+        ev.before, ev.after, ev.recoveries = before, after, _recoveries(before, after, attacked)
+    return ev
+
+
+def evidence(
+    settings: Settings, store: ArtifactStore, root: str, request_id: str, show_subject: bool = False
+) -> Evidence:
+    from amnesia.governance.purge import runs_of_request
+
+    queue = RequestQueue(store, root)
+    request, state = _find(queue, request_id)
+    due = queue.due([request], state)[0]
+    client = registry_client(settings)
+    runs = [
+        _run_evidence(settings, store, client, root, r, request_id) for r in runs_of_request(store, root, request_id)
+    ]
+    now = datetime.now(UTC)
+    approved = sorted(r.decided_at for r in runs if r.status == "approved" and r.decided_at)
+    answered = approved[0] if approved else None
+    in_time = None
+    if answered:
+        in_time = datetime.strptime(answered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) <= due.due
+    found = Evidence(
+        request_id=request_id,
+        state=state,
+        subject=None,
+        ground=request.ground,
+        received_at=request.received_at.isoformat(),
+        due=due.due.isoformat(),
+        extended_months=due.extension.months if due.extension else 0,
+        days_left=due.days_left(now) if state == "pending" else None,
+        overdue=due.overdue(now),
+        answered_at=answered,
+        answered_in_time=in_time,
+        runs=runs,
+        generated_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    if show_subject:
+        return found.model_copy(update={"subject": request.subject})
+    check_subject_free(found, request.subject)  # the subject may sit inside a document id: then nothing is written
+    return found
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _noise(f: PersonFigures) -> str:
+    """One person is a small sample: say how coarse their figures are."""
+    step = f"each of {f.items} items moves a mean by {1 / f.items:.2f}" if f.items else "no items"
+    auc = f"; the MIA AUC ranks {f.documents} document(s) against the non-members" if f.documents else ""
+    return f"Small sample: {step}{auc}."
+
+
+def lines(e: Evidence) -> list[str]:
+    """The terminal view."""
+    who = f" ({e.subject})" if e.subject else ""
+    out = [f"request {e.request_id}{who}: {e.state}, ground Art. 17(1)({e.ground})",
+           f"        received {e.received_at}, due {e.due}" + (f" (extended {e.extended_months} months)"
+                                                              if e.extended_months else "")]  # fmt: skip
+    if e.answered_at:
+        out.append(f"        answered {e.answered_at} ({'in time' if e.answered_in_time else 'LATE'})")
+    elif e.overdue:
+        out.append(f"        OVERDUE by {-(e.days_left or 0)} days")
+    for r in e.runs:
+        out.append(f"run     {r.run_id}: {len(r.documents)} documents; model {r.model or '—'} ({r.status})")
+        if r.before and r.after:
+            out.append(f"        {_noise(r.after)}")
+            for name in ("knowledge", "regurgitation", "mia_score"):
+                out.append(f"        {name:<14} {_fmt(getattr(r.before, name))} -> {_fmt(getattr(r.after, name))}")
+        for name, value in r.recoveries.items():
+            out.append(f"        recovery {name:<24} {value:.3f}")
+        if r.approver:
+            out.append(f"        decided by {r.approver} at {r.decided_at}; chain verified: {r.chain_verified}")
+        for p in r.purged:
+            out.append(f"        purged {p['at']} by {p['by']} ({p['files']} files)")
+    return out
+
+
+def to_html(e: Evidence) -> str:
+    from amnesia.stages.gate.report import _CSS, _table
+
+    answered = "not yet"
+    if e.answered_at:
+        answered = f"{e.answered_at} ({'in time' if e.answered_in_time else 'late'})"
+    late = e.overdue or e.answered_in_time is False
+    word, cls = ("LATE" if late else "ANSWERED" if e.answered_at else "OPEN"), ("fail" if late else "pass")
+    facts = [("request", e.request_id), ("state", e.state), ("ground", f"GDPR Art. 17(1)({e.ground})"),
+             ("received", e.received_at), ("due", e.due + (f" (extended by {e.extended_months} months)"
+                                                          if e.extended_months else "")),
+             ("answered", answered), ("generated", e.generated_at)]  # fmt: skip
+    if e.subject:
+        facts.insert(1, ("subject", e.subject))
+    parts = [f"<h1>Erasure request <code>{html.escape(e.request_id)}</code></h1>",
+             f'<p><span class="verdict {cls}">{word}</span></p>', _table(["", ""], facts, [False, False])]  # fmt: skip
+    for r in e.runs:
+        parts.append(f"<h2>Run <code>{html.escape(r.run_id)}</code></h2>")
+        about = [
+            ("model version", r.model or "none registered"),
+            ("status", r.status),
+            ("gate", "passed" if r.gate_passed else f"failed: {', '.join(r.gate_failed_checks)}"),
+            ("documents forgotten", ", ".join(r.documents)),
+            ("decided", f"{r.approver} at {r.decided_at}" if r.approver else "—"),
+            ("chain re-verified", "—" if r.chain_verified is None else "yes" if r.chain_verified else "NO"),
+        ]
+        about += [("purged", f"{p['at']} by {p['by']} ({p['files']} files)") for p in r.purged]  # fmt: skip
+        parts.append(_table(["", ""], about, [False, False]))
+        if r.before and r.after:
+            rows = [(n, _fmt(getattr(r.before, n)), _fmt(getattr(r.after, n)))
+                    for n in ("knowledge", "regurgitation", "all", "mia_auc", "mia_score")]  # fmt: skip
+            parts.append(f"<p>This person's {r.after.items} records and {r.after.documents} document(s), before and "
+                         f"after. {_noise(r.after)}</p>")  # fmt: skip
+            parts.append(_table(["figure", "before", "after"], rows, [False, True, True]))
+        if r.recoveries:
+            rows = [(k, f"{v:.3f}") for k, v in r.recoveries.items()]
+            parts.append("<p>What each attack brought back of what was forgotten (0 = nothing, 1 = all):</p>")
+            parts.append(_table(["attack.metric", "recovery"], rows, [False, True]))
+    if not e.runs:
+        parts.append("<p>No pipeline run has worked on this request yet.</p>")
+    head = f"<meta charset=utf-8><title>Erasure request {html.escape(e.request_id)}</title><style>{_CSS}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>"
+
+
+def check_subject_free(e: Evidence, subject: str) -> None:
+    """Refuse to emit evidence that names the person when it was not asked to (a subject inside an id)."""
+    if subject.casefold() in e.model_dump_json().casefold():
+        raise AmnesiaError(f"request {e.request_id}: its evidence would name the subject; not written")

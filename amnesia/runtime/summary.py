@@ -1,0 +1,98 @@
+"""What a finished pipeline run left behind, read back from MLflow and the store: the lines `amnesia run`
+and `make demo` end with (verdict, before/after, model version, MLflow address, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from amnesia.core.settings import Settings
+from amnesia.science.metrics.registry import headline
+from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.layout import REPORT_HTML, SPLIT_REPORT, TRACE_AGGREGATE, VERDICT, run_root
+from amnesia.storage.lineage import Lineage, Tag, recorded_errors
+from amnesia.storage.requests import DUE_SOON_DAYS
+from amnesia.storage.uri import join
+
+
+def run_record(settings: Settings, experiment: str, run_id: str) -> dict[str, Any]:
+    """The parent run's tags and every stage run's tags and metrics, by stage name."""
+    lineage = Lineage(run_id, experiment=experiment, settings=settings)
+    parent = lineage.client.get_run(lineage.parent_run_id())
+    stages = {
+        r.data.tags.get(Tag.STAGE): r
+        for r in lineage.client.search_runs(
+            [lineage.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+    }
+    return {"lineage": lineage, "parent": parent, "stages": stages}
+
+
+def registered_version(settings: Settings, name: str, request_digest: str | None, base_digest: str | None) -> Any:
+    from amnesia.governance.versions import find_version, registry_client
+
+    if not request_digest or not base_digest:
+        return None
+    try:
+        return find_version(registry_client(settings), name, request_digest, base_digest)
+    except Exception:  # no such registered model yet
+        return None
+
+
+def _deadline_lines(store: ArtifactStore, split_uri: str) -> list[str]:
+    """Art. 12(3): the run's requests past their due date, or due within a week (ids only)."""
+    deadlines = store.get_json(join(split_uri, SPLIT_REPORT)).get("deadlines", {})
+    out = []
+    for key, words in (("overdue", "OVERDUE"), ("due_soon", f"due within {DUE_SOON_DAYS} days")):
+        ids = deadlines.get(key, [])
+        if ids:
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            out.append(f"WARNING requests {words}: {shown} (`amnesia requests list`)")
+    return out
+
+
+def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = None) -> list[str]:
+    """The closing lines; with `reports`, the gate's report is also copied there and named by local path."""
+    rec = run_record(settings, cfg.experiment, run_id)
+    parent, stages, lineage = rec["parent"], rec["stages"], rec["lineage"]
+    tags = parent.data.tags
+    lines = [f"status  {tags.get(Tag.STATUS, 'running?')} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
+    root = run_root(cfg.store_root(settings.bucket), run_id)
+    for line in recorded_errors(ArtifactStore(settings), root).values():
+        lines.append(f"error   {line}")  # the stage's own one line: what to fix
+    trace = stages.get("trace")
+    if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):  # the layers are a fallback, not a finding
+        agg = ArtifactStore(settings).get_json(join(trace.data.tags[Tag.TRACE_URI], TRACE_AGGREGATE))
+        lines.append(f"WARNING trace: {agg.get('warning') or trace.data.tags[Tag.TRACE_WARNING]}")
+    gate = stages.get("gate")
+    if gate is not None:
+        passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"
+        reasons = gate.data.tags.get(Tag.GATE_REASONS, "none")
+        lines.append(f"gate    {'PASS' if passed else 'FAIL'}" + ("" if passed else f": {reasons}"))
+        report_uri = gate.data.tags[Tag.REPORT_URI]
+        store = ArtifactStore(settings)
+        verdict = store.get_json(join(report_uri, VERDICT))
+        lines += [f"        {reason}" for reason in verdict.get("reasons", [])]  # why, in words
+        m = gate.data.metrics
+        for name in headline():  # the headline figures, before -> after
+            if name in m and f"base.{name}" in m:
+                lines.append(f"        {name:<22} {m[f'base.{name}']:.3f} -> {m[name]:.3f}")
+        lines.append(f"report  {join(report_uri, REPORT_HTML)}")
+        if reports is not None:  # a path a browser opens
+            local = store.get_file(join(report_uri, REPORT_HTML), reports / run_id / REPORT_HTML)
+            lines.append(f"        {local}")
+    split, unlearn = stages.get("split"), stages.get("unlearn")
+    if split is not None and split.data.tags.get(Tag.SPLIT_URI):
+        lines += _deadline_lines(ArtifactStore(settings), split.data.tags[Tag.SPLIT_URI])
+    request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None
+    base_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None
+    mv = registered_version(settings, cfg.model_name, request_digest, base_digest)
+    if mv is not None:
+        first = mv.tags.get(Tag.PIPELINE_RUN_ID) == run_id
+        again = "" if first else f"; already registered by run {mv.tags.get(Tag.PIPELINE_RUN_ID)}"
+        lines.append(f"model   {cfg.model_name} version {mv.version} ({mv.tags.get(Tag.STATUS)}){again}")
+        lines.append(f"        approve: amnesia approve {cfg.model_name} {mv.version} --reviewer YOU --note '…'")
+    lines.append(
+        f"mlflow  {settings.mlflow_tracking_uri}/#/experiments/{lineage.experiment_id}/runs/{parent.info.run_id}"
+    )
+    return lines

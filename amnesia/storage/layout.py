@@ -1,0 +1,184 @@
+"""Where everything lives in the store: one description that stages, CLI, lineage, audit and purge read.
+
+    <root>/runs/<run>/<stage folder>/...        what each stage of one pipeline run wrote
+    <root>/cache/evaluations/<key>/...          evaluations reused across runs (same model, data, config)
+    <root>/attacks/<name>/v<version>/<stamp>/   `amnesia attack` on a registered version
+    <root>/requests/{pending,fulfilled,extensions}/<request>.json
+    <root>/registry/<name>/v<version>/<decision>.json
+    <root>/purges/<purge id>.json
+
+Every file a stage writes is named here once, with whether it carries personal data (the text or name of
+someone to be forgotten). Those files are encrypted at rest with the run's data key and deleted by
+`amnesia purge`; the rest (ids, digests, metrics, plots of aggregates) is the evidence that stays.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from amnesia.storage.uri import MANIFEST_NAME, join
+
+RUNS, CACHE, ATTACKS, REQUESTS, REGISTRY, PURGES = "runs", "cache", "attacks", "requests", "registry", "purges"
+EVALUATION_CACHE = f"{CACHE}/evaluations"
+
+
+@dataclass(frozen=True)
+class File:
+    pattern: str  # below the stage's folder; '*' crosses no '/', '**' does
+    about: str
+    personal: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folder: str  # below the run's folder ('*' for one level chosen at run time)
+    files: tuple[File, ...]
+
+    def file(self, pattern: str) -> File:
+        return next(f for f in self.files if f.pattern == pattern)
+
+
+# The split's sets (Parquet, one per set); the forget sets and the MIA members are the people to forget.
+SPLIT_SETS = ("forget_train", "forget_eval", "retain_train", "retain_eval")
+MIA_SETS = ("mia_members", "mia_nonmembers")
+_PERSONAL_SETS = {"forget_train", "forget_eval", "mia_members"}
+
+REQUESTS_SNAPSHOT = "requests.jsonl"
+SPLIT_REPORT = "split_report.json"
+TRACE_AGGREGATE = "aggregate.json"
+TRACE_FACTS = "facts.jsonl"
+HEATMAPS = "heatmaps"
+UNLEARN_SUMMARY = "amnesia_unlearn.json"  # inside the model folder: travels with the weights
+UNLEARN_REPORT_SUMMARY = "summary.json"
+CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
+RESULT = "result.json"  # an evaluation's or an attack run's figures
+ITEMS, GENERATIONS, MIA_LOSSES, ATTACK_ITEMS = "items.jsonl", "generations.jsonl", "mia.jsonl", "attacks.jsonl"
+VERDICT, REPORT_HTML, REPORT_MD = "verdict.json", "report.html", "report.md"
+
+_EVALUATION_FILES = (
+    File(RESULT, "the figures (Evaluation)"),
+    File(ITEMS, "per item: id, set, task, kind, score"),
+    File(GENERATIONS, "what the model generated for each item", personal=True),
+    File(MIA_LOSSES, "per MIA document: id, member, loss"),
+    File(ATTACK_ITEMS, "per item under each attack: id and score"),
+)
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("preflight", "preflight", (File("probe.txt", "a write probe"),)),
+        Stage(
+            "split",
+            "split",
+            tuple(File(f"{n}.parquet", f"the {n} set", personal=n in _PERSONAL_SETS) for n in SPLIT_SETS + MIA_SETS)
+            + (
+                File(REQUESTS_SNAPSHOT, "the erasure requests this run works on, with subjects", personal=True),
+                File(SPLIT_REPORT, "counts, request ids, each request's documents, warnings"),
+            ),
+        ),
+        Stage(
+            "trace",
+            "trace",
+            (
+                File(TRACE_AGGREGATE, "mean indirect effects and the layer choice"),
+                File(TRACE_FACTS, "per traced fact: id, subject span, scores"),
+                File(f"{HEATMAPS}/aggregate_*.png", "mean-effect heatmaps (no text)"),
+                File(f"{HEATMAPS}/fact*_*.png", "single-fact heatmaps: the prompt's tokens", personal=True),
+            ),
+        ),
+        Stage(
+            "unlearn",
+            "unlearn",
+            (
+                File("model/**", "the candidate model (weights, tokenizer, MLflow model)"),
+                File("report/*", "run summary and training curves"),
+                File("checkpoints/**", "resumable training state"),
+                File("launch/**", "a training job's spec and result"),
+            ),
+        ),
+        Stage("evaluate", "evaluate/*", _EVALUATION_FILES),
+        Stage(
+            "gate",
+            "report",
+            (
+                File(VERDICT, "passed, failed checks, reasons"),
+                File(REPORT_HTML, "the report a reviewer reads"),
+                File(REPORT_MD, "the report as Markdown"),
+                File("*.png", "its figures"),
+            ),
+        ),
+        Stage("errors", "errors", (File("*.txt", "a failed stage's one-line error"),)),
+    )
+}
+CACHED_EVALUATION = Stage("cached evaluation", f"{EVALUATION_CACHE}/*", _EVALUATION_FILES)
+
+
+# ---------------------------------------------------------------- URIs
+
+
+def run_root(root: str, run_id: str) -> str:
+    return join(root, RUNS, run_id)
+
+
+def store_root(run_folder: str) -> str:
+    """The store root a run folder sits under (s3://bucket/runs/<run> -> s3://bucket)."""
+    return run_folder.rsplit(f"/{RUNS}/", 1)[0]
+
+
+def stage_uri(run_folder: str, stage: str, *parts: str) -> str:
+    folder = STAGES[stage].folder
+    if "*" in folder:
+        folder = folder.replace("*", parts[0])
+        parts = parts[1:]
+    return join(run_folder, folder, *parts)
+
+
+def evaluation_cache_uri(root: str, key: str) -> str:
+    return join(root, EVALUATION_CACHE, key)
+
+
+# ---------------------------------------------------------------- personal data
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    out = re.escape(pattern).replace(r"\*\*", ".+").replace(r"\*", "[^/]+")
+    return re.compile(out)
+
+
+def _rules() -> list[tuple[re.Pattern[str], File]]:
+    rules = []
+    for stage in (*STAGES.values(), CACHED_EVALUATION):
+        top = stage.folder if stage is CACHED_EVALUATION else f"{RUNS}/*/{stage.folder}"
+        rules += [(re.compile(rf"(^|/){_glob(f'{top}/{f.pattern}').pattern}$"), f) for f in stage.files]
+    return rules
+
+
+_RULES = _rules()
+
+
+def describe(uri: str) -> File | None:
+    """What the layout says about a stored object (None: not a file a stage writes, e.g. a manifest)."""
+    if uri.endswith("/" + MANIFEST_NAME):
+        return None
+    key = uri.split("://", 1)[-1]
+    return next((f for rx, f in _RULES if rx.search(key)), None)
+
+
+def personal(uri: str) -> bool:
+    """Whether a stored object carries personal data of the people to forget (encrypted, purged)."""
+    found = describe(uri)
+    return found is not None and found.personal
+
+
+def personal_patterns() -> list[str]:
+    """For the README and `amnesia purge --dry-run`: every personal file, as a path pattern."""
+    out = [f"{RUNS}/*/{s.folder}/{f.pattern}" for s in STAGES.values() for f in s.files if f.personal]
+    return out + [f"{CACHED_EVALUATION.folder}/{f.pattern}" for f in CACHED_EVALUATION.files if f.personal]
+
+
+def error_uri(root: str, stage: str) -> str:
+    return join(root, "errors", f"{stage}.txt")
+
+
