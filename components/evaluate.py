@@ -16,25 +16,10 @@ def evaluate(
     role: str,
     evaluation_out: dsl.Output[dsl.Metrics],
 ) -> str:
-    """Runs amnesia.stages.evaluate.stage.run_evaluate; the base model's result is reused from the store when its
+    """amnesia.runtime.tasks.evaluate: the base model's result is reused from the store when its
     (model digest, data, config) was scored before. Returns the Evaluation JSON."""
-    from amnesia.core.config import ModelConfig
-    from amnesia.results.split import SplitResult
-    from amnesia.runtime.preflight import one_line_errors
-    from amnesia.stages.evaluate.config import EvaluateConfig
-    from amnesia.stages.evaluate.stage import run_evaluate
-    from amnesia.storage.context import RunContext
+    from amnesia.runtime import tasks
 
-    ctx = RunContext.create(pipeline_run_id, store_root)
-    with one_line_errors(ctx, f"evaluate-{role}"):
-        result = run_evaluate(
-            EvaluateConfig.model_validate_json(config_json),
-            ctx,
-            ModelConfig.from_task(model_config, model_uri),
-            SplitResult.model_validate_json(split_json),
-            role,
-        )
-    for name, value in result.flat().items():  # KFP's metrics view (aggregates only)
-        evaluation_out.log_metric(name, value)
-    evaluation_out.metadata.update({"store_uri": result.uri, "digest": result.digest})
-    return result.model_dump_json()
+    return tasks.evaluate(
+        config_json, pipeline_run_id, store_root, model_uri, model_config, split_json, role, evaluation_out
+    )

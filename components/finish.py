@@ -10,9 +10,6 @@ def finish(pipeline_run_id: str, store_root: str, status: dsl.PipelineTaskFinalS
     """Sets the parent MLflow run's status, the gate's verdict when there was one, and the stage it
     stopped at when it failed (the first stage whose output is missing from the store); then purges the
     runs past the retention period (retention_days >= 0)."""
-    from amnesia.governance.purge import retention_at_end
-    from amnesia.storage.lineage import finish_run
+    from amnesia.runtime import tasks
 
-    state = finish_run(pipeline_run_id, store_root, status.state)
-    retention_at_end(store_root, retention_days)
-    return state
+    return tasks.finish(pipeline_run_id, store_root, status.state, retention_days)

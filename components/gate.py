@@ -18,30 +18,12 @@ def gate(
     unlearn_json: str,
     report: dsl.Output[dsl.HTML],
 ) -> NamedTuple("GateOutputs", [("passed", bool), ("reasons", str), ("result", str)]):  # noqa: F821
-    """Runs amnesia.stages.gate.stage.run_gate; writes the HTML report as a KFP HTML artifact too."""
+    """amnesia.runtime.tasks.gate: writes the HTML report as a KFP HTML artifact too."""
     from collections import namedtuple
-    from pathlib import Path
 
-    from amnesia.results.evaluation import Evaluation
-    from amnesia.results.trace import TraceResult
-    from amnesia.results.unlearn import UnlearnResult
-    from amnesia.stages.gate.config import GateConfig
-    from amnesia.stages.gate.stage import run_gate
-    from amnesia.storage.context import RunContext
-    from amnesia.storage.layout import REPORT_HTML
-    from amnesia.storage.uri import join
+    from amnesia.runtime import tasks
 
-    ctx = RunContext.create(pipeline_run_id, store_root)
-    result = run_gate(
-        GateConfig.model_validate_json(config_json),
-        ctx,
-        Evaluation.model_validate_json(base_json),
-        Evaluation.model_validate_json(candidate_json),
-        TraceResult.model_validate_json(trace_json) if trace_json else None,
-        UnlearnResult.model_validate_json(unlearn_json) if unlearn_json else None,
+    outputs = tasks.gate(
+        config_json, pipeline_run_id, store_root, base_json, candidate_json, trace_json, unlearn_json, report
     )
-    Path(report.path).parent.mkdir(parents=True, exist_ok=True)
-    ctx.store.get_file(join(result.report_uri, REPORT_HTML), Path(report.path))
-    report.metadata.update({"store_uri": result.report_uri, "digest": result.report_digest})
-    outputs = namedtuple("GateOutputs", ["passed", "reasons", "result"])
-    return outputs(result.passed, "\n".join(result.reasons), result.model_dump_json())
+    return namedtuple("GateOutputs", ["passed", "reasons", "result"])(*outputs)

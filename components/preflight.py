@@ -12,18 +12,7 @@ def preflight(
     split_config: str,
     evaluate_config: str,
 ) -> str:
-    """Runs amnesia.runtime.preflight.run_preflight; a failure is one line (and the run stops, not retried)."""
-    from amnesia.core.config import ModelConfig
-    from amnesia.runtime.preflight import one_line_errors, run_preflight
-    from amnesia.stages.evaluate.config import EvaluateConfig
-    from amnesia.stages.split.config import SplitConfig
-    from amnesia.storage.context import RunContext
-    from amnesia.storage.lineage import Lineage
+    """amnesia.runtime.tasks.preflight: a failure is one line (and the run stops, not retried)."""
+    from amnesia.runtime import tasks
 
-    ctx = RunContext.create(pipeline_run_id, store_root, track=False)  # MLflow is one of the checks
-    with one_line_errors(ctx, "preflight"):
-        ctx.lineage = Lineage(pipeline_run_id)
-        model = ModelConfig.from_task(model_config, model_uri)
-        split = SplitConfig.model_validate_json(split_config)
-        result = run_preflight(ctx, model, split, EvaluateConfig.model_validate_json(evaluate_config))
-    return result.model_dump_json()
+    return tasks.preflight(pipeline_run_id, store_root, model_uri, model_config, split_config, evaluate_config)

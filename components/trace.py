@@ -15,21 +15,7 @@ def trace(
     split_json: str,
     trace_out: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Runs amnesia.stages.trace.stage.run_trace on the split's forget facts; returns the TraceResult JSON."""
-    from amnesia.core.config import ModelConfig
-    from amnesia.results.split import SplitResult
-    from amnesia.runtime.handoff import describe
-    from amnesia.runtime.preflight import one_line_errors
-    from amnesia.stages.trace.config import TraceConfig
-    from amnesia.stages.trace.stage import run_trace
-    from amnesia.storage.context import RunContext
+    """amnesia.runtime.tasks.trace: traces the split's forget facts; returns the TraceResult JSON."""
+    from amnesia.runtime import tasks
 
-    ctx = RunContext.create(pipeline_run_id, store_root)
-    with one_line_errors(ctx, "trace"):
-        result = run_trace(
-            TraceConfig.model_validate_json(config_json),
-            ctx,
-            ModelConfig.from_task(model_config, model_uri),
-            SplitResult.model_validate_json(split_json),
-        )
-    return describe(trace_out, result, result.uri, result.digest)
+    return tasks.trace(config_json, pipeline_run_id, store_root, model_uri, model_config, split_json, trace_out)

@@ -33,45 +33,14 @@ def unlearn_trainjob(
     task_config: dsl.TaskConfig,
     model_out: dsl.Output[dsl.Model],
 ) -> NamedTuple("UnlearnOutputs", [("model_uri", str), ("result", str)]):  # noqa: F821
-    """Runs amnesia.runtime.trainjob.unlearn: writes the job to the run's folder, creates this run's TrainJob
+    """amnesia.runtime.tasks.unlearn_trainjob: writes the job to the run's folder, creates this run's TrainJob
     (or takes over its earlier one), waits for it and returns rank 0's UnlearnResult."""
-    import json
-
-    from amnesia.core.config import ModelConfig
-    from amnesia.results.split import SplitResult
-    from amnesia.results.trace import TraceResult
-    from amnesia.runtime import trainjob
-    from amnesia.runtime.cluster_config import TrainJobConfig
-    from amnesia.runtime.handoff import describe
-    from amnesia.stages.unlearn.config import UnlearnConfig
-    from amnesia.storage.context import RunContext
-
-    tj = TrainJobConfig.model_validate_json(trainjob_json)
-    secrets = json.loads(secrets_json)  # {secret name: [keys]}
-    env = [e for name, keys in secrets.items() for e in trainjob.secret_env(name, keys)]
-    env += [{"name": "AMNESIA_IMAGE_REF", "value": image}, *(task_config.env or [])]
-    nodes = trainjob.Nodes(
-        count=tj.nodes,
-        gpus=tj.gpus_per_node,
-        resources=task_config.resources,
-        env=env,
-        node_selector=task_config.node_selector,
-        tolerations=task_config.tolerations,
-        service_account=tj.service_account,
-    )
-    result = trainjob.unlearn(
-        UnlearnConfig.model_validate_json(config_json),
-        RunContext.create(pipeline_run_id, store_root),
-        ModelConfig.from_task(model_config, model_uri),
-        SplitResult.model_validate_json(split_json),
-        TraceResult.model_validate_json(trace_json).layers if trace_json else None,
-        image,
-        nodes,
-        tj.runtime,
-        tj.timeout_s,
-        tj.poll_s,
-    )
     from collections import namedtuple
 
-    payload = describe(model_out, result, result.uri, result.digest)
-    return namedtuple("UnlearnOutputs", ["model_uri", "result"])(result.uri, payload)
+    from amnesia.runtime import tasks
+
+    outputs = tasks.unlearn_trainjob(
+        config_json, pipeline_run_id, store_root, model_uri, model_config, split_json, trace_json, image,
+        trainjob_json, secrets_json, task_config, model_out,
+    )  # fmt: skip
+    return namedtuple("UnlearnOutputs", ["model_uri", "result"])(*outputs)

@@ -12,7 +12,7 @@ from amnesia.runtime.cluster_config import ClusterConfig
 # Secret keys, each exposed as the environment variable of the same name (amnesia.core.settings reads them).
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-REVIEW_KEYS = ("AMNESIA_REVIEW_WEBHOOKS", "AMNESIA_REVIEW_WEBHOOK_SECRET", "AMNESIA_REVIEW_URL")  # amnesia.governance.notify
+REVIEW_KEYS = ("AMNESIA_REVIEW_WEBHOOKS", "AMNESIA_REVIEW_WEBHOOK_SECRET", "AMNESIA_REVIEW_URL")  # governance.notify
 
 
 def apply_cluster(task: Any, cfg: ClusterConfig, compute: bool, notify: bool = False) -> Any:

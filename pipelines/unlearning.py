@@ -19,6 +19,7 @@ from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.gate.config import GateConfig
 from amnesia.stages.trace.config import TraceConfig
 from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.storage import layout as L
 from components import IMAGE
 from components.evaluate import evaluate
 from components.finish import finish
@@ -32,7 +33,7 @@ from components.unlearn_trainjob import unlearn_trainjob
 from pipelines.cluster import MLFLOW_KEYS, S3_KEYS, apply_cluster
 
 NAME = "selective-amnesia-unlearning"
-COMPUTE = ("trace", "unlearn", "evaluate-base", "evaluate-candidate")
+COMPUTE = L.COMPUTE_TASKS  # from the stage table: retried, and given the GPU and resources on a cluster
 
 
 def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, local: bool = False) -> Any:
@@ -96,9 +97,10 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             results = {"trace_json": traced, "unlearn_json": u.outputs["result"]}
             results |= {"base_json": eb.outputs["Output"], "candidate_json": ec.outputs["Output"]}
             g = k8s(gate(config_json=gate_config, **results, **run), "gate")
-            for task, name in ((t, "trace"), (u, "unlearn"), (eb, "evaluate base"), (ec, "evaluate candidate")):
-                task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
-                task.set_display_name(name)
+            by_name = {"trace": t, "unlearn": u, "evaluate-base": eb, "evaluate-candidate": ec}
+            for name in COMPUTE:
+                by_name[name].set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+                by_name[name].set_display_name(name.replace("-", " "))
             registration = {"model_name": model_name, "pipeline_run_id": pipeline_run_id, "split_json": sets}
             registration |= {"gate_json": g.outputs["result"], **results}
             if local:

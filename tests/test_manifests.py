@@ -84,7 +84,8 @@ def test_seaweedfs_overlay_wires_identities_and_access_log(tmp_path: Path) -> No
     # The access log: SeaweedFS -> the sidecar receiver (started first, kept running) -> its own volume.
     audit_cfg = json.loads(by[("ConfigMap", "seaweedfs-audit")]["data"]["audit.json"])
     sidecar = init["s3-audit"]
-    assert sidecar["restartPolicy"] == "Always" and sidecar["command"][:3] == ["python", "-m", "amnesia.storage.access_log"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["command"][:3] == ["python", "-m", "amnesia.storage.access_log"]
     assert sidecar["command"][sidecar["command"].index("--port") + 1] == str(audit_cfg["fluent_port"])
     assert "-s3.auditLogConfig=/etc/seaweedfs/audit.json" in weed["args"]
     claims = {c["metadata"]["name"] for c in by[("StatefulSet", "seaweedfs")]["spec"]["volumeClaimTemplates"]}

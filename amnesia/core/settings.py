@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     image: str = Field("ghcr.io/selective-amnesia/amnesia", description="Container image repository.")
 
     # Encryption at rest of personal data (amnesia.storage.sealing): on by default.
-    encrypt: bool = Field(True, description="Seal the files amnesia.storage.layout marks personal with the run's data key.")
+    encrypt: bool = Field(True, description="Seal the files the layout marks personal with the run's data key.")
     keystore: str | None = Field(None, description="file:/PATH or k8s:NAMESPACE/SECRET (default: a file in home).")
 
     # The reviewers' page (`amnesia serve`) and the notifications the register step sends.

@@ -139,7 +139,7 @@ class StackState(BaseModel):
         }
         if self.review_url:
             env["AMNESIA_REVIEW_URL"] = self.review_url
-        if role != "auditor":  # the runs' data keys (amnesia.storage.sealing); an auditor verifies ciphertext without them
+        if role != "auditor":  # the runs' data keys (sealing); an auditor verifies ciphertext without them
             env["AMNESIA_KEYSTORE"] = f"file:{(Path(self.home) / 'keys' / 'data-keys.json').resolve()}"
         return env
 
@@ -460,7 +460,8 @@ def up(
 
     # The access-log receiver first: SeaweedFS connects to it when its S3 gateway starts.
     audit_port = free_port()
-    audit_cmd = [sys.executable, "-m", "amnesia.storage.access_log", "--port", str(audit_port), "--out", str(logs / AUDIT_LOG)]
+    audit_cmd = [sys.executable, "-m", "amnesia.storage.access_log", "--port", str(audit_port),
+                 "--out", str(logs / AUDIT_LOG)]  # fmt: skip
     audit = _spawn("audit", audit_cmd, logs / "s3-audit-receiver.log", _base_env(), audit_port)
     started: list[Service] = [audit]
     try:

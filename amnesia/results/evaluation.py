@@ -26,7 +26,7 @@ class Evaluation(BaseModel):
     forget: dict[str, dict[str, float]]  # task -> {regurgitation, knowledge}
     retain: dict[str, dict[str, float]]
     retain_held_out: dict[str, dict[str, float]]
-    metrics: dict[str, float | None]  # every registered metric's figures (amnesia.science.metrics.registry), None: not measured
+    metrics: dict[str, float | None]  # every registered metric's figures (science.metrics.registry); None: not measured
     mmlu_subjects: dict[str, float]
     mmlu_questions: int
     mmlu_sampling: str

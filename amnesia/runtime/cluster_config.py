@@ -25,7 +25,7 @@ class TrainJobConfig(StrictModel):
     timeout_s: int = Field(6 * 3600, ge=60, description="How long the launcher waits for the TrainJob.")
     poll_s: float = Field(20.0, gt=0, le=600)
     service_account: str = Field(
-        "amnesia-runner", description="The training pods' identity: it reads the runs' data keys (amnesia.storage.sealing)."
+        "amnesia-runner", description="The training pods' identity: it reads the runs' data keys (storage.sealing)."
     )
 
 

@@ -12,6 +12,7 @@ from amnesia.stages.gate.config import GateConfig
 from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.trace.config import TraceConfig
 from amnesia.stages.unlearn.config import UnlearnConfig
+from amnesia.storage.layout import CONFIG_SECTIONS
 
 
 class PipelineConfig(StrictModel):
@@ -56,11 +57,7 @@ class PipelineConfig(StrictModel):
             "model_uri": self.model.uri,
             "model_config": self.model.model_dump_json(exclude={"uri"}),
             "model_name": self.model_name,
-            "split_config": self.split.model_dump_json(),
-            "trace_config": self.trace.model_dump_json(),
-            "unlearn_config": self.unlearn.model_dump_json(),
-            "evaluate_config": self.evaluate.model_dump_json(),
-            "gate_config": self.gate.model_dump_json(),
+            **{f"{s}_config": getattr(self, s).model_dump_json() for s in CONFIG_SECTIONS},  # one per stage section
             "request_digest": request_digest,
             "retention_days": -1 if self.store.retention_days is None else self.store.retention_days,
         }

@@ -5,17 +5,11 @@ Checked: the store is reachable and writable under the run's folder; MLflow answ
 opened here, so lineage exists before any output); the base model folder holds a config, safetensors
 weights and a tokenizer (read from its manifest for an s3:// folder: nothing is downloaded); the split's
 data files and the MMLU source exist. Hub ids are not checked (no hub from here; the stage that loads
-them says so).
-
-A stage that fails with an AmnesiaError records its line in `<run>/errors/<stage>.txt` (ids and URIs
-only: the errors never quote record text), and the run summary prints it under the stage.
+them says so). Like every task, it runs inside the error boundary (amnesia.runtime.boundary).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -25,7 +19,6 @@ from amnesia.core.errors import AmnesiaError
 from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.split.config import SplitConfig
 from amnesia.storage.context import RunContext
-from amnesia.storage.layout import error_uri
 from amnesia.storage.models import TOKENIZER_FILES
 from amnesia.storage.uri import MANIFEST_NAME, join
 
@@ -106,19 +99,5 @@ def run_preflight(ctx: RunContext, model: ModelConfig, split: SplitConfig, evalu
     for line in checks:
         ctx.log.info("preflight: %s", line)
     return Preflight(checks=checks)
-
-
-@contextlib.contextmanager
-def one_line_errors(ctx: RunContext, stage: str) -> Iterator[None]:
-    """An AmnesiaError ends the task with its one line (stderr and `<run>/errors/<stage>.txt`), exit 1, no
-    traceback; anything else propagates as it is (a bug or a transient failure shows its traceback)."""
-    try:
-        yield
-    except AmnesiaError as err:
-        line = f"{stage}: {err}"
-        print(f"ERROR {line}", file=sys.stderr, flush=True)
-        with contextlib.suppress(Exception):  # the store may be what failed
-            ctx.store.put_bytes((line + "\n").encode(), error_uri(ctx.root, stage))
-        raise SystemExit(1) from None
 
 

@@ -7,8 +7,11 @@
     <root>/registry/<name>/v<version>/<decision>.json
     <root>/purges/<purge id>.json
 
-Every file a stage writes is named here once, with whether it carries personal data (the text or name of
-someone to be forgotten). Those files are encrypted at rest with the run's data key and deleted by
+`STAGES` is the one stage table: each pipeline stage's name, stored folder and files, the run-config section
+that configures it, its component and KFP tasks, and whether it is a compute stage (retried, given GPUs).
+Lineage's stage list, the DAG's retried and GPU tasks and the pipeline's config arguments are derived from
+it. Every file a stage writes is named here once, with whether it carries personal data (the text or name
+of someone to be forgotten). Those files are encrypted at rest with the run's data key and deleted by
 `amnesia purge`; the rest (ids, digests, metrics, plots of aggregates) is the evidence that stays.
 """
 
@@ -35,6 +38,11 @@ class Stage:
     name: str
     folder: str  # below the run's folder ('*' for one level chosen at run time)
     files: tuple[File, ...]
+    section: str | None = None  # the run config's section (PipelineConfig.<section>, pipeline arg <section>_config)
+    component: str | None = None  # its KFP component (components/<component>.py); None: a folder, not a stage
+    tasks: tuple[str, ...] = ()  # its tasks in the DAG, each with its own MLflow stage run (default: the name)
+    compute: bool = False  # loads a model: retried on failure, and given the GPU and resources on a cluster
+    tracked: bool = True  # has MLflow stage runs (preflight only opens the parent run)
 
     def file(self, pattern: str) -> File:
         return next(f for f in self.files if f.pattern == pattern)
@@ -68,11 +76,16 @@ _EVALUATION_FILES = (
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("preflight", "preflight", (File("probe.txt", "a write probe"),)),
+        Stage("preflight", "preflight", (File("probe.txt", "a write probe"),), component="preflight",
+              tracked=False),
         Stage(
             "split",
             "split",
-            tuple(File(f"{n}.parquet", f"the {n} set", personal=n in _PERSONAL_SETS) for n in SPLIT_SETS + MIA_SETS)
+            section="split",
+            component="split",
+            files=tuple(
+                File(f"{n}.parquet", f"the {n} set", personal=n in _PERSONAL_SETS) for n in SPLIT_SETS + MIA_SETS
+            )
             + (
                 File(REQUESTS_SNAPSHOT, "the erasure requests this run works on, with subjects", personal=True),
                 File(SPLIT_REPORT, "counts, request ids, each request's documents, warnings"),
@@ -81,7 +94,10 @@ STAGES: dict[str, Stage] = {
         Stage(
             "trace",
             "trace",
-            (
+            section="trace",
+            component="trace",
+            compute=True,
+            files=(
                 File(TRACE_AGGREGATE, "mean indirect effects and the layer choice"),
                 File(TRACE_FACTS, "per traced fact: id, subject span, scores"),
                 File(f"{HEATMAPS}/aggregate_*.png", "mean-effect heatmaps (no text)"),
@@ -91,18 +107,31 @@ STAGES: dict[str, Stage] = {
         Stage(
             "unlearn",
             "unlearn",
-            (
+            section="unlearn",
+            component="unlearn",
+            compute=True,
+            files=(
                 File("model/**", "the candidate model (weights, tokenizer, MLflow model)"),
                 File("report/*", "run summary and training curves"),
                 File("checkpoints/**", "resumable training state"),
                 File("launch/**", "a training job's spec and result"),
             ),
         ),
-        Stage("evaluate", "evaluate/*", _EVALUATION_FILES),
+        Stage(
+            "evaluate",
+            "evaluate/*",
+            _EVALUATION_FILES,
+            section="evaluate",
+            component="evaluate",
+            tasks=("evaluate-base", "evaluate-candidate"),
+            compute=True,
+        ),
         Stage(
             "gate",
             "report",
-            (
+            section="gate",
+            component="gate",
+            files=(
                 File(VERDICT, "passed, failed checks, reasons"),
                 File(REPORT_HTML, "the report a reviewer reads"),
                 File(REPORT_MD, "the report as Markdown"),
@@ -113,6 +142,20 @@ STAGES: dict[str, Stage] = {
     )
 }
 CACHED_EVALUATION = Stage("cached evaluation", f"{EVALUATION_CACHE}/*", _EVALUATION_FILES)
+
+
+def pipeline_stages() -> list[Stage]:
+    """The stages of the DAG, in order (the table's rows with a component)."""
+    return [s for s in STAGES.values() if s.component]
+
+
+def task_names(stage: Stage) -> tuple[str, ...]:
+    return stage.tasks or (stage.name,)
+
+
+TRACKED_TASKS = tuple(t for s in pipeline_stages() if s.tracked for t in task_names(s))  # each has a stage run
+COMPUTE_TASKS = tuple(t for s in pipeline_stages() if s.compute for t in task_names(s))  # retried, GPU
+CONFIG_SECTIONS = tuple(s.section for s in pipeline_stages() if s.section)  # each a pipeline arg <section>_config
 
 
 # ---------------------------------------------------------------- URIs

@@ -26,7 +26,7 @@ from amnesia.core.errors import AmnesiaError, LineageError
 from amnesia.core.settings import Settings
 from amnesia.core.settings import settings as default_settings
 from amnesia.storage.artifacts import ArtifactStore
-from amnesia.storage.layout import VERDICT, run_root, stage_uri
+from amnesia.storage.layout import TRACKED_TASKS, VERDICT, run_root, stage_uri
 from amnesia.storage.uri import join
 
 
@@ -334,8 +334,8 @@ class Lineage:
         self.client.set_terminated(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")
 
 
-PIPELINE_STAGES = ("split", "trace", "unlearn", "evaluate-base", "evaluate-candidate", "gate")
-# What the parent run shows at a glance: the gate's headline figures, candidate and base (amnesia.science.metrics.registry:
+PIPELINE_STAGES = TRACKED_TASKS  # the stage table's tasks with an MLflow stage run, in DAG order
+# What the parent run shows at a glance: the gate's headline figures, candidate and base (science.metrics.registry:
 # the scores and every registered metric's headline figures) and the settings that made the candidate.
 HEADLINE_PARAMS = {"unlearn": ("method", "target", "layers", "lr", "epochs", "model.dtype", "model.device")}
 

@@ -46,7 +46,7 @@ class GateConfig(StrictModel):
     )
     floors: dict[str, float] = Field(
         default_factory=dict,
-        description="Further bounds on any figure by name (amnesia.science.metrics.registry: a registered metric's, a score, "
+        description="Further bounds on any figure by name (science.metrics.registry: a registered metric's, a score, "
         "set.task.figure, attack.<variant>.<figure>, recovery.<variant>.<figure>): a floor where higher is "
         "better, a ceiling where lower is.",
     )
