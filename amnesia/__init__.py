@@ -1,4 +1,10 @@
-"""Selective Amnesia: compliance unlearning for LLMs. This package is the pure library (no kfp)."""
+"""Selective Amnesia: compliance unlearning for LLMs, in layers; each imports only from the layers below it.
+
+    core → science → storage → results → stages → governance → runtime → devstack | demo → cli
+
+The rule is checked by import-linter (pyproject.toml) and tests/test_architecture.py; kfp, click and the
+pipelines are imported by the CLI alone. `components/` and `pipelines/` sit on top, outside this package.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

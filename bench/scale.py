@@ -93,7 +93,7 @@ def measure(size: str, args: argparse.Namespace) -> dict[str, Any]:
     from amnesia.science.architecture import inspect_model
     from amnesia.science.generation import greedy_generate
     from amnesia.science.mmlu import score_mmlu
-    from amnesia.science.tracing.causal import trace_fact
+    from amnesia.science.tracing.causal import TraceOptions, trace_fact
     from amnesia.science.unlearning.data import PairedBatches, encode
     from amnesia.science.unlearning.methods import method_class
     from amnesia.science.unlearning.params import count, freeze_all_but, trainable_names
@@ -120,7 +120,8 @@ def measure(size: str, args: argparse.Namespace) -> dict[str, Any]:
     facts = [f for r in world.forget if r.kind == "qa" and (f := make_fact(tok, r, subjects, counts))]
     facts = facts[: args.facts + 1]
     # The trace stage's prefix_cache: auto (on for a CPU, off for a GPU).
-    trace = lambda f: trace_fact(model, layout, f, samples=10, noise_std=0.1, window=10, prefix_cache=not cuda)  # noqa: E731
+    opts = TraceOptions(samples=10, noise_std=0.1, window=10, prefix_cache=not cuda)
+    trace = lambda f: trace_fact(model, layout, f, opts)  # noqa: E731
     with torch.inference_mode():
         trace(facts[0])  # warm-up (kernels, allocator)
         with Clock(args.device) as t:

@@ -22,6 +22,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amnesia.science.architecture import inspect_model  # noqa: E402
 from amnesia.science.tracing.attribution import atp_trace  # noqa: E402
-from amnesia.science.tracing.causal import KINDS, Fact, FactTrace, corrupted_score, subject_embedding_std, trace_fact  # noqa: E402
+from amnesia.science.tracing.causal import (  # noqa: E402
+    KINDS,
+    Fact,
+    FactTrace,
+    TraceOptions,
+    corrupted_score,
+    subject_embedding_std,
+    trace_fact,
+)
 from amnesia.science.tracing.layer_choice import choose, per_fact_effects  # noqa: E402
 from amnesia.stages.trace.config import TraceConfig  # noqa: E402
 from amnesia.stages.trace.stage import confirmed_choice, make_fact, trace_facts  # noqa: E402
@@ -144,10 +153,11 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    opts = TraceOptions(kinds=KINDS, samples=args.samples, noise_std=std, window=window, seed=0)
     paths: dict[str, Any] = {
         "reference": lambda f: reference_trace(model, layout, f, KINDS, args.samples, std, window, 0),
-        "exact": lambda f: trace_fact(model, layout, f, KINDS, args.samples, std, window, 0, prefix_cache=cpu),
-        "atp": lambda f: atp_trace(model, layout, f, KINDS, args.samples, std, window, 0)[0],
+        "exact": lambda f: trace_fact(model, layout, f, replace(opts, prefix_cache=cpu)),
+        "atp": lambda f: atp_trace(model, layout, f, opts)[0],
         "hybrid": lambda f: trace_facts(cfg, model, layout, [f], std, ctx)[0],  # type: ignore[arg-type]
     }
     if args.skip_reference:

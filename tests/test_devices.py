@@ -9,7 +9,7 @@ import torch
 import transformers as T
 
 from amnesia.science.architecture import inspect_model
-from amnesia.science.tracing.causal import Fact, subject_embedding_std, trace_fact
+from amnesia.science.tracing.causal import Fact, TraceOptions, subject_embedding_std, trace_fact
 from tests.reference_trace import reference_trace
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -35,8 +35,8 @@ def test_trace_on_the_models_device_equals_the_cpu_reference(device: str, prefix
     model = _olmo().to(device)
     layout = inspect_model(model)
     assert abs(subject_embedding_std(layout, [fact]) - subject_embedding_std(inspect_model(cpu_model), [fact])) < 1e-6
-    fast = trace_fact(model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40,
-                      prefix_cache=prefix_cache)  # fmt: skip
+    opts = TraceOptions(samples=4, noise_std=0.5, window=3, seed=7, max_rows=40, prefix_cache=prefix_cache)
+    fast = trace_fact(model, layout, fact, opts)
     assert abs(fast.corrupted - low) < 1e-4
     for kind in ("hidden", "mlp", "attn"):
         assert np.abs(fast.scores[kind] - ref[kind]).max() < 1e-4, kind

@@ -16,6 +16,7 @@ from amnesia.science.tracing.causal import (
     GROUPS,
     Fact,
     FactTrace,
+    TraceOptions,
     _first,
     _replace_first,
     clean_run,
@@ -118,7 +119,7 @@ def test_atp_is_the_first_order_term_of_exact_patching(family: str) -> None:
     with torch.no_grad():
         target = int(model(input_ids=torch.tensor([FACT_IDS])).logits[0, -1].argmax())
     fact = Fact("f", FACT_IDS, (1, 3), target)
-    trace, screen = atp_trace(model, layout, fact, samples=4, noise_std=0.5, window=1)
+    trace, screen = atp_trace(model, layout, fact, TraceOptions(samples=4, noise_std=0.5, window=1))
     states, _ = clean_run(model, layout, fact)
     noise = subject_noise(fact, states["hidden"][0].shape[-1], 4, 0.5, 0).double()
     p0 = _fd_probability(model, layout, fact, "hidden", 0, 0, states, noise, 0.0)
@@ -138,11 +139,11 @@ def test_atp_windows_add_their_layers_and_graddrop_leaves_the_last_layer_alone()
     model = _tiny("llama").double()
     layout = inspect_model(model)
     fact = Fact("f", FACT_IDS, (1, 3), 7)
-    one, _ = atp_trace(model, layout, fact, samples=3, noise_std=0.5, window=1)
-    three, _ = atp_trace(model, layout, fact, samples=3, noise_std=0.5, window=3)
+    one, _ = atp_trace(model, layout, fact, TraceOptions(samples=3, noise_std=0.5, window=1))
+    three, _ = atp_trace(model, layout, fact, TraceOptions(samples=3, noise_std=0.5, window=3))
     single = one.scores["mlp"] - one.corrupted
     assert three.scores["mlp"][:, 2] - three.corrupted == pytest.approx(single[:, 1:4].sum(1))  # layers 1, 2, 3
-    plain, screen = atp_trace(model, layout, fact, samples=3, noise_std=0.5, window=1, graddrop=True)
+    plain, screen = atp_trace(model, layout, fact, TraceOptions(samples=3, noise_std=0.5, window=1, graddrop=True))
     layers = layout.num_layers
     # Nothing downstream of the last layer's output is cut, so every drop gives the plain estimate there.
     last = np.abs(plain.scores["hidden"][:, -1] - plain.corrupted) * layers / (layers - 1)
@@ -155,13 +156,14 @@ def test_hybrid_confirmation_is_exact_patching() -> None:
     model = _tiny("qwen2")
     layout = inspect_model(model)
     fact = Fact("f", FACT_IDS, (1, 3), 11)
-    exact = trace_fact(model, layout, fact, samples=4, noise_std=0.4, window=2)
-    est, screen = atp_trace(model, layout, fact, samples=4, noise_std=0.4, window=2)
+    opts = TraceOptions(samples=4, noise_std=0.4, window=2)
+    exact = trace_fact(model, layout, fact, opts)
+    est, screen = atp_trace(model, layout, fact, opts)
     assert est.corrupted == pytest.approx(exact.corrupted, abs=1e-6)
     cells = top_cells(screen, 5)
     assert len(cells) == 5 and all(c.token >= 1 for c in cells)
-    assert confirm(model, layout, est, cells, 4, 0.4, 2, 0) == 5
-    assert confirm(model, layout, est, cells, 4, 0.4, 2, 0) == 0  # already exact: nothing runs again
+    assert confirm(model, layout, est, cells, opts) == 5
+    assert confirm(model, layout, est, cells, opts) == 0  # already exact: nothing runs again
     for c in cells:
         assert est.exact[c.kind][c.token, c.layer]
         assert est.scores[c.kind][c.token, c.layer] == pytest.approx(exact.scores[c.kind][c.token, c.layer], abs=1e-5)

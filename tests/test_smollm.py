@@ -13,7 +13,7 @@ from amnesia.core.config import ModelConfig
 from amnesia.science.architecture import inspect_model
 from amnesia.science.generation import greedy_generate
 from amnesia.science.mmlu import sample, score_mmlu
-from amnesia.science.tracing.causal import Fact, subject_embedding_std, trace_fact
+from amnesia.science.tracing.causal import Fact, TraceOptions, subject_embedding_std, trace_fact
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.models import load
 from amnesia.storage.records import load_mmlu
@@ -63,7 +63,7 @@ def test_a_well_known_fact_traces_the_same_exact_and_batched(smollm) -> None:
     fact = Fact("eiffel", ids, (0, subject), target)
     layout = inspect_model(model)
     std = 3 * subject_embedding_std(layout, [fact])  # ROME's noise: 3x the subject embeddings' std
-    fast = trace_fact(model, layout, fact, kinds=("mlp",), samples=3, noise_std=std, window=10, seed=0)
+    fast = trace_fact(model, layout, fact, TraceOptions(kinds=("mlp",), samples=3, noise_std=std, window=10, seed=0))
     low, ref = reference_trace(model, layout, fact, ("mlp",), 3, std, 10, 0)
     print(f"SmolLM2 Eiffel Tower -> Paris: clean p {fast.clean:.3f}, subject corrupted {fast.corrupted:.3f}")
     assert fast.clean > 0.3 and fast.corrupted < fast.clean / 2  # it knows the fact, through the subject
@@ -93,7 +93,7 @@ def test_attribution_patching_ranks_cells_like_exact_patching_on_a_real_model(sm
     exact = trace_facts(cfg, model, layout, facts, std, log)  # type: ignore[arg-type]
     rhos = []
     for fact, ex in zip(facts, exact, strict=True):
-        est, _ = atp_trace(model, layout, fact, ("mlp",), 3, std, 10, 0)
+        est, _ = atp_trace(model, layout, fact, TraceOptions(kinds=("mlp",), samples=3, noise_std=std, window=10))
         s = fact.subject[0]
         a, b = est.effect("mlp")[s:].ravel(), ex.effect("mlp")[s:].ravel()
         rhos.append(np.corrcoef(a.argsort().argsort(), b.argsort().argsort())[0, 1])

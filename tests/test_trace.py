@@ -18,7 +18,7 @@ from amnesia.core.settings import Settings
 from amnesia.demo.prepare import DemoArtifacts, demo_split_config, demo_trace_config
 from amnesia.demo.world import generate
 from amnesia.science.architecture import ArchitectureError, inspect_model
-from amnesia.science.tracing.causal import Fact, aggregate, token_groups, trace_fact
+from amnesia.science.tracing.causal import Fact, TraceOptions, aggregate, token_groups, trace_fact
 from amnesia.stages.split.stage import run_split
 from amnesia.stages.trace.config import TraceConfig
 from amnesia.stages.trace.stage import (
@@ -77,9 +77,8 @@ def test_every_family_traces_equal_to_the_reference(family: str, prefix_cache: b
     with torch.no_grad():
         target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     fact = Fact("f", ids, (2, 5), target)
-    fast = trace_fact(
-        model, layout, fact, samples=4, noise_std=0.5, window=3, seed=7, max_rows=40, prefix_cache=prefix_cache
-    )
+    opts = TraceOptions(samples=4, noise_std=0.5, window=3, seed=7, max_rows=40, prefix_cache=prefix_cache)
+    fast = trace_fact(model, layout, fact, opts)
     low, ref = reference_trace(model, layout, fact, ("hidden", "mlp", "attn"), 4, 0.5, 3, 7)
     assert abs(fast.corrupted - low) < 1e-5
     for kind in ("hidden", "mlp", "attn"):
@@ -99,7 +98,7 @@ def test_reference_equality_on_the_trained_demo_model(demo_build: DemoArtifacts,
     ids = tuple(tok(prompt, add_special_tokens=False)["input_ids"])
     target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     fact = Fact("f", ids, (2, 4), target)
-    fast = trace_fact(model, layout, fact, samples=10, noise_std=0.3, window=2, seed=0)
+    fast = trace_fact(model, layout, fact, TraceOptions(samples=10, noise_std=0.3, window=2, seed=0))
     low, ref = reference_trace(model, layout, fact, ("hidden", "mlp", "attn"), 10, 0.3, 2, 0)
     assert abs(fast.corrupted - low) < 1e-5
     assert all(np.abs(fast.scores[k] - ref[k]).max() < 1e-5 for k in ref)

@@ -1,7 +1,7 @@
-"""The `amnesia` command: its own package, one module per command group (as ZenML's cli/). Every command
-is a thin click wrapper over one library call; `base` holds the root group the modules add to.
+"""Layer 8 — the `amnesia` command: its own package, one module per command group (as ZenML's cli/). Every
+command is a thin click wrapper over the library; `base` holds the root group the modules add to.
 
-The CLI is the top layer: it may import everything, including the pipelines (kfp) and the local stack.
+May import everything, including the pipelines (kfp) and the local stack: the only layer that does.
 """
 
 from __future__ import annotations

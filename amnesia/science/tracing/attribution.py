@@ -23,10 +23,11 @@ import torch
 
 from amnesia.science.architecture import Kind, Layout
 from amnesia.science.tracing.causal import (
-    KINDS,
+    DEFAULT_OPTIONS,
     Fact,
     FactTrace,
     Restoration,
+    TraceOptions,
     _device,
     _first,
     _last_logits,
@@ -124,35 +125,20 @@ def _windowed(cells: np.ndarray, kind: Kind, window: int) -> np.ndarray:
 
 @torch.no_grad()
 def atp_trace(
-    model: torch.nn.Module,
-    layout: Layout,
-    fact: Fact,
-    kinds: tuple[Kind, ...] = KINDS,
-    samples: int = 10,
-    noise_std: float = 0.1,
-    window: int = 10,
-    seed: int = 0,
-    graddrop: bool = False,
+    model: torch.nn.Module, layout: Layout, fact: Fact, opts: TraceOptions = DEFAULT_OPTIONS
 ) -> tuple[FactTrace, dict[str, np.ndarray]]:
     """(the estimated trace, kind -> [tokens, layers] screening score). The trace's scores are
     corrupted + the first-order effect; the screening score is |effect|, or GradDrop's mean magnitude."""
-    trace, screen, _states, _noise = _atp(model, layout, fact, kinds, samples, noise_std, window, seed, graddrop)
+    trace, screen, _states, _noise = _atp(model, layout, fact, opts)
     return trace, screen
 
 
 def _atp(
-    model: torch.nn.Module,
-    layout: Layout,
-    fact: Fact,
-    kinds: tuple[Kind, ...],
-    samples: int,
-    noise_std: float,
-    window: int,
-    seed: int,
-    graddrop: bool,
+    model: torch.nn.Module, layout: Layout, fact: Fact, opts: TraceOptions
 ) -> tuple[FactTrace, dict[str, np.ndarray], dict[str, list[torch.Tensor]], torch.Tensor]:
     states, clean = clean_run(model, layout, fact)
-    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
+    noise = subject_noise(fact, states["hidden"][0].shape[-1], opts.samples, opts.noise_std, opts.seed, _device(model))
+    kinds, window, graddrop = opts.kinds, opts.window, opts.graddrop
     low, terms = _first_order(model, layout, fact, states, noise, kinds, graddrop)
     scores, screen = {}, {}
     for kind in kinds:
@@ -169,29 +155,16 @@ def _atp(
 
 
 @torch.no_grad()
-def hybrid_trace(
-    model: torch.nn.Module,
-    layout: Layout,
-    fact: Fact,
-    kinds: tuple[Kind, ...] = KINDS,
-    samples: int = 10,
-    noise_std: float = 0.1,
-    window: int = 10,
-    seed: int = 0,
-    top: int = 8,
-    graddrop: bool = False,
-    max_rows: int = 2048,
-    prefix_cache: bool = True,
-) -> FactTrace:
+def hybrid_trace(model: torch.nn.Module, layout: Layout, fact: Fact, opts: TraceOptions = DEFAULT_OPTIONS) -> FactTrace:
     """AtP for every cell, then patched exactly, reusing the clean states: the `top` cells of the screen, and
     the MLP row of the token group where this fact's estimated MLP effect peaks, the row the layer rule will
     most likely read (the trace stage patches whatever group it finally reads, so a wrong guess costs time,
     never exactness)."""
-    trace, screen, states, noise = _atp(model, layout, fact, kinds, samples, noise_std, window, seed, graddrop)
-    cells = top_cells(screen, top)
-    if "mlp" in kinds:
+    trace, screen, states, noise = _atp(model, layout, fact, opts)
+    cells = top_cells(screen, opts.top)
+    if "mlp" in opts.kinds:
         cells += [Restoration("mlp", t, layer) for t in _likely_group(trace) for layer in range(layout.num_layers)]
-    _confirm(model, layout, trace, cells, states, noise, window, max_rows, prefix_cache)
+    _confirm(model, layout, trace, cells, states, noise, opts)
     return trace
 
 
@@ -209,20 +182,15 @@ def confirm(
     layout: Layout,
     trace: FactTrace,
     cells: list[Restoration],
-    samples: int,
-    noise_std: float,
-    window: int,
-    seed: int,
-    max_rows: int = 2048,
-    prefix_cache: bool = True,
+    opts: TraceOptions = DEFAULT_OPTIONS,
 ) -> int:
     """Replace the estimates of `cells` (not yet exact) by exact patching, in place; returns how many ran."""
     if not _pending(trace, cells):
         return 0
     fact = trace.fact
     states, _ = clean_run(model, layout, fact)
-    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
-    return _confirm(model, layout, trace, cells, states, noise, window, max_rows, prefix_cache)
+    noise = subject_noise(fact, states["hidden"][0].shape[-1], opts.samples, opts.noise_std, opts.seed, _device(model))
+    return _confirm(model, layout, trace, cells, states, noise, opts)
 
 
 def _pending(trace: FactTrace, cells: list[Restoration]) -> list[Restoration]:
@@ -236,14 +204,12 @@ def _confirm(
     cells: list[Restoration],
     states: dict[str, list[torch.Tensor]],
     noise: torch.Tensor,
-    window: int,
-    max_rows: int,
-    prefix_cache: bool,
+    opts: TraceOptions,
 ) -> int:
     todo = _pending(trace, cells)
     if not todo:
         return 0
-    values = exact_scores(model, layout, trace.fact, todo, states, noise, window, max_rows, prefix_cache)
+    values = exact_scores(model, layout, trace.fact, todo, states, noise, opts)
     for c, value in zip(todo, values, strict=True):
         trace.scores[c.kind][c.token, c.layer] = value  # type: ignore[index]
         trace.exact[c.kind][c.token, c.layer] = True  # type: ignore[index]

@@ -25,6 +25,24 @@ KINDS: tuple[Kind, ...] = ("hidden", "mlp", "attn")
 
 
 @dataclass(frozen=True)
+class TraceOptions:
+    """How facts are traced, one typed object for every tracer (exact, AtP, hybrid, confirm)."""
+
+    kinds: tuple[Kind, ...] = KINDS  # what is restored: hidden states, MLP outputs, attention outputs
+    samples: int = 10  # noise samples per fact
+    noise_std: float = 0.1  # the subject's corruption (ROME: 3 × the embeddings' std)
+    window: int = 10  # layers restored together around each layer (MLP and attention)
+    seed: int = 0
+    max_rows: int = 2048  # batch rows per forward pass
+    prefix_cache: bool = True  # share the corrupted prefix's KV cache between restorations (exact patching)
+    graddrop: bool = False  # AtP's screening score: GradDrop's mean magnitude instead of |effect|
+    top: int = 8  # hybrid: the screened cells patched exactly (besides the likely MLP row)
+
+
+DEFAULT_OPTIONS = TraceOptions()
+
+
+@dataclass(frozen=True)
 class Fact:
     id: str
     ids: tuple[int, ...]  # prompt token ids
@@ -107,18 +125,7 @@ class Restoration:
 
 
 @torch.no_grad()
-def trace_fact(
-    model: torch.nn.Module,
-    layout: Layout,
-    fact: Fact,
-    kinds: tuple[Kind, ...] = KINDS,
-    samples: int = 10,
-    noise_std: float = 0.1,
-    window: int = 10,
-    seed: int = 0,
-    max_rows: int = 2048,
-    prefix_cache: bool = True,
-) -> FactTrace:
+def trace_fact(model: torch.nn.Module, layout: Layout, fact: Fact, opts: TraceOptions = DEFAULT_OPTIONS) -> FactTrace:
     """Every (token, layer) restoration of every kind for one fact, batched.
 
     Exact savings: restorations before the subject are not computed (the noise has not reached those
@@ -127,12 +134,12 @@ def trace_fact(
     recomputes the positions from its token on.
     """
     states, clean = clean_run(model, layout, fact)
-    tokens, layers = len(fact.ids), layout.num_layers
-    noise = subject_noise(fact, states["hidden"][0].shape[-1], samples, noise_std, seed, _device(model))
-    low = float(_patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, window).mean())
+    tokens, layers, kinds = len(fact.ids), layout.num_layers, opts.kinds
+    noise = subject_noise(fact, states["hidden"][0].shape[-1], opts.samples, opts.noise_std, opts.seed, _device(model))
+    low = float(_patched_forward(model, layout, fact, [Restoration(None, 0, 0)], states, noise, opts.window).mean())
     scores = {k: np.full((tokens, layers), low) for k in kinds}
     todo = [Restoration(k, t, layer) for t in range(fact.subject[0], tokens) for k in kinds for layer in range(layers)]
-    values = exact_scores(model, layout, fact, todo, states, noise, window, max_rows, prefix_cache)
+    values = exact_scores(model, layout, fact, todo, states, noise, opts)
     for r, value in zip(todo, values, strict=True):
         scores[r.kind][r.token, r.layer] = value  # type: ignore[index]
     return FactTrace(fact=fact, clean=clean, corrupted=low, scores=scores)
@@ -146,15 +153,14 @@ def exact_scores(
     todo: list[Restoration],
     states: dict[str, list[torch.Tensor]],
     noise: torch.Tensor,
-    window: int,
-    max_rows: int = 2048,
-    prefix_cache: bool = True,
+    opts: TraceOptions,
 ) -> list[float]:
-    """Mean p(target) after each restoration in `todo` (in its order), batched `max_rows` rows a forward."""
-    samples = noise.shape[0]
-    per_chunk = max(1, max_rows // samples)
+    """Mean p(target) after each restoration in `todo` (in its order), batched `max_rows` rows a forward.
+    The noise is given (its samples and std were drawn already); opts gives the window and the batching."""
+    samples, window = noise.shape[0], opts.window
+    per_chunk = max(1, opts.max_rows // samples)
     out: dict[int, float] = {}
-    if prefix_cache:
+    if opts.prefix_cache:
         tokens = sorted({r.token for r in todo})
         # One corrupted run up to the last restored token; each token's prefix is a crop of its cache (the
         # causal mask makes the first t positions the same whatever follows them).

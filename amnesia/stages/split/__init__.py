@@ -1,0 +1,1 @@
+"""Stage 1 — split: erasure requests (or ready SemEval files) into validated, deterministic sets."""

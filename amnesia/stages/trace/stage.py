@@ -36,6 +36,7 @@ from amnesia.science.tracing.causal import (
     Fact,
     FactTrace,
     Restoration,
+    TraceOptions,
     aggregate,
     corrupted_score,
     subject_embedding_std,
@@ -196,26 +197,23 @@ def _prefix_cache(cfg: TraceConfig, model: torch.nn.Module) -> bool:
     return cfg.prefix_cache if isinstance(cfg.prefix_cache, bool) else next(model.parameters()).device.type == "cpu"
 
 
+def trace_options(cfg: TraceConfig, model: torch.nn.Module, std: float) -> TraceOptions:
+    """The tracers' options from the stage's config; std is the subject noise the stage measured."""
+    return TraceOptions(
+        kinds=tuple(cfg.kinds), samples=cfg.samples, noise_std=std, window=cfg.window, seed=cfg.seed,
+        max_rows=cfg.max_rows, prefix_cache=_prefix_cache(cfg, model), graddrop=cfg.graddrop, top=cfg.confirm,
+    )  # fmt: skip
+
+
 def trace_facts(
     cfg: TraceConfig, model: torch.nn.Module, layout: Any, facts: list[Fact], std: float, ctx: RunContext
 ) -> list[FactTrace]:
-    prefix_cache = _prefix_cache(cfg, model)
-    kinds = tuple(cfg.kinds)
+    opts = trace_options(cfg, model, std)
+    tracer = {"exact": trace_fact, "atp": lambda *a: atp_trace(*a)[0], "hybrid": hybrid_trace}[cfg.method]
     traces = []
     with Progress(len(facts), f"tracing ({cfg.method})", "fact", ctx.log) as bar:
         for f in facts:
-            if cfg.method == "exact":
-                tr = trace_fact(
-                    model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache
-                )
-            elif cfg.method == "atp":
-                tr, _screen = atp_trace(model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.graddrop)
-            else:
-                tr = hybrid_trace(
-                    model, layout, f, kinds, cfg.samples, std, cfg.window, cfg.seed, cfg.confirm, cfg.graddrop,
-                    cfg.max_rows, prefix_cache,
-                )  # fmt: skip
-            traces.append(tr)
+            traces.append(tracer(model, layout, f, opts))
             bar.update(1)
     return traces
 
@@ -238,7 +236,7 @@ def confirmed_choice(
 ) -> LayerChoice:
     """hybrid: patch the chosen group's MLP row exactly in every fact and choose again, until the choice
     stands on a group whose row is exact (at most one round per group)."""
-    prefix_cache = _prefix_cache(cfg, model)
+    opts = trace_options(cfg, model, std)
     done: set[str] = set()
     while True:
         choice = _rule(cfg, traces)
@@ -248,7 +246,7 @@ def confirmed_choice(
         for tr in traces:
             positions = token_groups(len(tr.fact.ids), tr.fact.subject)[choice.group]
             cells = [Restoration(RULE_KIND, t, layer) for t in positions for layer in range(layout.num_layers)]
-            confirm(model, layout, tr, cells, cfg.samples, std, cfg.window, cfg.seed, cfg.max_rows, prefix_cache)
+            confirm(model, layout, tr, cells, opts)
 
 
 def run_trace(cfg: TraceConfig, ctx: RunContext, model: ModelConfig | str, split: SplitResult) -> TraceResult:

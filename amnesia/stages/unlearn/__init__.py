@@ -1,1 +1,2 @@
-"""Stage 3 — unlearn: layer-selected training with a registry of methods (see stage.py)."""
+"""Stage 3 — unlearn: train only the selected layers with a registered method (stage, trainer, config),
+resumable from checkpoints; on several processes through torchrun (launch, rank)."""
