@@ -8,9 +8,13 @@ pipelines are imported by the CLI alone. `components/` and `pipelines/` sit on t
 
 from importlib.metadata import PackageNotFoundError, version
 
+from amnesia.core.privacy import disable_telemetry
+
+disable_telemetry()  # before anything imports MLflow: no process of ours reports usage anywhere
+
 try:
     __version__ = version("selective-amnesia")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "disable_telemetry"]

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from amnesia.core.errors import StackError
+from amnesia.core.privacy import disable_telemetry
 from amnesia.core.settings import Settings
 from amnesia.devstack import seaweed
 
@@ -423,7 +424,7 @@ def stop(svc: Service) -> bool:
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "AMNESIA_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return dict(disable_telemetry(env))  # every server of the stack: MLflow's included
 
 
 # ---------------------------------------------------------------- up / down
