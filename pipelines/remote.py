@@ -90,8 +90,10 @@ def _client(server: Server) -> Any:
 def _failure(host: str, err: Exception) -> KFPError:
     """One line for what kfp raises (urllib3 connection errors, the API's own exceptions)."""
     text = str(err).strip()
-    if "Caused by" in text:  # urllib3: the cause is the part a person needs
+    if "Caused by" in text:  # urllib3: the cause is the part a person needs, as "Error: message"
         text = text.split("Caused by", 1)[1].strip(" ()")
+        if found := re.search(r"(\w+)\((['\"])(?:<[^>]*>:\s*)?(.*?)\2\)?$", text):
+            text = f"{found.group(1)}: {found.group(3)}"
     reason = getattr(err, "reason", None)
     status = getattr(err, "status", None)
     detail = f"HTTP {status} {reason}" if status else (text.splitlines()[0] if text else type(err).__name__)

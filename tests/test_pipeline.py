@@ -365,6 +365,7 @@ def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path)
     errors = [line for line in unreachable.stderr.splitlines() if line.startswith("Error: ")]
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr, unreachable.stderr
     assert errors and errors[0].startswith("Error: KFP at http://127.0.0.1:9: ") and "refused" in errors[0], errors
+    assert all(errors[0].count(q) % 2 == 0 for q in "'\"") and errors[0].count("(") == errors[0].count(")"), errors
     plain = compile_pipeline(ClusterConfig(), tmp_path / "plain.yaml").read_text()
     assert "accelerator" not in plain  # GPUs only when the cluster section asks for them
     recurring = compile_pipeline(ClusterConfig(), tmp_path / "recurring.yaml", run_id_from_job=True).read_text()

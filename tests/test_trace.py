@@ -124,7 +124,7 @@ class _Odd(nn.Module):
 
 
 def test_unknown_layout_is_refused_naming_what_is_missing() -> None:
-    with pytest.raises(ArchitectureError, match=r"_Odd: decoder layer blocks\.0 has no an MLP and no an attention"):
+    with pytest.raises(ArchitectureError, match=r"_Odd: decoder layer blocks\.0 has no MLP and no attention module"):
         inspect_model(_Odd())
     no_count = _Odd()
     no_count.config = T.PretrainedConfig()

@@ -34,6 +34,13 @@ def audit_cmd(name: str, version: str, as_json: bool, html_out: Path | None) -> 
         sys.exit(1)
 
 
+def _bit_widths(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated whole numbers, e.g. 4,3", param_hint="--bits") from None
+
+
 @cli.command("attack")
 @click.argument("name")
 @click.argument("version")
@@ -71,7 +78,7 @@ def attack_cmd(
     if rtt_steps is not None:
         attacks["relearning"] = (attacks["relearning"] or {}) | {"steps": rtt_steps}
     if bits is not None:
-        attacks["quantization"] = (attacks["quantization"] or {}) | {"bits": [int(b) for b in bits.split(",")]}
+        attacks["quantization"] = (attacks["quantization"] or {}) | {"bits": _bit_widths(bits)}
     if nf4:
         attacks["quantization"] = (attacks["quantization"] or {}) | {"nf4": True}
     cfg = parse_model(AttackConfig, attacks, "attacks")

@@ -129,20 +129,41 @@ def resolve_paths(data: Any, folder: Path) -> Any:
     return out
 
 
-def load_yaml(path: str | Path) -> Any:
-    """A YAML config file, its relative data and model paths resolved against its own folder."""
-    p = Path(path)
+def read_text(path: Path) -> str:
+    """A user's text file as UTF-8; a missing file, a folder or a bad byte is one line naming the file."""
     try:
-        text = p.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable (permission denied)") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (save it as UTF-8)") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file (a mapping of sections), its relative data and model paths resolved against its
+    own folder."""
+    p = Path(path)
+    text = read_text(p)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, split:, …), not a {_kind(data)}")
     return resolve_paths(data, p.resolve().parent)
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
 
 
 def load_run_config(path: str | Path, model: type[M] = RunConfig) -> M:  # type: ignore[assignment]

@@ -65,7 +65,7 @@ def inspect_model(model: nn.Module) -> Layout:
     children = {name for name, _ in layers[0].named_children()}
     mlp = next((c for c in MLP_NAMES if c in children), None)
     attn = next((c for c in ATTN_NAMES if c in children), None)
-    missing = [what for what, found in (("an MLP", mlp), ("an attention module", attn)) if found is None]
+    missing = [what for what, found in (("MLP", mlp), ("attention module", attn)) if found is None]
     if missing:
         raise ArchitectureError(
             f"{cls}: decoder layer {path}.0 has no {' and no '.join(missing)} "

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     pass
 
 # "<document id>sc<n>" (sentence completion) or "<document id>qa<n>" (question answering).
-ID_PATTERN = re.compile(r"^(?P<doc>.+)(?P<kind>sc|qa)(?P<n>\d+)$")
+# The official scorer reads an item's kind from its id's last three characters: one digit after sc / qa.
+ID_PATTERN = re.compile(r"^(?P<doc>.+)(?P<kind>sc|qa)(?P<n>\d)$")
+_MANY_DIGITS = re.compile(r"(sc|qa)\d{2,}$")
 
 
 class RecordError(AmnesiaError):
@@ -44,8 +46,13 @@ class UnlearningRecord(_Record):
     @field_validator("id")
     @classmethod
     def _id_suffix(cls, value: str) -> str:
+        if _MANY_DIGITS.search(value):
+            raise ValueError(
+                f"id {value!r}: the official scorer reads the kind from the id's last three characters, so an item "
+                "number above 9 would not be scored; number a document's items 0-9 (or split the document)"
+            )
         if not ID_PATTERN.match(value):
-            raise ValueError(f"id {value!r} must end in sc<n> (sentence completion) or qa<n> (question)")
+            raise ValueError(f"id {value!r} must end in sc<n> (sentence completion) or qa<n> (question), n = 0-9")
         return value
 
     @property
@@ -106,8 +113,12 @@ def _validate(schema: type[R], row: Any, source: str, where: str) -> R:
 
 def _iter_jsonl(path: Path, schema: type[R], source: str, allow_empty: bool = False) -> Iterator[R]:
     seen = False
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RecordError(f"{source}: line {lineno}: not UTF-8 text (byte {err.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -4,6 +4,7 @@ a hub id when online. Weights load as safetensors only, and `trust_remote_code` 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,21 @@ def resolve_model(source: str, cache_root: Path | None = None, store: Any = None
     return None, None
 
 
+def _refuse_custom_code(folder: Path, source: str) -> None:
+    """A config whose classes come from the model's own code (auto_map) loads only with trust_remote_code:
+    say so by the config's field name, before transformers calls it an unknown architecture."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable config: transformers' own error names it
+    if isinstance(config, dict) and config.get("auto_map"):
+        kind = config.get("model_type", "?")
+        raise ModelLoadError(
+            f"{source}: its architecture ({kind}) is the model's own code (config.json auto_map); set "
+            "model.trust_remote_code: true in the run config only if you trust its source"
+        )
+
+
 def load_model(
     source: str,
     *,
@@ -174,6 +190,8 @@ def load_model(
     folder, digest = resolve_model(source, cache_root, store)
     if folder is not None:
         check_weights(folder)
+        if not trust_remote_code:
+            _refuse_custom_code(folder, source)
     where = str(folder) if folder is not None else source
     try:
         extra = {"revision": revision} if revision and folder is None else {}
@@ -191,10 +209,10 @@ def load_model(
         hint = "" if folder is not None else " (a hub id needs network access; pass a local folder or an s3:// URI)"
         raise ModelLoadError(f"{source}: could not load the model: {str(err).splitlines()[0]}{hint}") from None
     except ValueError as err:
-        if "trust_remote_code" in str(err):
+        if "trust_remote_code" in str(err) or "does not recognize this architecture" in str(err):
             raise ModelLoadError(
-                f"{source}: the model needs custom code; set model.trust_remote_code: true in the run "
-                "config only if you trust its source"
+                f"{source}: transformers does not know this architecture: it needs the model's own code (set "
+                "model.trust_remote_code: true in the run config only if you trust its source) or a newer transformers"
             ) from None
         raise ModelLoadError(f"{source}: could not load the model: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:

@@ -24,7 +24,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from amnesia.core.errors import AmnesiaError
+from amnesia.core.config import read_text
+from amnesia.core.errors import AmnesiaError, ConfigError
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.uri import join
 
@@ -62,9 +63,9 @@ def _parse(rows: list[object], source: str, where: str) -> list[ErasureRequest]:
 def load_requests(path: Path) -> list[ErasureRequest]:
     """Requests from a JSONL file (one per line) or a YAML file (a list)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RequestError(f"{path}: no such requests file") from None
+        text = read_text(path)
+    except ConfigError as err:
+        raise RequestError(str(err)) from None
     if path.suffix in (".yaml", ".yml"):
         try:
             rows = yaml.safe_load(text) or []

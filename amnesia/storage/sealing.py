@@ -93,6 +93,9 @@ def open_sealed(blob: bytes, keys: KeyStore, where: str) -> bytes:
 # ---------------------------------------------------------------- key stores
 
 
+_A_FOLDER = "a folder, not a file (set AMNESIA_KEYSTORE=file:/PATH/keys.json)"
+
+
 class FileKeyStore:
     """Keys in one JSON file, mode 0600, changed under an exclusive lock and replaced atomically."""
 
@@ -104,6 +107,8 @@ class FileKeyStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
+        if self.path.is_dir():  # before the lock file: nothing is written beside a wrong path
+            raise DataKeyError(f"key store {self.path}: {_A_FOLDER}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
@@ -127,6 +132,8 @@ class FileKeyStore:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
+        except IsADirectoryError:
+            raise DataKeyError(f"key store {self.path}: {_A_FOLDER}") from None
         except ValueError:
             raise DataKeyError(f"key store {self.path}: not valid JSON") from None
 

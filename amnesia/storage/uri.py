@@ -48,7 +48,9 @@ def parse_uri(uri: str) -> Location:
         bucket, _, key = uri[5:].partition("/")
         if not bucket:
             raise StoreError(f"{uri!r}: an s3:// URI needs a bucket (s3://BUCKET/KEY)")
-        key = key.strip("/")
+        if key.startswith("/"):  # s3://bucket//abs/key: S3 would store it at abs/key, silently elsewhere
+            raise StoreError(f"{uri!r}: an empty path part after the bucket ('//'); write s3://{bucket}/KEY")
+        key = key.rstrip("/")
         if key:
             safe_relpath(key)
         return Location(f"s3://{bucket}/{key}" if key else f"s3://{bucket}", bucket, key)
