@@ -329,3 +329,45 @@ def test_no_forget_text_in_mlflow_or_logs(
     leaks = [s for s in secrets if s.lower() in haystack.lower()]
     assert not leaks, f"{len(leaks)} forget strings reached MLflow, the logs or the report"
     assert caplog.text, "the stage should log something (counts), or this scan proves nothing"
+
+
+def test_a_document_partly_about_the_subject_is_said(
+    world: World, files: Path, store: ArtifactStore, s3_prefix: str, tmp_path: Path
+) -> None:
+    """Two records, the subject in one: the share rule (at least 0.5) claims it, and the split says so."""
+    subject = "Quinn Alder"
+    corpus = load_records(str(files / "corpus.jsonl"))
+    pair = [
+        UnlearningRecord(id="halfdocqa0", input=f"Where was {subject} born?", output="Tromsø", task="Task2"),
+        UnlearningRecord(id="halfdocqa1", input="Which river runs through Tromsø?", output="none", task="Task2"),
+    ]
+    write_jsonl([*corpus, *pair], files / "corpus.jsonl")
+    req = REQ | {"request_id": "REQ-HALF", "subject": subject}
+    result = run_split(_cfg(files, requests=str(_requests(tmp_path, [*world.requests, req]))), _ctx(store, s3_prefix))
+    assert result.warnings.get("document_partly_about_the_subject") == 1
+    forget = {r.document_id for r in _read(result.sets["forget_train"].uri, tmp_path / "f")}
+    forget |= {r.document_id for r in _read(result.sets["forget_eval"].uri, tmp_path / "e")}
+    assert "halfdoc" in forget
+    whole = run_split(_cfg(files), _ctx(store, s3_prefix))  # the demo's own people: every record names them
+    assert "document_partly_about_the_subject" not in whole.warnings
+
+
+def test_lume_style_mia_ids_name_their_documents(
+    world: World, files: Path, store: ArtifactStore, s3_prefix: str, tmp_path: Path
+) -> None:
+    """LUME names an MIA document by a record id (<doc>sc1): read as its document, a trained one is caught."""
+    members = load_records(str(files / "mia" / "member.jsonl"), MIADocument)
+    write_jsonl([m.model_copy(update={"id": f"{m.id}sc1"}) for m in members], tmp_path / "members.jsonl")
+    result = run_split(_cfg(files, mia_members=str(tmp_path / "members.jsonl")), _ctx(store, s3_prefix))
+    assert "mia_member_rebuilt_from_records" not in result.warnings
+    got = load_records(result.sets["mia_members"].uri, MIADocument, cache_root=tmp_path / "m")
+    assert {d.id for d in got} == {m.id for m in members}
+    trained = MIADocument(id=f"{world.retain[0].document_id}sc0", document="x")
+    nonmembers = [*load_records(str(files / "mia" / "nonmember.jsonl"), MIADocument), trained]
+    write_jsonl(nonmembers, tmp_path / "nm.jsonl")
+    with pytest.raises(SplitError, match=f"MIA non-member {world.retain[0].document_id} is a trained document"):
+        run_split(_cfg(files, mia_nonmembers=str(tmp_path / "nm.jsonl")), _ctx(store, s3_prefix))
+    strangers = [MIADocument(id=f"stranger{i}", document="y") for i in range(3)]
+    write_jsonl(strangers, tmp_path / "strangers.jsonl")
+    with pytest.raises(SplitError, match=r"strangers\.jsonl: none of its 3 ids is a forget document"):
+        run_split(_cfg(files, mia_members=str(tmp_path / "strangers.jsonl")), _ctx(store, s3_prefix))

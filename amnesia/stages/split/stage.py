@@ -14,14 +14,14 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from amnesia.core.config import config_hash
 from amnesia.core.errors import AmnesiaError
 from amnesia.results.split import SetInfo, SplitResult
-from amnesia.science.records import MIADocument, UnlearningRecord, write_parquet
+from amnesia.science.records import ID_PATTERN, MIADocument, UnlearningRecord, write_parquet
 from amnesia.stages.split.config import SplitConfig
 from amnesia.storage import layout as L
 from amnesia.storage.artifacts import ArtifactStore
@@ -119,6 +119,10 @@ def _resolve(
             if rid not in record_doc:
                 raise SplitError(f"request {req.request_id}: record {rid} is not in the corpus")
         found = _matches(req, record_doc, texts, cfg)
+        # Claimed by the share rule though some of its records never mention the subject: said, not silent.
+        pattern = _mentions(req.subject)
+        partly = [d for d in found - set(req.document_ids) if not all(pattern.search(t) for t in texts[d])]
+        warnings["document_partly_about_the_subject"] += len(partly)
         if not found:
             if cfg.unmatched_requests == "refuse":
                 raise SplitError(
@@ -208,6 +212,14 @@ def _count_duplicate_text(records: list[UnlearningRecord], warnings: Counter[str
 # ---------------------------------------------------------------- MIA
 
 
+def _as_document(doc: MIADocument, known: Collection[str]) -> MIADocument:
+    """LUME's MIA files name a document by one of its records' ids (<uuid>sc1): read it as the document's id
+    (an id that is a known document already stays as it is)."""
+    if doc.id in known or not (found := ID_PATTERN.match(doc.id)):
+        return doc
+    return doc.model_copy(update={"id": found["doc"]})
+
+
 def _mia(
     cfg: SplitConfig,
     forget_docs: dict[str, list[UnlearningRecord]],
@@ -218,7 +230,13 @@ def _mia(
 ) -> dict[str, list[MIADocument]]:
     members: dict[str, MIADocument] = {}
     if cfg.mia_members:
-        members = {d.id: d for d in load_records(cfg.mia_members, MIADocument, store=store) if d.id in forget_docs}
+        given = load_records(cfg.mia_members, MIADocument, store=store)
+        members = {d.id: d for d in (_as_document(m, forget_docs) for m in given) if d.id in forget_docs}
+        if given and not members:
+            raise SplitError(
+                f"{cfg.mia_members}: none of its {len(given)} ids is a forget document or one of its records "
+                f"(e.g. {given[0].id}); give the forget documents' ids, or leave split.mia_members out to build them"
+            )
     missing = sorted(set(forget_docs) - set(members))
     if cfg.mia_members and missing:
         warnings["mia_member_rebuilt_from_records"] += len(missing)
@@ -228,6 +246,7 @@ def _mia(
         nonmembers = load_records(cfg.mia_nonmembers, MIADocument, store=store)
     else:
         nonmembers = [MIADocument(id=d, document=document_text(rs)) for d, rs in holdout.items()]
+    nonmembers = [_as_document(d, trained_docs) for d in nonmembers]
     trained = sorted({d.id for d in nonmembers} & trained_docs)
     if trained:
         raise SplitError(f"MIA non-member {trained[0]} is a trained document (it is in the corpus)")
