@@ -230,6 +230,15 @@ def test_server_stopped_mid_upload(tmp_path: Path) -> None:
         assert not st.exists(f"s3://stopped-upload/model/{MANIFEST_NAME}")
         with pytest.raises(IntegrityError, match="no _manifest.json"):
             st.get_dir("s3://stopped-upload/model", tmp_path / "back")
+        # The retried task uploads again: what the interrupted upload left goes (objects it does not
+        # overwrite, multipart uploads it never completed), so the folder is exactly the new one.
+        st.put_bytes(b"left by an older attempt", "s3://stopped-upload/model/shard-9.bin")
+        st.s3.create_multipart_upload(Bucket="stopped-upload", Key="model/shard-0.bin")
+        st.put_dir(src, "s3://stopped-upload/model")
+        names = [u.rsplit("/", 1)[1] for u in st.list("s3://stopped-upload/model")]
+        assert names == sorted([MANIFEST_NAME, "shard-0.bin", "shard-1.bin", "shard-2.bin"])
+        assert not st.s3.list_multipart_uploads(Bucket="stopped-upload", Prefix="model/").get("Uploads")
+        st.get_dir("s3://stopped-upload/model", tmp_path / "back")  # complete and verified
     finally:
         os.kill(svc.pid, signal.SIGCONT)
         stack.stop(svc)

@@ -399,6 +399,8 @@ class ArtifactStore:
         if self.exists(loc.child(MANIFEST_NAME).uri):
             # Never leave a stale manifest over new files while they upload.
             self._delete(loc.child(MANIFEST_NAME))
+        else:
+            self._clear_unfinished(loc, set(files))  # what an interrupted upload here left (a retried task)
         entries: list[FileEntry] = []
         try:
             for rel in files:
@@ -517,10 +519,36 @@ class ArtifactStore:
             loc.path.unlink(missing_ok=True)
 
     def _cleanup(self, loc: Location, rels: list[str]) -> None:
-        """Best effort: remove what a failed put_dir wrote (the server may be gone)."""
+        """Best effort: remove what a failed put_dir wrote (the server may be gone: the next upload to the
+        same folder clears the rest, `_clear_unfinished`)."""
         for rel in rels:
             with contextlib.suppress(StoreError):
                 self._delete(loc.child(rel))
+        with contextlib.suppress(StoreError):
+            self._abort_multipart(loc)
+
+    def _clear_unfinished(self, loc: Location, incoming: set[str]) -> None:
+        """Before a folder without a manifest is uploaded: abort its never-completed multipart uploads, and
+        delete the objects an interrupted upload left that this one will not overwrite. A prefix that holds
+        other stored folders (a manifest below it) is left as it is."""
+        self._abort_multipart(loc)
+        found = self.list(loc.uri)
+        if any(u.endswith("/" + MANIFEST_NAME) for u in found):
+            return
+        base = loc.uri.rstrip("/") + "/"
+        for uri in found:
+            if uri.removeprefix(base) not in incoming:
+                self._delete(parse_uri(uri))
+
+    def _abort_multipart(self, loc: Location) -> None:
+        if not loc.is_s3:
+            return
+        prefix = f"{loc.key.rstrip('/')}/" if loc.key else ""
+        with self._s3_errors(loc, f"aborting unfinished uploads under {loc.uri}"):
+            pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    self.s3.abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 def _walk(root: Path) -> list[str]:
