@@ -168,3 +168,29 @@ def test_a_retried_stage_is_judged_by_its_last_attempt(stack_settings: Settings)
     assert finish_run(lin.pipeline_run_id, None, "SUCCEEDED", stack_settings) == "succeeded"
     parent = lin.client.get_run(lin.parent_run_id())
     assert parent.data.tags[Tag.STOPPED_AT] == "end"
+
+
+def test_a_killed_attempt_does_not_stay_running(stack_settings: Settings) -> None:
+    """kill -9 inside a stage leaves its run RUNNING (nothing could close it); the next attempt ends it."""
+    lin = _lineage(stack_settings)
+    child = f"""
+import os, signal
+from amnesia.storage.lineage import Lineage
+from amnesia.core.settings import load_settings
+lin = Lineage({lin.pipeline_run_id!r}, experiment="lineage-tests", settings=load_settings())
+with lin.stage("unlearn") as run:
+    run.log_metrics({{"step": 3}})
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -9
+    client = MlflowClient(stack_settings.mlflow_tracking_uri)
+    query = f"tags.`{Tag.PIPELINE_RUN_ID}` = '{lin.pipeline_run_id}' and tags.`{Tag.STAGE}` = 'unlearn'"
+    (killed,) = client.search_runs([lin.experiment_id], query)
+    assert killed.info.status == "RUNNING"  # what a killed attempt leaves
+    with lin.stage("unlearn") as run:
+        run.log_metrics({"step": 4})
+    runs = {r.info.run_id: r for r in client.search_runs([lin.experiment_id], query)}
+    assert runs[killed.info.run_id].info.status == "KILLED"
+    assert runs[killed.info.run_id].data.tags[Tag.ERROR] == "KilledAttempt"
+    assert [r.info.status for i, r in runs.items() if i != killed.info.run_id] == ["FINISHED"]

@@ -309,6 +309,7 @@ class Lineage:
             "mlflow.parentRunId": self.parent_run_id(),
             "mlflow.runName": name,
         }
+        self._end_killed_attempts(name)
         run = StageRun(self.client, self.client.create_run(self.experiment_id, tags=tags).info.run_id, self.guard)
         try:
             if params:
@@ -320,6 +321,18 @@ class Lineage:
                 self.client.set_terminated(run.run_id, "FAILED")
             raise
         self.client.set_terminated(run.run_id, "FINISHED")
+
+    def _end_killed_attempts(self, name: str) -> None:
+        """An earlier attempt of this stage still RUNNING was killed (kill -9, an evicted pod: nothing could
+        close it); KFP starts the next attempt only after it, so mark it KILLED before this one begins."""
+        query = (
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id()}' and tags.`{Tag.STAGE}` = '{name}'"
+            " and attributes.status = 'RUNNING'"
+        )
+        for stale in self.client.search_runs([self.experiment_id], query):
+            with contextlib.suppress(Exception):
+                self.client.set_tag(stale.info.run_id, Tag.ERROR, "KilledAttempt")
+                self.client.set_terminated(stale.info.run_id, "KILLED")
 
     def end_parent(self, ok: bool) -> None:
         """End the parent run this process opened (a stage command run on its own), if it opened one."""
