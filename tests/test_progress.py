@@ -46,3 +46,18 @@ def test_time_spans_read_as_a_person_would() -> None:
         "1h01m",
         "unknown",
     ]
+
+
+def test_a_capped_loop_says_its_eta_is_an_upper_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """Unlearning with an early stop: 480 steps is a cap, not a forecast (a run that ended at step 70 once
+    showed 'ETA 1h39m')."""
+    log = logging.getLogger("amnesia.test-progress")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        with Progress(480, "unlearning", "step", log, every_s=0, cap=True) as bar:
+            bar.update(10)
+        with Progress(480, "unlearning", "step", log, every_s=3600, cap=True) as bar:
+            bar.update(70)
+    first, ended = (r.getMessage() for r in caplog.records)
+    assert first.startswith("unlearning: step 10/≤480 (2%), ") and ", ETA ≤ " in first
+    assert first.endswith("(an early stop may end it sooner)")
+    assert ended == "unlearning: step 70/480, ended after 0s (stopped early)"

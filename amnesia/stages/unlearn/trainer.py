@@ -247,7 +247,8 @@ class Trainer:
             self.state.evals.append(self.evaluate(0))
             self.on_record("eval", self.state.evals[-1])
         self.model.train()
-        bar = Progress(int(self.total_steps), "unlearning", "step", log, initial=self.state.step)
+        early = self.cfg.early_stop_forget_exact is not None  # the step count is then a cap, not a forecast
+        bar = Progress(int(self.total_steps), "unlearning", "step", log, initial=self.state.step, cap=early)
         while not self.state.stopped and self.state.step < self.total_steps:
             logs = self.train_step(self.state.step)
             self.state.step += 1
