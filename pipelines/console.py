@@ -23,6 +23,8 @@ _START = re.compile(r"Executing task '?([\w.\-]+)'?")
 _END = re.compile(r"Task '?([\w.\-]+)'? finished with status (\w+)")
 # Lines of the stages' own that a person wants live: progress (with an ETA) and one-line failures.
 _SHOWN = re.compile(r", ETA |, ended after |^\s*ERROR \S+: ")
+# A retried (or repeated) task that reused stored work: its end line says so (the figures are not new).
+_REUSED = re.compile(r"reused the stored result|resumed from the checkpoint at step (\d+)")
 _WORDS = {"SUCCESS": "succeeded", "FAILURE": "FAILED", "CANCELED": "cancelled"}
 
 
@@ -33,6 +35,7 @@ class TaskConsole(io.TextIOBase):
         self.task = "pipeline"
         self.files: dict[str, TextIO] = {}
         self.started: dict[str, float] = {}
+        self.reused: dict[str, str] = {}
         self.pending = ""
 
     def writable(self) -> bool:
@@ -69,10 +72,14 @@ class TaskConsole(io.TextIOBase):
             self.started[self.task] = time.monotonic()
             self._show(f"stage   {self.task:<20} started")
         self._file(self.task).write(plain + "\n")
+        if reused := _REUSED.search(plain):
+            step = reused.group(1)
+            self.reused[self.task] = f"resumed from step {step}" if step else "reused a stored result"
         if end:
             task, status = end.group(1), _WORDS.get(end.group(2), end.group(2).lower())
             took = time.monotonic() - self.started.get(task, time.monotonic())
-            self._show(f"stage   {task:<20} {status} in {took:.0f}s (log: {self.log_file(task)})")
+            note = f", {self.reused.pop(task)}" if task in self.reused else ""
+            self._show(f"stage   {task:<20} {status} in {took:.0f}s{note} (log: {self.log_file(task)})")
             self.task = "pipeline"
         elif self.verbose:
             self.terminal.write(line + "\n")

@@ -39,3 +39,25 @@ def test_the_terminal_gets_stages_progress_and_errors_and_the_logs_get_everythin
     everything.write(KFP)
     everything.close()
     assert "executorOutput" in verbose.getvalue()
+
+
+def test_a_task_that_reused_stored_work_says_so(tmp_path: Path) -> None:
+    """A retried evaluate that found its stored result, a retried unlearn that resumed: not new figures."""
+    lines = [
+        "12:00:01.000 - INFO - Executing task 'evaluate-base'",
+        "    12:00:02 amnesia.stages.evaluate.stage: evaluate base: reused the stored result s3://b/cache/k",
+        "12:00:03.000 - INFO - Task 'evaluate-base' finished with status SUCCESS",
+        "12:00:04.000 - INFO - Executing task 'unlearn'",
+        "    12:00:05 amnesia.stages.unlearn.trainer: unlearn: resumed from the checkpoint at step 40",
+        "12:00:06.000 - INFO - Task 'unlearn' finished with status SUCCESS",
+        "12:00:07.000 - INFO - Executing task 'gate'",
+        "12:00:08.000 - INFO - Task 'gate' finished with status SUCCESS",
+    ]
+    terminal = io.StringIO()
+    console = TaskConsole(terminal, tmp_path / "logs")
+    console.write("\n".join(lines) + "\n")
+    console.close()
+    ends = [line for line in terminal.getvalue().splitlines() if "succeeded" in line]
+    assert ", reused a stored result (log: " in ends[0]
+    assert ", resumed from step 40 (log: " in ends[1]
+    assert ends[2].split(" (log: ")[0].endswith("s") and "reused a" not in ends[2] and "resumed from" not in ends[2]

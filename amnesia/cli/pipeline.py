@@ -41,12 +41,17 @@ def run_cmd(config_path: Path, run_id: str | None, verbose: bool) -> None:
     workdir = Path(settings.home) / "kfp-local"
     logs = workdir / rid / "logs"
     click.echo(f"run     {rid}: preflight → split → trace → unlearn → evaluate → gate → register (kfp.local)")
+    interrupted = False
     try:
         run_local(cfg, settings, rid, workdir, logs=logs, verbose=verbose)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; the summary says where it stopped and what is left
+        interrupted = True
     finally:
         for line in summarize(cfg, settings, rid, reports=Path(settings.home) / "reports"):
             click.echo(line)
         click.echo(f"logs    {logs} (one file per task)")
+    if interrupted:
+        raise SystemExit(130)
 
 
 @cli.command("compile")

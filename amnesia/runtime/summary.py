@@ -10,7 +10,7 @@ from amnesia.core.settings import Settings
 from amnesia.science.metrics.registry import headline
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.layout import REPORT_HTML, SPLIT_REPORT, TRACE_AGGREGATE, VERDICT, run_root
-from amnesia.storage.lineage import Lineage, Tag, recorded_errors
+from amnesia.storage.lineage import PIPELINE_STAGES, Lineage, Tag, recorded_errors
 from amnesia.storage.requests import DUE_SOON_DAYS
 from amnesia.storage.uri import join
 
@@ -51,13 +51,31 @@ def _deadline_lines(store: ArtifactStore, split_uri: str) -> list[str]:
     return out
 
 
+def _interrupted(stages: dict[str, Any], root: str, run_id: str) -> list[str]:
+    """Where an unfinished run stopped (the first stage still RUNNING, else the first that never started),
+    what it finished, and where that lies."""
+    status = {name: run.info.status for name, run in stages.items() if name}
+    at = next((n for n in PIPELINE_STAGES if status.get(n) == "RUNNING"), None)
+    at = at or next((n for n in PIPELINE_STAGES if n not in status), "register")
+    done = [n for n in PIPELINE_STAGES if status.get(n) == "FINISHED"]
+    return [
+        f"status  interrupted at {at}: the run did not finish",
+        f"        finished: {', '.join(done) or 'nothing'}; what they stored is under {root}",
+        f"        again: amnesia run --config … --run-id {run_id} (unlearn resumes from its checkpoints there, "
+        "a stored evaluation is reused)",
+    ]
+
+
 def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = None) -> list[str]:
     """The closing lines; with `reports`, the gate's report is also copied there and named by local path."""
     rec = run_record(settings, cfg.experiment, run_id)
     parent, stages, lineage = rec["parent"], rec["stages"], rec["lineage"]
     tags = parent.data.tags
-    lines = [f"status  {tags.get(Tag.STATUS, 'running?')} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
     root = run_root(cfg.store_root(settings.bucket), run_id)
+    if Tag.STATUS in tags:
+        lines = [f"status  {tags[Tag.STATUS]} (stopped at: {tags.get(Tag.STOPPED_AT, '?')})"]
+    else:  # the exit handler never ran: Ctrl-C, a killed process
+        lines = _interrupted(stages, root, run_id)
     for line in recorded_errors(ArtifactStore(settings), root).values():
         lines.append(f"error   {line}")  # the stage's own one line: what to fix
     trace = stages.get("trace")
@@ -91,7 +109,8 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
         first = mv.tags.get(Tag.PIPELINE_RUN_ID) == run_id
         again = "" if first else f"; already registered by run {mv.tags.get(Tag.PIPELINE_RUN_ID)}"
         lines.append(f"model   {cfg.model_name} version {mv.version} ({mv.tags.get(Tag.STATUS)}){again}")
-        lines.append(f"        approve: amnesia approve {cfg.model_name} {mv.version} --reviewer YOU --note '…'")
+        lines.append(f"        approve: amnesia approve {cfg.model_name} {mv.version} --note '…' (as a reviewer with "
+                     "MANAGE on the model, not the runner: `amnesia stack env --user NAME`)")  # fmt: skip
     lines.append(
         f"mlflow  {settings.mlflow_tracking_uri}/#/experiments/{lineage.experiment_id}/runs/{parent.info.run_id}"
     )
