@@ -53,3 +53,25 @@ def test_own_model_example_runs_end_to_end(
     assert "status  succeeded (stopped at: end)" in run.stdout, run.stdout
     gate = next(line for line in run.stdout.splitlines() if line.startswith("gate    "))
     assert gate.startswith(("gate    PASS", "gate    FAIL: ")), gate  # a verdict, with reasons when it fails
+
+
+def test_the_example_header_commands_exist_as_written() -> None:
+    """Every `amnesia …` line in the example's header names a command and options the CLI has (one once
+    said `approve --reviewer`, an option that was gone)."""
+    import re
+    import shlex
+
+    header = [line for line in (ROOT / "examples" / "own-model" / "run.yaml").read_text().splitlines()
+              if line.startswith("#")]  # fmt: skip
+    commands = [c.strip() for line in header for c in re.findall(r"amnesia ([a-z][^;#$)]*)", line)]
+    assert any(c.startswith("approve ") for c in commands), commands
+    for command in commands:
+        words = shlex.split(command)
+        path = [w for w in words[:3] if not w.startswith("-")][: 2 if words[0] in ("stack", "requests") else 1]
+        if words[0] == "stack" and len(words) > 2 and words[1] == "user":
+            path = words[:3]
+        out = subprocess.run([sys.executable, "-m", "amnesia.cli", *path, "--help"], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert out.returncode == 0, (command, out.stderr)
+        for option in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert option in out.stdout, (command, option)
