@@ -95,7 +95,9 @@ def test_sha256_forgets_the_demo_requests_and_keeps_retain(
     assert pixels.shape[1] >= 1000 and pixels.std() > 10
 
 
-def _unlearn_cli(cfg: Path, model: str, split: str, root: str, run_id: str) -> subprocess.Popen[str]:
+def _unlearn_cli(
+    cfg: Path, model: str, split: str, root: str, run_id: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     args = ["unlearn", "--config", str(cfg), "--model", model, "--split", split, "--root", root, "--run-id", run_id]
     return subprocess.Popen(
         [sys.executable, "-m", "amnesia.cli", *args, "--no-track"],
@@ -103,7 +105,32 @@ def _unlearn_cli(cfg: Path, model: str, split: str, root: str, run_id: str) -> s
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=os.environ | (env or {}),
     )
+
+
+def test_the_same_inputs_give_the_same_candidate_whatever_the_thread_count(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two processes with other default thread counts (OMP_NUM_THREADS 1 and 2: two machines) give the same
+    candidate, bit for bit, folder digest and all: model.cpu_threads pins torch's count. The control, with
+    the pin off, shows that the count alone changes the weights."""
+    split = _split(store, demo_build, s3_prefix, n=2)
+    unlearn = {"layers": [0, 1], "batch_size": 4, "max_steps": 6, "eval_every": 3, "early_stop_forget_exact": None,
+               "keep": "last", "resume": False}  # fmt: skip
+    digests = {}
+    for pinned in (True, False):
+        cfg = tmp_path / f"run-{pinned}.yaml"
+        cfg.write_text(yaml.safe_dump({"unlearn": unlearn} | ({} if pinned else {"model": {"cpu_threads": None}})))
+        for threads in (1, 2):
+            run_id = f"repro-{pinned}-{threads}".lower()
+            env = {"OMP_NUM_THREADS": str(threads)}
+            proc = _unlearn_cli(cfg, str(tiny_model_dir), split.uri, s3_prefix, run_id, env)
+            _out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-2000:]
+            digests[pinned, threads] = store.verify(join(s3_prefix, "runs", run_id, "unlearn", "model")).digest
+    assert digests[True, 1] == digests[True, 2]
+    assert digests[False, 1] != digests[False, 2], "the control: unpinned, the thread count decides the weights"
 
 
 def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(

@@ -43,6 +43,13 @@ class ModelConfig(StrictModel):
         None, description="Attention kernel (transformers' attn_implementation); None: the library's default."
     )
     trust_remote_code: bool = Field(False, description="Run the model repository's own Python code. Off by default.")
+    cpu_threads: int | None = Field(
+        2,
+        ge=1,
+        description="torch's CPU threads, fixed: on a CPU the thread count splits every sum differently, so the "
+        "same inputs give other weights and scores under another count (a machine's core count must not "
+        "decide a verdict). Under torchrun each rank gets its share. None: torch's default (all cores).",
+    )
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
         None,
         description="Spread a model too big for one GPU over all visible GPUs (trace and evaluate; unlearning "

@@ -43,6 +43,7 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0)
     target_qa_em: float = Field(0.95, ge=0, le=1)
     target_sc_rouge: float = Field(0.9, ge=0, le=1)
+    cpu_threads: int = Field(2, ge=1, description="Fixed, as model.cpu_threads: the weights depend on the count.")
 
 
 class BuildError(AmnesiaError):
@@ -164,6 +165,7 @@ def train_base_model(
 ) -> Memorisation:
     """Train tokenizer + model on the world's training texts until memorised, save to out_dir."""
     t0 = time.monotonic()
+    torch.set_num_threads(cfg.cpu_threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     texts = world.training_texts()

@@ -5,6 +5,7 @@ a hub id when online. Weights load as safetensors only, and `trust_remote_code` 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class Placement:
     device: str  # e.g. "cpu", "cuda:0"
     dtype: str  # "fp32", "bf16" or "fp16"
     device_map: str | None = None  # inference over several GPUs; then `device` is where inputs go
+    threads: int | None = None  # torch's CPU threads, pinned (model.cpu_threads); None: torch's default
 
     @property
     def torch_dtype(self) -> Any:
@@ -50,6 +52,7 @@ class Placement:
             "model.device_map": self.device_map or "none",
             "model.attn_implementation": cfg.attn_implementation or "default",
             "model.trust_remote_code": str(cfg.trust_remote_code).lower(),
+            "model.cpu_threads": str(self.threads or "default"),
         }
 
 
@@ -78,7 +81,11 @@ def placement(cfg: ModelConfig, training: bool = False) -> Placement:
         gpu_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
         dtype = "bf16" if gpu_bf16 and not training else "fp32"
     device_map = cfg.device_map if not training and device.startswith("cuda") else None
-    return Placement(device=device, dtype=dtype, device_map=device_map)
+    threads = None
+    if cfg.cpu_threads is not None:  # a torchrun rank's share of them, the same on every machine
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, cfg.cpu_threads // max(1, ranks))
+    return Placement(device=device, dtype=dtype, device_map=device_map, threads=threads)
 
 
 def load(
@@ -89,6 +96,10 @@ def load(
     if not cfg.uri:
         raise ModelLoadError("model.uri: no model given (a local folder, an s3:// model folder or a hub id)")
     where = placement(cfg, training)
+    if where.threads is not None:
+        import torch
+
+        torch.set_num_threads(where.threads)  # before any compute: the weights and scores depend on it
     loaded = load_model(
         cfg.uri,
         trust_remote_code=cfg.trust_remote_code,

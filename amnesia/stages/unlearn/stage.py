@@ -230,7 +230,8 @@ def _store(
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, state_dict=weights)  # safetensors; weights: gathered from shards
         tokenizer.save_pretrained(folder)
-        mlmodel.write(folder, model, tokenizer, base.uri)  # also an MLflow model (pyfunc, transformers)
+        identity = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
+        mlmodel.write(folder, model, tokenizer, base.uri, identity)  # also an MLflow model (pyfunc, transformers)
         (folder / L.UNLEARN_SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
         ref = ctx.store.put_dir(folder, model_uri)
         report = Path(tmp) / "report"
