@@ -16,9 +16,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from amnesia import s3audit, stack
 from amnesia.core.errors import StackError, StoreError
 from amnesia.core.settings import load_settings
+from amnesia.devstack import stack
+from amnesia.storage import access_log as s3audit
 from amnesia.storage.artifacts import ArtifactStore
 from tests.conftest import settings_for
 
