@@ -8,9 +8,11 @@ pipelines are imported by the CLI alone. `components/` and `pipelines/` sit on t
 
 from importlib.metadata import PackageNotFoundError, version
 
+from amnesia.core.numerics import pin_cpu_numerics
 from amnesia.core.privacy import disable_telemetry
 
 disable_telemetry()  # before anything imports MLflow: no process of ours reports usage anywhere
+pin_cpu_numerics()  # before anything imports torch: the same inputs give the same weights on any x86 CPU
 
 try:
     __version__ = version("selective-amnesia")

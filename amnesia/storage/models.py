@@ -5,6 +5,7 @@ a hub id when online. Weights load as safetensors only, and `trust_remote_code` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from amnesia.core.config import ModelConfig
 from amnesia.core.errors import AmnesiaError
+from amnesia.core.numerics import cpu_numerics
 
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -19,6 +21,8 @@ _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 class ModelLoadError(AmnesiaError):
     """A model folder or id could not be loaded; the message says why and what to do."""
 
+
+log = logging.getLogger("amnesia.models")
 
 @dataclass
 class LoadedModel:
@@ -88,6 +92,17 @@ def placement(cfg: ModelConfig, training: bool = False) -> Placement:
     return Placement(device=device, dtype=dtype, device_map=device_map, threads=threads)
 
 
+def _pin_cpu(where: Placement) -> None:
+    """Threads and kernels fixed before any compute: the weights and scores depend on both."""
+    import torch
+
+    if where.threads is not None:
+        torch.set_num_threads(where.threads)
+    if os.environ.get("ATEN_CPU_CAPABILITY", "avx2").lower() == "avx2" and cpu_numerics() != "AVX2":
+        log.warning("CPU kernels are %s, not AVX2: torch was imported before amnesia, so another machine may "
+                    "give other weights (import amnesia first)", cpu_numerics())  # fmt: skip
+
+
 def load(
     cfg: ModelConfig | str, *, training: bool = False, store: Any = None, cache_root: Path | None = None
 ) -> tuple[LoadedModel, Placement]:
@@ -96,10 +111,8 @@ def load(
     if not cfg.uri:
         raise ModelLoadError("model.uri: no model given (a local folder, an s3:// model folder or a hub id)")
     where = placement(cfg, training)
-    if where.threads is not None:
-        import torch
-
-        torch.set_num_threads(where.threads)  # before any compute: the weights and scores depend on it
+    if where.device == "cpu":
+        _pin_cpu(where)
     loaded = load_model(
         cfg.uri,
         trust_remote_code=cfg.trust_remote_code,
