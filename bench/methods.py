@@ -68,7 +68,13 @@ def row(
         "forget": s["forget_score"], "retain": s["retain_score"], "held_out": s["held_out_retain_score"],
         "mia": s.get("mia_score"), "utility": s.get("mmlu"), "final": s.get("final"),
         "quant4_recovery": c.get("quantization_recovery"), "rtt_recovery": c.get("relearning_recovery"),
+        # each gate check's margin: how far it clears its bound (negative: it fails), in the figure's units
+        "margins": {ch.name: _margin(ch.value, ch.floor, ch.ceiling) for ch in verdict.checks} if verdict else {},
     }  # fmt: skip
+
+
+def _margin(value: float | None, bound: float, ceiling: bool) -> float | None:
+    return None if value is None else (bound - value if ceiling else value - bound)
 
 
 def _fmt(x: float | None) -> str:
@@ -137,6 +143,13 @@ def _spread(rows: list[dict[str, Any]]) -> None:
             cells.append(f"{c} {np.mean(vals):.3f} [{min(vals):.3f}..{max(vals):.3f}]" if vals else f"{c} –")
         passed = sum(r["gate"] == "PASS" for r in runs)
         print(f"{method:<14}" + "  ".join(cells) + f"  gate PASS {passed}/{len(runs)}")
+        for check in runs[0]["margins"]:  # the noise is the seeds' standard deviation of the margin
+            vals = [r["margins"][check] for r in runs if r["margins"].get(check) is not None]
+            if len(vals) > 1:
+                noise = float(np.std(vals, ddof=1))
+                ratio = f"{np.mean(vals) / noise:.1f}× noise" if noise > 0 else "no spread"
+                print(f"{'':<14}{check:<32} margin {np.mean(vals):+.3f} [{min(vals):+.3f}..{max(vals):+.3f}], "
+                      f"sd {noise:.3f}: {ratio}")
 
 
 def _report(folder: Path, method: str, cfg: UnlearnConfig, base: Evaluation, ev: Evaluation, verdict: Verdict) -> None:

@@ -135,3 +135,15 @@ def test_every_layer_says_what_it_may_import() -> None:
     for layer in layers:
         doc = (ROOT / "amnesia" / layer / "__init__.py").read_text()
         assert doc.startswith('"""') and "import" in doc.split('"""')[1], f"amnesia/{layer}/__init__.py"
+
+
+def test_the_readme_layout_names_every_module_and_folder() -> None:
+    """The README's layout section is the tree as it is: every package folder and module of amnesia named."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    tree = section.split("```", 2)[1]
+    modules = [p for p in (ROOT / "amnesia").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    missing = sorted({str(p.relative_to(ROOT)) for p in modules if p.stem not in tree})
+    folders = sorted({p.parent.name for p in modules} - {"amnesia"})
+    assert not missing, f"modules the README's layout does not name: {missing}"
+    assert not [f for f in folders if f"{f}/" not in tree], folders
