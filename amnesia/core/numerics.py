@@ -27,10 +27,3 @@ def pin_cpu_numerics(env: MutableMapping[str, str] = os.environ) -> bool:
     for key, value in PORTABLE_CPU.items():
         env.setdefault(key, value)
     return "torch" not in sys.modules
-
-
-def cpu_numerics() -> str:
-    """The kernels torch runs here ('AVX2' when pinned), for lineage and a warning when not."""
-    import torch
-
-    return str(torch.backends.cpu.get_cpu_capability())

@@ -13,7 +13,6 @@ from typing import Any
 
 from amnesia.core.config import ModelConfig
 from amnesia.core.errors import AmnesiaError
-from amnesia.core.numerics import cpu_numerics
 
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -98,9 +97,10 @@ def _pin_cpu(where: Placement) -> None:
 
     if where.threads is not None:
         torch.set_num_threads(where.threads)
-    if os.environ.get("ATEN_CPU_CAPABILITY", "avx2").lower() == "avx2" and cpu_numerics() != "AVX2":
+    kernels = str(torch.backends.cpu.get_cpu_capability())  # AVX2 when amnesia.core.numerics pinned it
+    if os.environ.get("ATEN_CPU_CAPABILITY", "avx2").lower() == "avx2" and kernels != "AVX2":
         log.warning("CPU kernels are %s, not AVX2: torch was imported before amnesia, so another machine may "
-                    "give other weights (import amnesia first)", cpu_numerics())  # fmt: skip
+                    "give other weights (import amnesia first)", kernels)  # fmt: skip
 
 
 def load(
