@@ -1,15 +1,16 @@
-"""What the pipeline measures, in one place: the registries of metrics, every figure's name and direction,
-and the scores and comparisons that the gate and the report both read (neither imports the other for them).
+"""What the pipeline measures, in one place: the registry of evaluation metrics, every figure's name and
+direction, and the recoveries the gate bounds. Torch-free: the MMLU scorer is handed in (Measured).
 
-- Item metrics score one generated answer against its gold output; the official scorer's are ROUGE-L
-  recall for sentence completions (its per-task mean is "regurgitation") and exact match for questions
-  ("knowledge").
+- Item metrics (amnesia.science.metrics.items) score one generated answer against its gold output; the
+  official scorer's are ROUGE-L recall for sentence completions (its per-task mean is "regurgitation")
+  and exact match for questions ("knowledge").
 - Evaluation metrics turn what the evaluate stage gathered on one model (per-task item scores,
   generations, MIA document losses, the model itself) into named figures. They run in registration
   order, so a later one may read earlier ones' figures (`final` reads three). A new one is a small class
   with `@register("name")`: its figures then reach the stored evaluation, MLflow, the gate's `floors:`,
   the report table, the run summary and the audit trail (`headline` ones) with no list to edit.
-- Scores (one evaluation) and comparisons (candidate against base) are what the gate bounds.
+- Scores (one evaluation) and comparisons (candidate against base), read from the stage results, are in
+  amnesia.results.figures: what the gate bounds and the report shows.
 
 Every figure lies in [0, 1] and has a direction: higher or lower is better, or `target` (MIA AUC, best
 at 0.5: a gate bound on it would be meaningless; its score is what gets bounded).
@@ -21,7 +22,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from amnesia.science.metrics.aggregate import final_score, harmonic_mean, mia_auc, mia_score, task_aggregate
+from amnesia.science.metrics.aggregate import (
+    final_score,
+    harmonic_mean,
+    mia_auc,
+    mia_score,
+    recovery,
+    task_aggregate,
+)
 
 if TYPE_CHECKING:
     from amnesia.science.records import MMLUQuestion, UnlearningRecord
@@ -36,9 +44,6 @@ class Figure:
     direction: Direction
     about: str  # one line: what it is
     headline: bool = False  # shown in the run summary and kept in the audit trail
-
-
-# ---------------------------------------------------------------- item metrics
 
 
 # ---------------------------------------------------------------- named figures beyond the metrics'
@@ -221,8 +226,6 @@ def attack_recoveries(
     base: Mapping[str, Mapping[str, float]], candidate: Mapping[str, Mapping[str, float]]
 ) -> dict[str, float]:
     """The same from two models' attack figures (variant -> metric -> mean, "none" = unattacked)."""
-    from amnesia.science.metrics.aggregate import recovery
-
     b, c = base.get("none", {}), candidate.get("none", {})
     out = {}
     for variant, figures in candidate.items():
@@ -244,9 +247,6 @@ def worst_recoveries(rec: Mapping[str, float]) -> dict[str, float | None]:
 def _worst(figures: Mapping[str, float], prefix: str) -> float | None:
     values = [v for k, v in figures.items() if k.startswith(prefix)]
     return max(values) if values else None
-
-
-# ---------------------------------------------------------------- the gate's verdict, as the report shows it
 
 
 def legacy_figures(data: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
