@@ -38,7 +38,7 @@ from amnesia.stages.unlearn.config import UnlearnConfig
 from amnesia.stages.unlearn.stage import run_unlearn
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.context import RunContext
-from amnesia.storage.layout import REPORT_HTML
+from amnesia.storage.layout import REPORT_HTML, run_root
 from amnesia.storage.lineage import Lineage, finish_run
 from amnesia.storage.uri import join
 
@@ -219,6 +219,8 @@ def register(
 def finish(pipeline_run_id: str, store_root: str, state: str, retention_days: int = -1) -> str:
     """The exit handler: close the run's lineage with its final status (the verdict, the stage it stopped at),
     then purge the runs past the retention period (retention_days >= 0)."""
-    final = finish_run(pipeline_run_id, store_root, state)
-    retention_at_end(store_root, retention_days)
+    ctx = RunContext(pipeline_run_id, run_root(store_root, pipeline_run_id), ArtifactStore(settings()))
+    with one_line_errors(ctx, "finish"):
+        final = finish_run(pipeline_run_id, store_root, state)
+        retention_at_end(store_root, retention_days)
     return final

@@ -378,9 +378,6 @@ def _headline(stages: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, floa
 def finish_run(pipeline_run_id: str, store_root: str | None, state: str, settings: Settings | None = None) -> str:
     """The exit handler's work: close the parent run with the final status, the gate's verdict (read from
     the stored report) and the stage the run stopped at (a failed stage run, else the first one missing)."""
-    from amnesia.storage.artifacts import ArtifactStore
-    from amnesia.storage.lineage import recorded_errors
-
     s = settings or default_settings()
     store, root = ArtifactStore(s), run_root(store_root or f"s3://{s.bucket}", pipeline_run_id)
     lineage = Lineage(pipeline_run_id, settings=s)
