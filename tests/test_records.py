@@ -30,7 +30,7 @@ RECORDS = [
         task="Task2",
         split="forget",
     ),
-    UnlearningRecord(id="doc-7qa12", input="Q?", output="A", task="Task1"),
+    UnlearningRecord(id="doc-7qa9", input="Q?", output="A", task="Task1"),
 ]
 MIA = [MIADocument(id="d1", document="A whole biography."), MIADocument(id="d2", document="Another one.")]
 MMLU = [
@@ -43,7 +43,7 @@ def test_id_suffix_names_kind_document_and_index() -> None:
     sc, qa, other = RECORDS
     assert (sc.kind, sc.index, sc.document_id) == ("sc", 1, "6adbf83c-5071-4979-bedb-e5184b15650b")
     assert (qa.kind, qa.index) == ("qa", 0) and qa.document_id == sc.document_id
-    assert (other.kind, other.index, other.document_id) == ("qa", 12, "doc-7")
+    assert (other.kind, other.index, other.document_id) == ("qa", 9, "doc-7")
 
 
 def _write(fmt: str, rows: list, schema: type, folder: Path) -> Path:  # type: ignore[type-arg]
