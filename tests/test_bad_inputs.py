@@ -4,7 +4,6 @@ option and what to fix, no traceback, and nothing half-written."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ import yaml
 from amnesia.core.config import load_yaml
 from amnesia.core.errors import ConfigError, StoreError
 from amnesia.science.records import RecordError
-from amnesia.storage.models import ModelLoadError, load_model
 from amnesia.storage.records import load_records
 from amnesia.storage.requests import RequestError, load_requests
 from amnesia.storage.sealing import DataKeyError, FileKeyStore
@@ -100,15 +98,3 @@ def test_an_item_number_above_9_is_refused_as_the_scorer_would_skip_it(tmp_path:
     msg = str(info.value)
     assert msg.startswith(f"{path}: line 2: field 'id'") and "number above 9 would not be scored" in msg
 
-
-def test_a_custom_code_architecture_names_the_setting(tiny_model_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "custom"
-    shutil.copytree(tiny_model_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"model_type": "acme-lm", "auto_map": {"AutoModelForCausalLM": "modeling_acme.AcmeForCausalLM"}}
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError) as info:
-        load_model(str(folder))
-    msg = str(info.value)
-    assert "(acme-lm) is the model's own code" in msg and "model.trust_remote_code: true" in msg
-    assert "out of date" not in msg

@@ -136,12 +136,12 @@ def resolve_paths(data: Any, folder: Path) -> Any:
     return out
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, what: str = "file") -> str:
     """A user's text file as UTF-8; a missing file, a folder or a bad byte is one line naming the file."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: a folder, not a file") from None
     except PermissionError:
@@ -157,7 +157,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML config file (a mapping of sections), its relative data and model paths resolved against its
     own folder."""
     p = Path(path)
-    text = read_text(p)
+    text = read_text(p, "config file")
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

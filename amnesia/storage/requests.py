@@ -63,7 +63,7 @@ def _parse(rows: list[object], source: str, where: str) -> list[ErasureRequest]:
 def load_requests(path: Path) -> list[ErasureRequest]:
     """Requests from a JSONL file (one per line) or a YAML file (a list)."""
     try:
-        text = read_text(path)
+        text = read_text(path, "requests file")
     except ConfigError as err:
         raise RequestError(str(err)) from None
     if path.suffix in (".yaml", ".yml"):
