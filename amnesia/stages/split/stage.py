@@ -232,11 +232,6 @@ def _mia(
     if cfg.mia_members:
         given = load_records(cfg.mia_members, MIADocument, store=store)
         members = {d.id: d for d in (_as_document(m, forget_docs) for m in given) if d.id in forget_docs}
-        if given and not members:
-            raise SplitError(
-                f"{cfg.mia_members}: none of its {len(given)} ids is a forget document or one of its records "
-                f"(e.g. {given[0].id}); give the forget documents' ids, or leave split.mia_members out to build them"
-            )
     missing = sorted(set(forget_docs) - set(members))
     if cfg.mia_members and missing:
         warnings["mia_member_rebuilt_from_records"] += len(missing)
