@@ -1,12 +1,12 @@
 """The same inputs give the same weights and the same verdict on any x86 machine.
 
-A CPU's instruction set picks torch's kernels (ATen's AVX-512 or AVX2 paths, MKL's and oneDNN's code
-paths), and each sums in its own order: the same 20 training steps give other weights under AVX-512 than
-under AVX2 kernels (tests/test_numerics.py), and the demo's figures and gate moved with them. Importing
-`amnesia` pins all three to AVX2, which every x86-64 machine of the last decade has, before torch is
-imported (they read these variables once, when loaded); MKL's conditional numerical reproducibility (MKL_CBWR) is what makes its results equal
-across CPUs. With a fixed thread count (model.cpu_threads) that makes CPU runs bit-reproducible. A
-variable the user set wins; a GPU run is not affected.
+A CPU's instruction set picks torch's kernels (ATen's AVX-512 or AVX2 paths, MKL's and oneDNN's code paths),
+and each sums in its own order: the same 20 training steps give other weights under AVX-512 than under AVX2
+kernels (tests/test_numerics.py), and the demo's figures and gate moved with them. Importing `amnesia` pins
+all three to AVX2, which every x86-64 machine of the last decade has, before torch is imported (they read
+these variables once, when loaded); MKL's conditional numerical reproducibility (MKL_CBWR) is what makes its
+results equal across CPUs. With a fixed thread count (model.cpu_threads) that makes CPU runs bit-reproducible.
+A variable the user set wins; a GPU run is not affected.
 """
 
 from __future__ import annotations
