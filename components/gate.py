@@ -17,6 +17,7 @@ def gate(
     trace_json: str,
     unlearn_json: str,
     report: dsl.Output[dsl.HTML],
+    plan_json: str = "",
 ) -> NamedTuple("GateOutputs", [("passed", bool), ("reasons", str), ("result", str)]):  # noqa: F821
     """amnesia.runtime.tasks.gate: writes the HTML report as a KFP HTML artifact too."""
     from collections import namedtuple
@@ -24,6 +25,7 @@ def gate(
     from amnesia.runtime import tasks
 
     outputs = tasks.gate(
-        config_json, pipeline_run_id, store_root, base_json, candidate_json, trace_json, unlearn_json, report
+        config_json, pipeline_run_id, store_root, base_json, candidate_json, trace_json, unlearn_json, report,
+        plan_json,
     )
     return namedtuple("GateOutputs", ["passed", "reasons", "result"])(*outputs)

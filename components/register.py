@@ -16,6 +16,7 @@ def register(
     candidate_json: str,
     gate_json: str,
     registered: dsl.Output[dsl.Artifact],
+    plan_json: str = "",
 ) -> str:
     """amnesia.runtime.tasks.register: a second run for the same requests and base model
     returns the existing version. Returns the Registration JSON (or, for a failed gate, why not)."""
@@ -23,5 +24,5 @@ def register(
 
     return tasks.register(
         model_name, pipeline_run_id, split_json, trace_json, unlearn_json, base_json, candidate_json, gate_json,
-        registered,
+        registered, plan_json,
     )  # fmt: skip

@@ -1,10 +1,14 @@
-"""The compliance pipeline: preflight → split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
+"""The compliance pipeline: preflight (and the run's plan) → split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
 → register, inside an ExitHandler that closes the run's lineage whatever happens.
 
 Every stage is a thin component over the library; configs travel as JSON strings (kfp turns dict
 numbers into floats). `build(cluster)` adds the Kubernetes side (secrets as env, GPUs and resources,
 node selectors, tolerations) for compiled YAML; kfp.local runs the plain DAG (`build(None)`). With
 `cluster.trainjob`, the unlearn step is a launcher task that runs it as a Kubeflow Trainer TrainJob.
+
+Where the run starts is decided at run time by preflight (amnesia.runtime.plan): trace and unlearn read the
+plan's start model (the champion of the day, or the original), the base evaluation is always the original
+model (relative floors), and the candidate's evaluation and the gate check the standing obligations.
 """
 
 import json
@@ -12,6 +16,7 @@ from typing import Any
 
 from kfp import dsl
 
+from amnesia.core.config import HistoryConfig
 from amnesia.core.settings import Settings
 from amnesia.runtime.cluster_config import ClusterConfig
 from amnesia.runtime.pipeline_config import PipelineConfig
@@ -63,6 +68,7 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
         request_digest: str = "",
         model_config: str = "{}",
         retention_days: int = -1,
+        history_config: str = HistoryConfig().model_dump_json(),
     ) -> None:
         if run_id_from_job:
             pipeline_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -74,16 +80,19 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             run = {"pipeline_run_id": pipeline_run_id, "store_root": store_root}
             checked = k8s(
                 preflight(model_uri=model_uri, model_config=model_config, split_config=split_config,
-                          evaluate_config=evaluate_config, **run),
+                          evaluate_config=evaluate_config, model_name=model_name, history_config=history_config,
+                          **run),
                 "preflight",
             )  # fmt: skip
             checked.set_caching_options(False)  # the store and MLflow are checked now, not remembered
-            s = k8s(split(config_json=split_config, request_digest=request_digest, **run), "split").after(checked)
+            plan = checked.outputs["plan"]
+            s = k8s(split(config_json=split_config, request_digest=request_digest, plan_json=plan, **run), "split")
             sets = s.outputs["Output"]
-            base = {"model_uri": model_uri, "model_config": model_config}  # the model section: every stage's
-            t = k8s(trace(config_json=trace_config, split_json=sets, **base, **run), "trace")
+            base = {"model_uri": model_uri, "model_config": model_config}  # the original model: relative floors
+            start = {"model_uri": checked.outputs["start_uri"], "model_config": model_config}  # what is unlearned
+            t = k8s(trace(config_json=trace_config, split_json=sets, **start, **run), "trace")
             traced = t.outputs["Output"]
-            unlearning_args = {"config_json": unlearn_config, "split_json": sets, "trace_json": traced, **base, **run}
+            unlearning_args = {"config_json": unlearn_config, "split_json": sets, "trace_json": traced, **start, **run}
             if cluster is not None and cluster.trainjob is not None:
                 u = k8s(unlearn_trainjob(**unlearning_args, **_trainjob_args(cluster)), "unlearn")
                 gpu = cluster.accelerator or "nvidia.com/gpu"  # a TrainJob's nodes are GPU nodes
@@ -93,16 +102,16 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}
             eb = k8s(evaluate(role="base", **base, **scoring), "evaluate-base")
             candidate = {"model_uri": u.outputs["model_uri"], "model_config": model_config}
-            ec = k8s(evaluate(role="candidate", **candidate, **scoring), "evaluate-candidate")
+            ec = k8s(evaluate(role="candidate", plan_json=plan, **candidate, **scoring), "evaluate-candidate")
             results = {"trace_json": traced, "unlearn_json": u.outputs["result"]}
             results |= {"base_json": eb.outputs["Output"], "candidate_json": ec.outputs["Output"]}
-            g = k8s(gate(config_json=gate_config, **results, **run), "gate")
+            g = k8s(gate(config_json=gate_config, plan_json=plan, **results, **run), "gate")
             by_name = {"trace": t, "unlearn": u, "evaluate-base": eb, "evaluate-candidate": ec}
             for name in COMPUTE:
                 by_name[name].set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
                 by_name[name].set_display_name(name.replace("-", " "))
             registration = {"model_name": model_name, "pipeline_run_id": pipeline_run_id, "split_json": sets}
-            registration |= {"gate_json": g.outputs["result"], **results}
+            registration |= {"gate_json": g.outputs["result"], "plan_json": plan, **results}
             if local:
                 k8s(register(**registration), "register").set_caching_options(False)
             else:

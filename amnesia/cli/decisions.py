@@ -1,10 +1,11 @@
-"""The human steps: `approve`, `reject`, the reviewers' page (`serve`), `pending`, `history`."""
+"""The human steps: `approve`, `reject`, `rollback`, the reviewers' page (`serve`), `pending`, `history`,
+and the standing obligations (`obligations list|end`)."""
 
 from __future__ import annotations
 
 import click
 
-from amnesia.cli.base import cli, client_settings
+from amnesia.cli.base import Group, cli, client_settings
 from amnesia.core.settings import load_settings
 
 
@@ -46,6 +47,66 @@ def reject_cmd(name: str, version: str, note: str, root: str | None) -> None:
     who = from_settings(settings)
     reject(settings, ArtifactStore(settings), root or f"s3://{settings.bucket}", name, version, who, note)
     click.echo(f"{name} v{version} rejected by {who.user}")
+
+
+@cli.command("rollback")
+@click.argument("name")
+@click.argument("version")
+@click.option("--note", required=True, help="Why (kept in the artifact store, not in MLflow).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def rollback_cmd(name: str, version: str, note: str, root: str | None) -> None:
+    """Move `champion` back to an earlier approved VERSION (MANAGE on the model). The requests that only the
+    versions it leaves had fulfilled go back to pending; the queue, their evidence and `history` show it."""
+    from amnesia.governance.identity import from_settings
+    from amnesia.governance.obligations import rollback
+    from amnesia.storage.artifacts import ArtifactStore
+
+    settings = client_settings()
+    who = from_settings(settings)
+    done = rollback(settings, ArtifactStore(settings), root or f"s3://{settings.bucket}", name, version, who, note)
+    reopened = ", ".join(done["reopened"]) or "none"
+    click.echo(f"{name} v{version} is champion again (was v{done['from']}), by {who.user}; "
+               f"re-opened requests: {reopened}; record {done['uri']}")  # fmt: skip
+
+
+@cli.group("obligations", cls=Group)
+def obligations() -> None:
+    """Standing obligations: every request an approved version fulfilled binds every later version."""
+
+
+@obligations.command("list")
+@click.argument("name")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def obligations_list(name: str, root: str | None) -> None:
+    """NAME's obligations: state, the version that fulfilled each, its last check."""
+    from amnesia.storage.artifacts import ArtifactStore
+    from amnesia.storage.obligations import ObligationStore
+
+    settings = client_settings()
+    found = ObligationStore(ArtifactStore(settings), root or f"s3://{settings.bucket}", name).list()
+    if not found:
+        click.echo(f"{name} has no obligations yet")
+    for ob in found:
+        last = ob.history[-1] if ob.history else None
+        checked = (f"last checked by v{last.version}: forget score {last.scores.forget_score or 0:.3f} "
+                   f"({'kept' if last.passed else 'CAME BACK'})") if last else "not checked since"  # fmt: skip
+        click.echo(f"{ob.request_id:<24} {ob.state:<9} fulfilled by v{ob.fulfilled_by} {ob.fulfilled_at}; {checked}")
+
+
+@obligations.command("end")
+@click.argument("name")
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Why the obligation ends (recorded with who and when).")
+@click.option("--root", help="Store root (default s3://<AMNESIA_BUCKET>).")
+def obligations_end(name: str, request_id: str, reason: str, root: str | None) -> None:
+    """End one obligation: its key is destroyed, so its checks stop for good (visibly, in every later report)."""
+    from amnesia.governance.obligations import end
+    from amnesia.storage.artifacts import ArtifactStore
+    from amnesia.storage.lineage import runner_identity
+
+    settings = client_settings()
+    ob = end(ArtifactStore(settings), root or f"s3://{settings.bucket}", name, request_id, runner_identity(), reason)
+    click.echo(f"obligation {request_id} of {name} ended {ob.ended.at if ob.ended else ''}; key {ob.key_id} destroyed")
 
 
 @cli.command("serve")

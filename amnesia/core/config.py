@@ -80,6 +80,29 @@ class StoreConfig(StrictModel):
     )
 
 
+class HistoryConfig(StrictModel):
+    """Runs over time: where each run starts, and how the standing obligations (every request an approved
+    version fulfilled) are checked on later candidates."""
+
+    start: Literal["auto", "incremental", "cumulative", "original"] = Field(
+        "auto",
+        description="incremental: unlearn this run's requests from the current champion; cumulative: from the "
+        "original model, every request ever fulfilled plus the new ones; original: from the original model, "
+        "the new requests only (the obligations gate catches what that brings back); auto: incremental once "
+        "the model has a champion, else original.",
+    )
+    sample: int | None = Field(
+        50, ge=1, description="Check at most this many earlier requests per run (each person's items whole); None: all."
+    )
+    full_every: int = Field(6, ge=1, description="Every this many approved versions, check every obligation.")
+    retention_days: int | None = Field(
+        None,
+        ge=0,
+        description="An obligation ends this many days after fulfilment: its key is destroyed and its checks stop "
+        "(recorded). None: it stands until ended by hand (`amnesia obligations end`).",
+    )
+
+
 class RunConfig(StrictModel):
     """Top level of the run config. Stage sections are added by the stages."""
 

@@ -7,6 +7,13 @@ membership-inference score on their documents, and what the attacks brought back
 approved and when, whether the version's chain re-verifies, and the purge. Figures come from the stored
 per-item results (ids and scores), which a purge keeps: the evidence outlives the data. No record text
 appears; the subject's name only with `show_subject`.
+
+Over time: once fulfilled, the request is a standing obligation of its model (amnesia.storage.obligations).
+For every version approved since, the evidence says whether that person is still forgotten — the figures
+from fingerprints, the date, the version and the digest of the evaluation that checked it — or that the
+version did not check them (sampled out), and flags a version that let them back. After a purge the
+membership test on their documents stops (the documents are gone); the fingerprint checks go on until
+the obligation ends.
 """
 
 from __future__ import annotations
@@ -60,6 +67,34 @@ class RunEvidence(BaseModel):
     purged: list[dict[str, Any]] = []  # by, at, files, purge id
 
 
+class VersionCheck(BaseModel):
+    """One approved version since the request was fulfilled, and whether it kept this person forgotten."""
+
+    version: str
+    at: str
+    checked: bool  # False: sampled out in that run
+    knowledge: float | None = None
+    regurgitation: float | None = None
+    forget_score: float | None = None
+    floor: float | None = None
+    still_forgotten: bool | None = None  # None: not checked
+    evaluation: str | None = None  # uri#digest of the evaluation that checked it
+
+
+class ObligationEvidence(BaseModel):
+    model_name: str
+    state: str  # active / ended / reopened
+    fulfilled_by: str
+    fulfilled_at: str
+    items: int
+    original_forget_score: float | None  # the original model on this person
+    at_fulfilment_forget_score: float | None
+    versions: list[VersionCheck]
+    let_back: list[str]  # versions whose check failed: this person came back
+    ended: dict[str, str] | None = None  # at, by, why (ended: key destroyed; reopened: by a rollback)
+    membership: str = "not re-run on later versions (obligations keep no documents)"
+
+
 class Evidence(BaseModel):
     request_id: str
     state: str
@@ -74,6 +109,7 @@ class Evidence(BaseModel):
     answered_in_time: bool | None
     runs: list[RunEvidence]
     generated_at: str
+    obligations: list[ObligationEvidence] = []  # one per model that fulfilled it
 
 
 # ---------------------------------------------------------------- figures from per-item results
@@ -227,10 +263,66 @@ def evidence(
         runs=runs,
         generated_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    found.obligations = _obligations(store, root, request_id)
     if show_subject:
         return found.model_copy(update={"subject": request.subject})
     check_subject_free(found, request.subject)  # the subject may sit inside a document id: then nothing is written
     return found
+
+
+def _obligations(store: ArtifactStore, root: str, request_id: str) -> list[ObligationEvidence]:
+    """The request as a standing obligation of each model, version by version since its fulfilment."""
+    from amnesia.storage.obligations import OBLIGATIONS, ObligationStore
+
+    out = []
+    models = sorted({u.split(f"/{OBLIGATIONS}/", 1)[1].split("/", 1)[0] for u in store.list(join(root, OBLIGATIONS))})
+    for name in models:
+        obligations = ObligationStore(store, root, name)
+        ob = obligations.get(request_id)
+        if ob is None:
+            continue
+        history = {c.version: c for c in ob.history}
+        rows = []
+        for entry in obligations.ledger().entries:
+            if entry.at < ob.fulfilled_at or entry.version == ob.fulfilled_by:
+                continue  # before it was an obligation, or the version that made it one
+            c = history.get(entry.version)
+            if c is None:
+                rows.append(VersionCheck(version=entry.version, at=entry.at, checked=False))
+                continue
+            rows.append(VersionCheck(version=c.version, at=c.at, checked=True, knowledge=c.scores.knowledge,
+                                     regurgitation=c.scores.regurgitation, forget_score=c.scores.forget_score,
+                                     floor=c.floor, still_forgotten=c.passed, evaluation=c.evaluation))  # fmt: skip
+        out.append(ObligationEvidence(
+            model_name=name, state=ob.state, fulfilled_by=ob.fulfilled_by, fulfilled_at=ob.fulfilled_at,
+            items=ob.items, original_forget_score=ob.original.forget_score if ob.original else None,
+            at_fulfilment_forget_score=ob.at_fulfilment.forget_score if ob.at_fulfilment else None,
+            versions=rows, let_back=[r.version for r in rows if r.still_forgotten is False],
+            ended=ob.ended.model_dump() if ob.ended else None,
+        ))  # fmt: skip
+    return out
+
+
+def _version_line(r: VersionCheck) -> str:
+    if not r.checked:
+        return f"        v{r.version:<5} {r.at}  not checked (sampled out in that run)"
+    word = "still forgotten" if r.still_forgotten else "CAME BACK"
+    floor = f" (floor {r.floor:.3f})" if r.floor is not None else ""
+    return (f"        v{r.version:<5} {r.at}  {word}: forget score {_fmt(r.forget_score)}{floor}, knowledge "
+            f"{_fmt(r.knowledge)}, regurgitation {_fmt(r.regurgitation)}; check {(r.evaluation or '').rpartition('#')[2][:12]}")  # fmt: skip
+
+
+def _obligation_lines(o: ObligationEvidence) -> list[str]:
+    out = [f"binding {o.model_name}: {o.state} since v{o.fulfilled_by} ({o.fulfilled_at}); {o.items} items; "
+           f"forget score original {_fmt(o.original_forget_score)} -> at fulfilment {_fmt(o.at_fulfilment_forget_score)}"]  # fmt: skip
+    out += [_version_line(r) for r in o.versions] or ["        no version approved since"]
+    if o.let_back:
+        out.append(f"        LET BACK by {', '.join('v' + v for v in o.let_back)}")
+    if o.ended:
+        what = "ended (key destroyed; checks stopped)" if o.state == "ended" else "re-opened"
+        out.append(f"        {what} {o.ended['at']} by {o.ended['by']}: {o.ended['why']}")
+    out.append(f"        membership test: {o.membership}")
+    return out
 
 
 # ---------------------------------------------------------------- rendering
@@ -269,6 +361,8 @@ def lines(e: Evidence) -> list[str]:
             out.append(f"        decided by {r.approver} at {r.decided_at}; chain verified: {r.chain_verified}")
         for p in r.purged:
             out.append(f"        purged {p['at']} by {p['by']} ({p['files']} files)")
+    for o in e.obligations:
+        out += _obligation_lines(o)
     return out
 
 
@@ -312,6 +406,20 @@ def to_html(e: Evidence) -> str:
             parts.append(_table(["attack.metric", "recovery"], rows, [False, True]))
     if not e.runs:
         parts.append("<p>No pipeline run has worked on this request yet.</p>")
+    for o in e.obligations:
+        parts.append(f"<h2>Standing obligation of <code>{html.escape(o.model_name)}</code>: {html.escape(o.state)}</h2>")
+        parts.append(f"<p>Fulfilled by version {html.escape(o.fulfilled_by)} at {html.escape(o.fulfilled_at)}; "
+                     f"{o.items} items. Forget score on this person: original {_fmt(o.original_forget_score)}, at "
+                     f"fulfilment {_fmt(o.at_fulfilment_forget_score)}. Membership test: {html.escape(o.membership)}.</p>")  # fmt: skip
+        rows = [(f"v{r.version}", r.at, "not checked (sampled out)" if not r.checked else
+                 "still forgotten" if r.still_forgotten else "CAME BACK", _fmt(r.forget_score), _fmt(r.knowledge),
+                 _fmt(r.regurgitation), (r.evaluation or "").rpartition("#")[2][:16]) for r in o.versions]  # fmt: skip
+        parts.append(_table(["version", "checked at", "result", "forget score", "knowledge", "regurgitation",
+                             "check digest"], rows, [False, False, False, True, True, True, False],
+                            ["failed" if r.still_forgotten is False else "" for r in o.versions]))  # fmt: skip
+        if o.ended:
+            parts.append(f"<p>{'Ended' if o.state == 'ended' else 'Re-opened'} {html.escape(o.ended['at'])} by "
+                         f"{html.escape(o.ended['by'])}: {html.escape(o.ended['why'])}.</p>")  # fmt: skip
     head = f"<meta charset=utf-8><title>Erasure request {html.escape(e.request_id)}</title><style>{_CSS}</style>"
     return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>"
 

@@ -39,6 +39,7 @@ from amnesia.governance.versions import (
     PREVIOUS_CHAMPION,
     REJECTED,
     REPORT_DIGEST,
+    ROLLBACK_PREFIX,
     RUNNER,
     RegistryError,
     alias_of,
@@ -57,6 +58,7 @@ from amnesia.storage.uri import join
 if TYPE_CHECKING:  # the stage results; imported for types only (they pull in torch)
     from amnesia.results.evaluation import Evaluation
     from amnesia.results.gate import GateResult
+    from amnesia.results.plan import RunPlan
     from amnesia.results.split import SplitResult
     from amnesia.results.trace import TraceResult
     from amnesia.results.unlearn import UnlearnResult
@@ -135,7 +137,8 @@ def register(
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
-    existing = find_version(client, name, tags[Tag.REQUEST_DIGEST], tags[Tag.BASE_MODEL_DIGEST])
+    existing = find_version(client, name, tags[Tag.REQUEST_DIGEST], tags[Tag.BASE_MODEL_DIGEST],
+                            tags.get(Tag.START_MODEL_DIGEST))  # fmt: skip
     if existing is not None:
         return Registration(name=name, version=str(existing.version), created=False, source=existing.source)
     # The version's source stays the S3 folder the audit re-hashes (a `models:/<id>` source would move
@@ -166,6 +169,10 @@ def _decide(
             f"{name} version {version} is {tags.get(Tag.STATUS, 'not registered by amnesia')}, not pending"
         )
     authorize(reviewer, name, version, tags.get(RUNNER, ""))
+    if what == APPROVED:
+        from amnesia.governance.obligations import check_not_stale
+
+        check_not_stale(client, name, version, tags)
     if what == APPROVED and not verified_gate(settings, store, name, version):
         raise RegistryError(f"{name} version {version} did not pass its gate (stored verdict); it cannot be approved")
     Guard().check("tag", APPROVER, reviewer.user)
@@ -201,8 +208,11 @@ def verified_gate(settings: Settings, store: ArtifactStore, name: str, version: 
 def approve(
     settings: Settings, store: ArtifactStore, root: str, name: str, version: str, reviewer: Reviewer, note: str
 ) -> dict[str, str]:
-    """Promote a pending version to `champion` (it loses `candidate`) once its chain re-verifies and its
-    stored gate verdict passed; returns the tags set."""
+    """Promote a pending version to `champion` (it loses `candidate`) once its chain re-verifies, its stored
+    gate verdict passed and the champion it was planned under is still champion; its requests become
+    standing obligations, and its checks of the earlier ones are recorded. Returns the tags set."""
+    from amnesia.governance import obligations
+
     client, mv, tags = _decide(settings, store, root, name, version, reviewer, note, APPROVED)
     tags[PREVIOUS_CHAMPION] = alias_of(client, name, CHAMPION) or "none"
     for key, value in tags.items():
@@ -214,7 +224,10 @@ def approve(
     if split_uri and store.exists(join(split_uri, REQUESTS_SNAPSHOT)):
         ids = [r.request_id for r in load_requests_uri(store, join(split_uri, REQUESTS_SNAPSHOT))]
         pending = {r.request_id for r in RequestQueue(store, root).list("pending")}
-        RequestQueue(store, root).fulfil([i for i in ids if i in pending])
+        fulfilled = [i for i in ids if i in pending]
+        RequestQueue(store, root).fulfil(fulfilled)
+        obligations.record_checks(store, root, name, str(version), mv.tags or {})  # before: they are the earlier ones
+        obligations.fulfil(store, root, name, str(version), mv.tags or {}, fulfilled)
     return tags
 
 
@@ -261,12 +274,19 @@ def pending(settings: Settings, name: str | None = None) -> list[dict[str, Any]]
 
 
 def history(settings: Settings, name: str) -> list[dict[str, str]]:
-    """Every decision on the model's versions, oldest first: version, status, reviewer, time, previous champion."""
+    """Every decision on the model's versions, oldest first: version, status, reviewer, time, previous champion
+    (a rollback is a row of its own: champion moved back to the version, from the previous one)."""
     client = registry_client(settings)
     check_known(client, name)
     rows = []
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
+        for key in sorted(k for k in tags if k.startswith(ROLLBACK_PREFIX)):
+            fields = dict(part.split(":", 1) for part in tags[key].split(","))
+            rows.append({"version": str(mv.version), "status": "rollback", "reviewer": fields.get("by", ""),
+                         "authenticated_by": "mlflow", "at": fields.get("at", ""),
+                         "previous_champion": fields.get("from", ""),
+                         "note_sha256": fields.get("record", "").rpartition("#")[2]})  # fmt: skip
         if tags.get(Tag.STATUS) in (APPROVED, REJECTED):
             rows.append(
                 {
@@ -293,8 +313,10 @@ def register_candidate(
     candidate: Evaluation,
     gate: GateResult,
     parent_run_id: str | None = None,
+    plan: RunPlan | None = None,
 ) -> Registration:
-    """Register a gated candidate with the whole chain as tags (what `amnesia audit` reads back)."""
+    """Register a gated candidate with the whole chain as tags (what `amnesia audit` reads back); the base
+    model is the original (before any unlearning), the start model what this run unlearned from."""
     from amnesia.results.figures import scores
 
     request_digest = split.request_digest or split.digest  # SemEval-mode runs: the data is the request
@@ -322,6 +344,15 @@ def register_candidate(
     }
     if trace is not None:
         tags |= {Tag.TRACE_URI: trace.uri, Tag.TRACE_DIGEST: trace.digest, Tag.LAYER_RULE: trace.rule}
+    if plan is not None:
+        from amnesia.storage.layout import PLAN, stage_uri
+
+        tags |= {Tag.START_MODE: plan.mode, Tag.START_MODEL_URI: plan.start_uri,
+                 Tag.START_MODEL_DIGEST: plan.start_digest or "none", Tag.START_VERSION: plan.start_version or "none",
+                 Tag.CHAMPION_AT_PLAN: plan.champion or "none", Tag.ORIGINAL_MODEL_URI: plan.original_uri,
+                 Tag.ORIGINAL_MODEL_DIGEST: base.model_digest or "none",
+                 Tag.PLAN_URI: stage_uri(split.uri.rsplit("/", 1)[0], "preflight", PLAN),
+                 Tag.OBLIGATIONS_CHECKED: len(plan.obligations)}  # fmt: skip
     metrics = {k: v for k, v in scores(candidate).items() if v is not None}
     metrics |= {f"base.{k}": v for k, v in scores(base).items() if v is not None}
     done = register(settings, name, unlearn.uri, tags, metrics, gate.passed, parent_run_id)

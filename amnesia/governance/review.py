@@ -10,6 +10,7 @@ cookie is signed, HttpOnly and SameSite=Lax.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
 import threading
@@ -131,6 +132,37 @@ def _attacks(store: ArtifactStore, tags: dict[str, str]) -> list[dict[str, Any]]
         out.append({"run": key.removeprefix(ATTACK_PREFIX), "error": "", "worst": got.get("worst", {}),
                     "checks": got.get("checks", [])})  # fmt: skip
     return out
+
+
+def _obligations(store: ArtifactStore, tags: dict[str, str]) -> dict[str, Any]:
+    """The earlier requests this candidate was checked on: per request, its figures and the gate's result."""
+    from amnesia.governance.obligations import plan_of
+    from amnesia.governance.versions import CANDIDATE_EVALUATION
+    from amnesia.results.evaluation import Evaluation
+
+    plan = plan_of(store, tags)
+    if plan is None:
+        return {"rows": [], "note": "", "start": ""}
+    candidate = None
+    if ref := tags.get(CANDIDATE_EVALUATION, "").partition("#")[0]:
+        with contextlib.suppress(AmnesiaError):
+            candidate = Evaluation.load(store, ref)
+    checks = {c["name"]: c for c in _verdict(store, tags).get("checks", [])}
+    rows = []
+    for o in plan.obligations:
+        got = candidate.obligations.get(o.request_id) if candidate else None
+        check = checks.get(f"obligation.{o.request_id}.forget_score")
+        rows.append({"request_id": o.request_id, "fulfilled_by": o.fulfilled_by, "items": got.items if got else 0,
+                     "knowledge": got.knowledge if got else None, "regurgitation": got.regurgitation if got else None,
+                     "forget_score": got.forget_score if got else None,
+                     "result": ("pass" if check["passed"] else "FAIL") if check else "not gated"})  # fmt: skip
+    note = f"{len(plan.obligations)} of {len(plan.earlier)} checked ({plan.sampling})"
+    if plan.not_checked:
+        note += f"; not checked this run: {', '.join(plan.not_checked)}"
+    if plan.ended:
+        note += f"; ended, checks stopped: {', '.join(plan.ended)}"
+    start = f"{plan.mode} from " + (f"v{plan.start_version} (champion)" if plan.start_version else "the original model")
+    return {"rows": rows, "note": note, "start": start}
 
 
 def _verdict(store: ArtifactStore, tags: dict[str, str]) -> dict[str, Any]:
@@ -331,6 +363,7 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
             "chain": chain,
             "requests": _due_rows(store, _root_of(tags, root), ids),
             "attacks": _attacks(store, tags),
+            "obligations": _obligations(store, tags),
             "has_report": bool(tags.get(Tag.REPORT_URI)) and store.exists(join(tags[Tag.REPORT_URI], L.REPORT_HTML)),
             "may_decide": may,
             "why_not": why,

@@ -52,6 +52,9 @@ CANDIDATE_EVALUATION = "amnesia.candidate_evaluation"
 ATTACK_PREFIX = "amnesia.attack."  # + time: uri#digest of an on-demand attack run (`amnesia attack`)
 
 
+ROLLBACK_PREFIX = "amnesia.rollback."  # + time: on the version champion moved back to (from, by, record)
+
+
 PURGE_PREFIX = "amnesia.purge."  # + purge id: uri#digest of a purge record (`amnesia purge`)
 
 
@@ -68,12 +71,17 @@ def registry_client(settings: Settings) -> Any:
     return mlflow_client(settings)
 
 
-def find_version(client: Any, name: str, request_digest: str, base_digest: str) -> Any | None:
-    """The version already made for these requests on this base model (MLflow has no idempotency key)."""
+def find_version(
+    client: Any, name: str, request_digest: str, base_digest: str, start_digest: str | None = None
+) -> Any | None:
+    """The version already made for these requests on this base model, from the same start model (MLflow
+    has no idempotency key)."""
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
+        same_start = start_digest is None or tags.get(Tag.START_MODEL_DIGEST, start_digest) == start_digest
         if tags.get(Tag.REQUEST_DIGEST) == request_digest and tags.get(Tag.BASE_MODEL_DIGEST) == base_digest:
-            return mv
+            if same_start:
+                return mv
     return None
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, model_validator
 from amnesia.science.metrics.registry import legacy_figures
 from amnesia.storage import layout as L
 from amnesia.storage.artifacts import ArtifactStore
+from amnesia.storage.obligations import PersonScores
 from amnesia.storage.uri import join
 
 BUILT_IN = ("task_aggregate", "mia_auc", "mia_score", "mmlu", "mmlu_macro", "final")  # stored at the top level before
@@ -34,6 +35,7 @@ class Evaluation(BaseModel):
     counts: dict[str, int]
     seconds: float
     attacks: dict[str, dict[str, float]] = {}  # variant -> forget metric means under that attack
+    obligations: dict[str, PersonScores] = {}  # earlier request id -> the candidate's figures on its items
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from amnesia.core.config import ModelConfig, StoreConfig, StrictModel
+from amnesia.core.config import HistoryConfig, ModelConfig, StoreConfig, StrictModel
 from amnesia.runtime.cluster_config import ClusterConfig
 from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.gate.config import GateConfig
@@ -30,6 +30,7 @@ class PipelineConfig(StrictModel):
     unlearn: UnlearnConfig = UnlearnConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
+    history: HistoryConfig = HistoryConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("model")
@@ -60,4 +61,5 @@ class PipelineConfig(StrictModel):
             **{f"{s}_config": getattr(self, s).model_dump_json() for s in CONFIG_SECTIONS},  # one per stage section
             "request_digest": request_digest,
             "retention_days": -1 if self.store.retention_days is None else self.store.retention_days,
+            "history_config": self.history.model_dump_json(),
         }

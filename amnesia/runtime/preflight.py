@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from amnesia.core.config import ModelConfig
+from amnesia.core.config import HistoryConfig, ModelConfig
 from amnesia.core.errors import AmnesiaError
+from amnesia.results.plan import RunPlan
 from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.split.config import SplitConfig
 from amnesia.storage.context import RunContext
@@ -29,6 +30,7 @@ class PreflightError(AmnesiaError):
 
 class Preflight(BaseModel):
     checks: list[str]  # what was checked, in order (for the log and the run record)
+    plan: RunPlan  # where the run starts, and the obligations it is checked against
 
 
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".yaml", ".yml", ".csv")
@@ -81,7 +83,16 @@ def _writable(ctx: RunContext) -> str:
     return f"store: {ctx.root} writable"
 
 
-def run_preflight(ctx: RunContext, model: ModelConfig, split: SplitConfig, evaluate: EvaluateConfig) -> Preflight:
+def run_preflight(
+    ctx: RunContext,
+    model: ModelConfig,
+    split: SplitConfig,
+    evaluate: EvaluateConfig,
+    model_name: str = "amnesia-model",
+    history: HistoryConfig | None = None,
+) -> Preflight:
+    from amnesia.runtime.plan import make_plan, store_plan
+
     checks = [_writable(ctx)]
     if ctx.lineage is not None:
         ctx.lineage.check_reachable()
@@ -96,8 +107,27 @@ def run_preflight(ctx: RunContext, model: ModelConfig, split: SplitConfig, evalu
         checks.append(_exists(ctx, "split.requests", split.requests))
     if evaluate.mmlu is not None:
         checks.append(_exists(ctx, "evaluate.mmlu.uri", evaluate.mmlu.uri))
+    plan = make_plan(ctx, model, model_name, history or HistoryConfig())
+    uri = store_plan(ctx, plan)
+    checks.append(f"plan: {plan.mode}, {len(plan.obligations)} of {len(plan.earlier)} obligations checked")
+    if ctx.lineage is not None:
+        _record_plan(ctx, plan, uri)
     for line in checks:
         ctx.log.info("preflight: %s", line)
-    return Preflight(checks=checks)
+    return Preflight(checks=checks, plan=plan)
+
+
+def _record_plan(ctx: RunContext, plan: RunPlan, uri: str) -> None:
+    """On the parent run: where this run starts and from which original (ids and digests only)."""
+    from amnesia.storage.lineage import StageRun, Tag
+
+    assert ctx.lineage is not None
+    parent = StageRun(ctx.lineage.client, ctx.lineage.parent_run_id(), ctx.lineage.guard)
+    parent.set_tags({
+        Tag.START_MODE: plan.mode, Tag.START_MODEL_URI: plan.start_uri, Tag.START_MODEL_DIGEST: plan.start_digest or "none",
+        Tag.START_VERSION: plan.start_version or "none", Tag.CHAMPION_AT_PLAN: plan.champion or "none",
+        Tag.ORIGINAL_MODEL_URI: plan.original_uri, Tag.ORIGINAL_MODEL_DIGEST: plan.original_digest or "none",
+        Tag.PLAN_URI: uri, Tag.OBLIGATIONS_CHECKED: len(plan.obligations),
+    })  # fmt: skip
 
 

@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from amnesia.core.config import ModelConfig
+from amnesia.core.config import HistoryConfig, ModelConfig
 from amnesia.core.settings import settings
 from amnesia.governance.purge import retention_at_end
 from amnesia.governance.registry import register_candidate
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.gate import GateResult
+from amnesia.results.plan import RunPlan
 from amnesia.results.split import SplitResult
 from amnesia.results.trace import TraceResult
 from amnesia.results.unlearn import UnlearnResult
@@ -48,9 +49,15 @@ def _layers(trace_json: str) -> list[int] | None:
     return TraceResult.model_validate_json(trace_json).layers if trace_json else None
 
 
+def _plan(plan_json: str) -> RunPlan | None:
+    return RunPlan.model_validate_json(plan_json) if plan_json else None
+
+
 def preflight(
-    pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_config: str, evaluate_config: str
-) -> str:
+    pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_config: str, evaluate_config: str,
+    model_name: str = "amnesia-model", history_config: str = "{}",
+) -> tuple[str, str]:  # fmt: skip
+    """(the RunPlan JSON, the URI of the model the run starts from)."""
     ctx = RunContext.create(pipeline_run_id, store_root, track=False)  # MLflow is one of the checks
     with one_line_errors(ctx, "preflight"):
         ctx.lineage = Lineage(pipeline_run_id)
@@ -59,15 +66,19 @@ def preflight(
             ModelConfig.from_task(model_config, model_uri),
             SplitConfig.model_validate_json(split_config),
             EvaluateConfig.model_validate_json(evaluate_config),
+            model_name,
+            HistoryConfig.model_validate_json(history_config or "{}"),
         )
-    return result.model_dump_json()
+    return result.plan.model_dump_json(), result.plan.start_uri
 
 
-def split(config_json: str, pipeline_run_id: str, store_root: str, splits: Any, request_digest: str = "") -> str:
+def split(
+    config_json: str, pipeline_run_id: str, store_root: str, splits: Any, request_digest: str = "", plan_json: str = ""
+) -> str:
     """request_digest: the queue snapshot the run was submitted for; a queue changed since fails the run."""
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "split"):
-        result = run_split(SplitConfig.model_validate_json(config_json), ctx)
+        result = run_split(SplitConfig.model_validate_json(config_json), ctx, _plan(plan_json))
         if request_digest and result.request_digest != request_digest:
             raise SplitError(
                 f"the request queue changed since this run was submitted (digest {str(result.request_digest)[:12]}…,"
@@ -146,7 +157,7 @@ def unlearn_trainjob(
 
 def evaluate(
     config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
-    role: str, evaluation_out: Any,
+    role: str, evaluation_out: Any, plan_json: str = "",
 ) -> str:  # fmt: skip
     """One model's Evaluation JSON; its aggregates also go to KFP's metrics view."""
     ctx = RunContext.create(pipeline_run_id, store_root)
@@ -157,6 +168,7 @@ def evaluate(
             ModelConfig.from_task(model_config, model_uri),
             SplitResult.model_validate_json(split_json),
             role,
+            _plan(plan_json),
         )
     for name, value in result.flat().items():
         evaluation_out.log_metric(name, value)
@@ -166,7 +178,7 @@ def evaluate(
 
 def gate(
     config_json: str, pipeline_run_id: str, store_root: str, base_json: str, candidate_json: str, trace_json: str,
-    unlearn_json: str, report: Any,
+    unlearn_json: str, report: Any, plan_json: str = "",
 ) -> tuple[bool, str, str]:  # fmt: skip
     """(passed, the reasons one a line, the GateResult JSON); the HTML report becomes a KFP HTML artifact."""
     ctx = RunContext.create(pipeline_run_id, store_root)
@@ -178,6 +190,7 @@ def gate(
             Evaluation.model_validate_json(candidate_json),
             TraceResult.model_validate_json(trace_json) if trace_json else None,
             UnlearnResult.model_validate_json(unlearn_json) if unlearn_json else None,
+            _plan(plan_json),
         )
         Path(report.path).parent.mkdir(parents=True, exist_ok=True)
         ctx.store.get_file(join(result.report_uri, REPORT_HTML), Path(report.path))
@@ -187,7 +200,7 @@ def gate(
 
 def register(
     model_name: str, pipeline_run_id: str, split_json: str, trace_json: str, unlearn_json: str, base_json: str,
-    candidate_json: str, gate_json: str, registered: Any,
+    candidate_json: str, gate_json: str, registered: Any, plan_json: str = "",
 ) -> str:  # fmt: skip
     """The Registration JSON; for a failed gate (dsl.If keeps it out on a cluster; this guards every other
     path) nothing is registered and the reasons are returned. A second run for the same requests and base
@@ -211,6 +224,7 @@ def register(
             Evaluation.model_validate_json(candidate_json),
             gate_result,
             Lineage(pipeline_run_id, settings=s).parent_run_id(),
+            _plan(plan_json),
         )
     registered.metadata.update({"registered": True, "name": result.name, "version": result.version})
     return result.model_dump_json()

@@ -6,6 +6,7 @@
     <root>/requests/{pending,fulfilled,extensions}/<request>.json
     <root>/registry/<name>/v<version>/<decision>.json
     <root>/purges/<purge id>.json
+    <root>/obligations/<model>/<request>/{obligation.json,checks.sealed}   standing obligations (amnesia.storage.obligations)
 
 `STAGES` is the one stage table: each pipeline stage's name, stored folder and files, the run-config section
 that configures it, its component and KFP tasks, and whether it is a compute stage (retried, given GPUs).
@@ -63,6 +64,8 @@ UNLEARN_REPORT_SUMMARY = "summary.json"
 CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
 RESULT = "result.json"  # an evaluation's or an attack run's figures
 ITEMS, GENERATIONS, MIA_LOSSES, ATTACK_ITEMS = "items.jsonl", "generations.jsonl", "mia.jsonl", "attacks.jsonl"
+OBLIGATION_ITEMS = "obligations.jsonl"
+PLAN = "plan.json"
 VERDICT, REPORT_HTML, REPORT_MD = "verdict.json", "report.html", "report.md"
 
 _EVALUATION_FILES = (
@@ -71,13 +74,15 @@ _EVALUATION_FILES = (
     File(GENERATIONS, "what the model generated for each item", personal=True),
     File(MIA_LOSSES, "per MIA document: id, member, loss"),
     File(ATTACK_ITEMS, "per item under each attack: id and score"),
+    File(OBLIGATION_ITEMS, "per item of each earlier request checked: request id, id, kind, score"),
 )
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("preflight", "preflight", (File("probe.txt", "a write probe"),), component="preflight",
-              tracked=False),
+        Stage("preflight", "preflight", (File("probe.txt", "a write probe"),
+                                         File(PLAN, "where the run starts, the obligations it checks (ids)")),
+              component="preflight", tracked=False),
         Stage(
             "split",
             "split",

@@ -65,6 +65,15 @@ class Tag(StrEnum):
     GATE_REASONS = "amnesia.gate_reasons"  # the failed checks, as name<floor codes (text stays in the report)
     REPORT_URI = "amnesia.report_uri"
     RESUMED_FROM = "amnesia.resumed_from"  # checkpoint step a retried unlearn stage resumed from
+    START_MODE = "amnesia.start_mode"  # original / incremental / cumulative (amnesia.runtime.plan)
+    START_MODEL_URI = "amnesia.start_model_uri"  # what the run unlearned from
+    START_MODEL_DIGEST = "amnesia.start_model_digest"
+    START_VERSION = "amnesia.start_version"  # the champion version it started from ("none": the original)
+    CHAMPION_AT_PLAN = "amnesia.champion_at_plan"  # the champion when the run was planned ("none")
+    ORIGINAL_MODEL_URI = "amnesia.original_model_uri"  # the model before any unlearning
+    ORIGINAL_MODEL_DIGEST = "amnesia.original_model_digest"
+    PLAN_URI = "amnesia.plan_uri"
+    OBLIGATIONS_CHECKED = "amnesia.obligations_checked"  # how many earlier requests the candidate was checked on
 
 
 # Ids, numbers, URIs, hashes, comma lists: no spaces, so no sentences.

@@ -247,6 +247,14 @@ class RequestQueue:
         ref = self.store.put_bytes(canonical_jsonl(pending), dest, "application/jsonl")
         return Snapshot(uri=ref.uri, digest=ref.digest, request_ids=[r.request_id for r in pending])
 
+    def reopen(self, request_id: str) -> None:
+        """Back from fulfilled to pending (a rollback left the only versions that had forgotten it)."""
+        src = self._uri("fulfilled", request_id)
+        if not self.store.exists(src):
+            raise RequestError(f"request {request_id} is not fulfilled")
+        self.store.put_bytes(self.store.get_bytes(src), self._uri("pending", request_id), "application/json")
+        self.store.delete(src)
+
     def fulfil(self, request_ids: list[str]) -> None:
         """Move requests from pending to fulfilled (after a person approved a model that forgot them)."""
         for rid in request_ids:

@@ -4,6 +4,10 @@ Sets scored: forget (the split's forget_train + forget_eval), retain (retain_tra
 (retain_eval: documents the unlearning never trained on, reported beside the official figures).
 Per-item scores and generations go to the artifact store only: generations of forget prompts are the
 very text the run must forget, so MLflow sees aggregates, ids and digests and nothing else.
+
+With the run's plan, the candidate is also scored on the standing obligations it names: each earlier
+request's items, from their sealed prompts, scored against keyed fingerprints of the answers (the same
+score as the official scorer's, without the answers), per request. Their generations are not kept.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import torch
 from amnesia.core.config import ModelConfig, config_hash
 from amnesia.core.progress import Progress
 from amnesia.results.evaluation import Evaluation
+from amnesia.results.plan import RunPlan
 from amnesia.results.split import SplitResult
 from amnesia.science.generation import greedy_generate
 from amnesia.science.metrics.aggregate import per_task
-from amnesia.science.metrics.items import item_score
+from amnesia.science.metrics.items import fingerprint_score, item_score
 from amnesia.science.metrics.registry import METRICS, Measured, compute
 from amnesia.science.mmlu import sample, score_mmlu
 from amnesia.science.records import MIADocument, MMLUQuestion, UnlearningRecord
@@ -34,6 +39,7 @@ from amnesia.storage import layout as L
 from amnesia.storage.context import RunContext
 from amnesia.storage.lineage import Tag
 from amnesia.storage.models import as_model_config, load, placement, resolve_model
+from amnesia.storage.obligations import CheckItem, ObligationStore, PersonScores, person_scores
 from amnesia.storage.records import load_mmlu, load_records
 from amnesia.storage.uri import MANIFEST_NAME, join
 
@@ -83,6 +89,35 @@ def score_items(
     return gens, [item_score(r.kind, g, r.output) for r, g in zip(records, gens, strict=True)]
 
 
+Checks = dict[str, tuple[list[CheckItem], bytes]]  # request id -> its items and fingerprint key
+
+
+def score_obligations(
+    model: Any, tokenizer: Any, checks: Checks, cfg: EvaluateConfig, done: Callable[[int], None] = lambda n: None
+) -> tuple[dict[str, PersonScores], list[dict[str, Any]]]:
+    """Each obligation's figures from its fingerprints, and the per-item rows (request, id, kind, score)."""
+    flat = [(rid, item, key) for rid, (items, key) in sorted(checks.items()) for item in items]
+    gens = greedy_generate(model, tokenizer, [i.prompt for _r, i, _k in flat], cfg.max_new_tokens, cfg.batch_size, done)
+    rows = [{"request_id": rid, "id": i.id, "kind": i.kind, "score": fingerprint_score(i.kind, g, i.fingerprint, key)}
+            for (rid, i, key), g in zip(flat, gens, strict=True)]  # fmt: skip
+    figures = {rid: person_scores([(r["kind"], r["score"]) for r in rows if r["request_id"] == rid]) for rid in checks}
+    return figures, rows
+
+
+def _obligation_checks(ctx: RunContext, plan: RunPlan | None, role: str) -> Checks:
+    """The candidate's obligations to check, opened (the base model is the original: it knows them all)."""
+    if plan is None or role != "candidate" or not plan.obligations:
+        return {}
+    store = ObligationStore(ctx.store, L.store_root(ctx.root), plan.model_name)
+    out = {}
+    for ref in plan.obligations:
+        ob = store.get(ref.request_id)
+        if ob is None:
+            raise ValueError(f"obligation {ref.request_id}: planned but not in {store.folder}")
+        out[ref.request_id] = store.checks(ob)
+    return out
+
+
 def _canonical_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -107,7 +142,12 @@ def _load_mmlu(cfg: EvaluateConfig, ctx: RunContext) -> tuple[list[MMLUQuestion]
 
 
 def run_evaluate(
-    cfg: EvaluateConfig, ctx: RunContext, model: ModelConfig | str, split: SplitResult, role: str
+    cfg: EvaluateConfig,
+    ctx: RunContext,
+    model: ModelConfig | str,
+    split: SplitResult,
+    role: str,
+    plan: RunPlan | None = None,
 ) -> Evaluation:
     """Score one model; a stored result for the same (model, data, config, dtype) is reused when cfg.cache."""
     t0 = time.monotonic()
@@ -115,8 +155,10 @@ def run_evaluate(
     model_uri = mcfg.uri
     sets = _load_sets(ctx, split)
     questions, dev = _load_mmlu(cfg, ctx)
+    checks = _obligation_checks(ctx, plan, role)
     _folder, model_digest = resolve_model(model_uri, store=ctx.store)
-    data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]])
+    data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]]
+                                    + ([sorted(checks)] if checks else []))  # fmt: skip
     # Scores depend on the numerics: a bf16 evaluation is not a cached fp32 one.
     numerics = [placement(mcfg).dtype, mcfg.attn_implementation or "default"]
     # ... and a newly registered metric is a figure a stored result lacks.
@@ -130,7 +172,7 @@ def run_evaluate(
         result = found.model_copy(update=update)
         ctx.log.info("evaluate %s: reused the stored result %s", role, uri)
     else:
-        result = _evaluate(cfg, ctx, mcfg, model_digest, split, sets, questions, dev, role, uri, key, t0)
+        result = _evaluate(cfg, ctx, mcfg, model_digest, split, sets, questions, dev, role, uri, key, t0, checks)
     if ctx.lineage is not None:
         _record_lineage(ctx, result, cfg)
     return result
@@ -149,14 +191,21 @@ def _evaluate(
     uri: str,
     key: str | None,
     t0: float,
+    checks: Checks | None = None,
 ) -> Evaluation:
     loaded, where = load(mcfg, store=ctx.store)
     identity = {"model_uri": mcfg.uri, "model_digest": model_digest, "placement": where.params(mcfg), "uri": uri,
                 "key": key}  # fmt: skip
     docs = _mia_documents(cfg, ctx, split)
     scored = evaluate_model(cfg, loaded.model, loaded.tokenizer, sets, docs, questions, dev, role, ctx.log, identity)
-    result = scored.result.model_copy(update={"seconds": round(time.monotonic() - t0, 1)})
-    return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows)
+    obligations, rows = {}, []
+    if checks:
+        total = sum(len(items) for items, _key in checks.values())
+        with Progress(total, f"evaluate {role}: {len(checks)} earlier requests", "item", ctx.log) as bar:
+            obligations, rows = score_obligations(loaded.model, loaded.tokenizer, checks, cfg, bar.update)
+    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations}
+    result = scored.result.model_copy(update=update)
+    return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows, rows)
 
 
 @dataclass
@@ -298,6 +347,7 @@ def _store(
     gens: dict[str, str],
     mia: tuple[list[float], list[float], list[str], list[str]] | None,
     attack_rows: list[dict[str, Any]],
+    obligation_rows: list[dict[str, Any]] | None = None,
 ) -> Evaluation:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -312,6 +362,8 @@ def _store(
             (folder / L.MIA_LOSSES).write_text("".join(json.dumps(r) + "\n" for r in rows))
         if attack_rows:  # per item under each attack: ids and scores, no text
             (folder / L.ATTACK_ITEMS).write_text("".join(json.dumps(r) + "\n" for r in attack_rows))
+        if obligation_rows:  # per earlier request's item: ids and scores, no text
+            (folder / L.OBLIGATION_ITEMS).write_text("".join(json.dumps(r) + "\n" for r in obligation_rows))
         ref = ctx.store.put_dir(folder, result.uri)
     return result.model_copy(update={"digest": ref.digest})
 
@@ -332,4 +384,5 @@ def _record_lineage(ctx: RunContext, result: Evaluation, cfg: EvaluateConfig) ->
         if result.model_digest:
             tags[Tag.MODEL_DIGEST] = result.model_digest
         run.set_tags(tags)
-        run.log_metrics(result.flat() | {f"count_{k}": v for k, v in result.counts.items()})
+        run.log_metrics(result.flat() | {f"count_{k}": v for k, v in result.counts.items()}
+                        | ({"count_obligations": len(result.obligations)} if result.obligations else {}))  # fmt: skip

@@ -44,6 +44,14 @@ class GateConfig(StrictModel):
         le=1,
         description="The largest share a relearning attack (fine-tuning on the other folds) brings back.",
     )
+    obligation_floor: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Every earlier request (a standing obligation) checked on this candidate: its forget score on "
+        "that person's items alone, from the fingerprints. Per request, not on the mean: one person coming "
+        "back fails the gate, and the reason names the request.",
+    )
     floors: dict[str, float] = Field(
         default_factory=dict,
         description="Further bounds on any figure by name (science.metrics.registry: a registered metric's, a score, "

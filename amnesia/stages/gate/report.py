@@ -15,6 +15,7 @@ from pathlib import Path
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.figures import recoveries, table_rows
 from amnesia.results.gate import Check, Verdict
+from amnesia.results.plan import RunPlan
 from amnesia.science.metrics.registry import ARROW, direction
 from amnesia.storage.layout import REPORT_HTML, REPORT_MD
 
@@ -27,6 +28,37 @@ class ReportInputs:
     verdict: Verdict
     images: dict[str, Path]  # caption -> PNG (trade-off plot, trace heatmaps, training curves)
     facts: list[tuple[str, str]] = field(default_factory=list)  # (label, value): models, method, layers…
+    plan: RunPlan | None = None  # the run's standing obligations
+
+
+OBLIGATION_HEAD = ["earlier request", "fulfilled by", "items", "knowledge", "regurgitation", "forget score", "result"]
+
+
+def obligation_rows(inp: ReportInputs) -> tuple[list[tuple[str, ...]], list[bool]]:
+    """One row per earlier request checked (ids and figures only), and whether each passed its floor."""
+    if inp.plan is None:
+        return [], []
+    checks = {c.name: c for c in inp.verdict.checks}
+    out, ok = [], []
+    for ref in inp.plan.obligations:
+        got = inp.candidate.obligations.get(ref.request_id)
+        check = checks.get(f"obligation.{ref.request_id}.forget_score")
+        passed = check.passed if check else True
+        result = ("pass" if passed else "FAIL") if check else "not gated"
+        out.append((ref.request_id, f"v{ref.fulfilled_by}", str(got.items if got else 0),
+                    _fmt(got.knowledge if got else None), _fmt(got.regurgitation if got else None),
+                    _fmt(got.forget_score if got else None), result))  # fmt: skip
+        ok.append(passed)
+    return out, ok
+
+
+def _obligation_note(plan: RunPlan) -> str:
+    note = f"{len(plan.obligations)} of {len(plan.earlier)} standing obligations checked ({plan.sampling})."
+    if plan.not_checked:
+        note += f" Not checked this run: {', '.join(plan.not_checked)}."
+    if plan.ended:
+        note += f" Ended (key destroyed, checks stopped): {', '.join(plan.ended)}."
+    return note + " Scored from sealed prompts and keyed fingerprints of the answers; no membership test."
 
 
 def rows(base: Evaluation, candidate: Evaluation) -> list[tuple[str, float | None, float | None]]:
@@ -86,6 +118,11 @@ def markdown(inp: ReportInputs, image_names: dict[str, str]) -> str:
     ]
     out += ["", "## Gate checks", "", "| check | value | floor | result |", "|---|---:|---:|---|"]
     out += [f"| {c.name} | {_fmt(c.value)} | {_bound(c)} | {'pass' if c.passed else 'FAIL'} |" for c in v.checks]
+    obligations, _ok = obligation_rows(inp)
+    if inp.plan is not None and (obligations or inp.plan.ended):
+        out += ["", "## Earlier requests (standing obligations)", "", _obligation_note(inp.plan), ""]
+        out += ["| " + " | ".join(OBLIGATION_HEAD) + " |", "|---|---|" + "---:|" * 4 + "---|"]
+        out += ["| " + " | ".join(r) + " |" for r in obligations]
     attacks = attack_rows(inp.base, inp.candidate)
     if attacks:
         out += ["", "## Attacks on forgetting", "", "| " + " | ".join(ATTACK_HEAD) + " |", "|---|---|" + "---:|" * 5]
@@ -140,6 +177,12 @@ def render_html(inp: ReportInputs) -> str:
              _table(["check", "value", "bound", "result"],
                     [(c.name, _fmt(c.value), _bound(c), "pass" if c.passed else "FAIL") for c in v.checks],
                     [False, True, True, False], ["" if c.passed else "failed" for c in v.checks])]  # fmt: skip
+    obligations, ok = obligation_rows(inp)
+    if inp.plan is not None and (obligations or inp.plan.ended):
+        parts.append("<h2>Earlier requests (standing obligations)</h2>")
+        parts.append(f"<p>{html.escape(_obligation_note(inp.plan))}</p>")
+        parts.append(_table(OBLIGATION_HEAD, obligations, [False, False] + [True] * 4 + [False],
+                            ["" if passed else "failed" for passed in ok]))  # fmt: skip
     attacks = attack_rows(inp.base, inp.candidate)
     if attacks:
         parts.append("<h2>Attacks on forgetting</h2>")

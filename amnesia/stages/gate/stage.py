@@ -4,7 +4,8 @@ Scores the gate reads (all in [0, 1]; amnesia.science.metrics.registry has their
 - forget score = harmonic mean of (1 - value) over the forget metrics (overall, and per task);
 - retain score = harmonic mean of the retain metrics (and of the held-out retain documents');
 - MMLU accuracy, absolute and as a share of the base model's; the MIA score; attack recoveries;
-- any figure by name under `floors:` (a ceiling for a figure where lower is better).
+- any figure by name under `floors:` (a ceiling for a figure where lower is better);
+- each standing obligation the run's plan checks: that earlier request's own forget score, per request.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.figures import comparisons, recoveries, scores
 from amnesia.results.gate import Check, GateResult, Verdict
+from amnesia.results.plan import RunPlan
 from amnesia.results.trace import TraceResult
 from amnesia.results.unlearn import UnlearnResult
 from amnesia.science.metrics.registry import direction, forget_score, retain_score
@@ -28,7 +30,11 @@ from amnesia.storage.lineage import Tag
 from amnesia.storage.uri import join
 
 
-def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation) -> Verdict:
+def obligation_check(request_id: str) -> str:
+    return f"obligation.{request_id}.forget_score"
+
+
+def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation, plan: RunPlan | None = None) -> Verdict:
     got = scores(candidate) | comparisons(base, candidate)
     wanted: list[tuple[str, float | None, float, bool]] = []
 
@@ -50,6 +56,11 @@ def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation) -> Verdict:
     bound("relearning_recovery", cfg.relearning_recovery_ceiling)
     for name, threshold in sorted(cfg.floors.items()):
         bound(name, threshold)
+    if cfg.obligation_floor is not None and plan is not None:
+        for ref in plan.obligations:  # a missing figure is "not measured": a failure, like any other floor
+            found = candidate.obligations.get(ref.request_id)
+            got[obligation_check(ref.request_id)] = found.forget_score if found else None
+            bound(obligation_check(ref.request_id), cfg.obligation_floor)
     checks = [
         Check(name=n, value=v, floor=f, ceiling=up, passed=v is not None and (v <= f if up else v >= f))
         for n, v, f, up in wanted
@@ -67,8 +78,9 @@ def run_gate(
     candidate: Evaluation,
     trace: TraceResult | None = None,
     unlearn: UnlearnResult | None = None,
+    plan: RunPlan | None = None,
 ) -> GateResult:
-    verdict = decide(cfg, base, candidate)
+    verdict = decide(cfg, base, candidate, plan)
     uri = L.stage_uri(ctx.root, "gate")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -84,7 +96,7 @@ def run_gate(
             curves = ctx.store.get_file(join(unlearn.report_uri, L.CURVES_PNG), folder / "src" / L.CURVES_PNG)
             images["Unlearning curves"] = curves
         inputs = report.ReportInputs(
-            ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn)
+            ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn, plan), plan
         )
         report.write(inputs, folder / "report")
         verdict_json = {
@@ -129,14 +141,24 @@ def _tradeoff(cfg: GateConfig, base: Evaluation, candidate: Evaluation, path: Pa
 
 
 def _facts(
-    base: Evaluation, candidate: Evaluation, trace: TraceResult | None, unlearn: UnlearnResult | None
+    base: Evaluation,
+    candidate: Evaluation,
+    trace: TraceResult | None,
+    unlearn: UnlearnResult | None,
+    plan: RunPlan | None = None,
 ) -> list[tuple[str, str]]:
     facts = [
-        ("base model", f"{base.model_uri} ({(base.model_digest or 'no digest')[:16]})"),
+        ("original model", f"{base.model_uri} ({(base.model_digest or 'no digest')[:16]})"),
         ("candidate", f"{candidate.model_uri} ({(candidate.model_digest or 'no digest')[:16]})"),
         ("utility set", candidate.mmlu_sampling),
         ("evaluations", f"{base.uri} · {candidate.uri}"),
     ]
+    if plan is not None:
+        start = f"{plan.model_name} v{plan.start_version} (champion)" if plan.start_version else "the original model"
+        facts.insert(1, ("started from", f"{plan.mode}: {start} ({(plan.start_digest or 'no digest')[:16]})"))
+        facts.append(("earlier requests", f"{len(plan.obligations)} of {len(plan.earlier)} checked — {plan.sampling}"))
+        if plan.ended:
+            facts.append(("obligations ended", f"{', '.join(plan.ended)}: key destroyed, no longer checked"))
     if trace is not None:
         sure = f", confidence {trace.confidence:.1f}" if trace.confidence is not None else ""
         facts.append(("layers (trace)", f"{trace.layers} — {trace.rule}{sure} ({trace.method} tracing)"))

@@ -2,7 +2,9 @@
 
 Outputs, as Parquet through the artifact store: forget_train, forget_eval, retain_train,
 retain_eval, mia_members, mia_nonmembers, plus the request snapshot and a split report (counts and
-warnings, never text). Documents stay whole: a document's sc and qa items always land together,
+warnings, never text). With the run's plan, the standing obligations' documents (every request an approved
+version fulfilled) never land in a retain set again: training on them would teach the people back. A
+cumulative run forgets them again with this run's requests. Documents stay whole: a document's sc and qa items always land together,
 in a set chosen by a seeded hash of its id, so one changed record changes only its own set.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from amnesia.core.config import config_hash
 from amnesia.core.errors import AmnesiaError
+from amnesia.results.plan import RunPlan
 from amnesia.results.split import SetInfo, SplitResult
 from amnesia.science.records import ID_PATTERN, MIADocument, UnlearningRecord, write_parquet
 from amnesia.stages.split.config import SplitConfig
@@ -265,29 +268,50 @@ def _load_requests(cfg: SplitConfig, ctx: RunContext) -> list[ErasureRequest]:
 Sets = dict[str, list[UnlearningRecord]]
 
 
+def _earlier_requests(ctx: RunContext, plan: RunPlan) -> list[ErasureRequest]:
+    """The fulfilled requests behind the plan's standing obligations (their subjects find their documents)."""
+    queue = RequestQueue(ctx.store, L.store_root(ctx.root))
+    found = [queue.find(rid) for rid in plan.earlier]
+    return [f[1] for f in found if f is not None and f[0] == "fulfilled"]
+
+
 def build_sets(
-    cfg: SplitConfig, ctx: RunContext
+    cfg: SplitConfig, ctx: RunContext, plan: RunPlan | None = None
 ) -> tuple[Sets, dict[str, list[MIADocument]], list[ErasureRequest], Counter[str]]:
     """Validate the inputs and assign every document to its set. Pure: writes nothing."""
     warnings: Counter[str] = Counter()
     requests: list[ErasureRequest] = []
+    excluded = set(plan.earlier_documents) if plan else set()  # standing obligations: never retain again
     if cfg.corpus is not None:
         corpus = load_records(cfg.corpus, store=ctx.store)
         _unique_ids(corpus, cfg.corpus)
         holdout = _by_document(r for r in corpus if r.split == HOLDOUT)
         docs = _by_document(r for r in corpus if r.split != HOLDOUT)
         requests = _load_requests(cfg, ctx)
-        if not requests:
+        earlier = _earlier_requests(ctx, plan) if plan and plan.earlier else []
+        current = {r.request_id for r in requests}
+        earlier = [r for r in earlier if r.request_id not in current]
+        if not requests and not (plan and plan.mode == "cumulative" and earlier):
             raise SplitError(f"{cfg.requests}: no erasure requests to work on")
         forget_ids = _resolve(requests, docs, cfg, warnings)
-        forget_ids = _retain_mentions(requests, docs, forget_ids, cfg, warnings)
+        if earlier:  # their documents as the corpus has them now; a person no longer in it is no error
+            lenient = cfg.model_copy(update={"unmatched_requests": "warn"})
+            excluded |= _resolve(earlier, docs, lenient, warnings)
+        if plan and plan.mode == "cumulative":
+            forget_ids |= excluded & set(docs)
+            excluded = set()
+        forget_ids = _retain_mentions(requests + earlier, docs, forget_ids, cfg, warnings)
+        warnings["earlier_document_kept_out_of_retain"] += len((excluded & set(docs)) - forget_ids)
         forget = [r for d in forget_ids for r in docs[d]]
-        retain = [r for d, rs in docs.items() if d not in forget_ids for r in rs]
+        retain = [r for d, rs in docs.items() if d not in forget_ids and d not in excluded for r in rs]
     else:
         forget = load_records(cfg.forget or "", store=ctx.store)
         retain = load_records(cfg.retain or "", store=ctx.store)
         _unique_ids(forget, cfg.forget or "forget")
         _unique_ids(retain, cfg.retain or "retain")
+        kept_out = [r for r in retain if r.document_id in excluded]
+        warnings["earlier_document_kept_out_of_retain"] += len({r.document_id for r in kept_out})
+        retain = [r for r in retain if r.document_id not in excluded]
         holdout = {}
     if not forget:
         raise SplitError("empty forget set: nothing to forget")
@@ -322,8 +346,8 @@ def _counts(records: list[UnlearningRecord]) -> dict[str, object]:
     }
 
 
-def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
-    sets, mia, requests, warnings = build_sets(cfg, ctx)
+def run_split(cfg: SplitConfig, ctx: RunContext, plan: RunPlan | None = None) -> SplitResult:
+    sets, mia, requests, warnings = build_sets(cfg, ctx, plan)
     warnings = Counter({k: v for k, v in warnings.items() if v})
     if ctx.lineage is not None:
         # Before anything is logged: this run's forget text and subjects may never reach MLflow.
@@ -344,6 +368,8 @@ def run_split(cfg: SplitConfig, ctx: RunContext) -> SplitResult:
         report = {
             "config_hash": config_hash(cfg),
             "seed": cfg.seed,
+            "mode": plan.mode if plan else "original",
+            "earlier_request_ids": plan.earlier if plan else [],
             "request_digest": request_digest(requests) if requests else None,
             "request_ids": ids,
             "request_documents": request_documents(requests, sets["forget_train"] + sets["forget_eval"], cfg),
