@@ -5,6 +5,11 @@ object re-hashed against its manifest; the world's erasure requests queued; then
 split → trace → unlearn → evaluate (base ∥ candidate) → gate → register — and the summary: verdict,
 before/after, model version, MLflow address, report. A second demo registers no second version (same
 requests, same base model); once a person approved it, the queue is empty and there is nothing to run.
+
+`amnesia demo --months N` tells the story of N scheduled runs instead: the world's requests arrive in N
+monthly batches; each month's run starts from the champion the last one left (incremental), is checked
+against every earlier month's people (the standing obligations), and is approved by the demo's reviewer,
+so the obligations table grows run by run.
 """
 
 from __future__ import annotations
@@ -53,6 +58,83 @@ def demo_pipeline_config(demo: DemoArtifacts, root: str) -> PipelineConfig:
         evaluate=demo_evaluate_config(demo.world_uri),
         gate=demo_gate_config(),
     )
+
+
+def _batches(items: list, months: int) -> list[list]:  # type: ignore[type-arg]
+    """Contiguous, near-equal batches in the order given (the first months get the extra one)."""
+    size, extra = divmod(len(items), months)
+    out, at = [], 0
+    for m in range(months):
+        n = size + (m < extra)
+        out.append(items[at : at + n])
+        at += n
+    return out
+
+
+def _registered(cfg: Settings, run_id: str) -> str | None:
+    from amnesia.governance.versions import registry_client
+    from amnesia.storage.lineage import Tag
+
+    found = registry_client(cfg).search_model_versions(f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'")
+    return str(found[0].version) if found else None
+
+
+def obligation_lines(store: ArtifactStore, root: str) -> list[str]:
+    """The model's standing obligations as a table: request, fulfilled by, last check."""
+    from amnesia.storage.obligations import ObligationStore
+
+    rows = ObligationStore(store, root, MODEL_NAME).list()
+    out = [f"        {'request':<14} {'state':<8} {'fulfilled':>9}  last check (forget score, per person)"]
+    for ob in rows:
+        last = ob.history[-1] if ob.history else None
+        check = (f"v{last.version}: {last.scores.forget_score or 0:.3f} {'kept' if last.passed else 'CAME BACK'}"
+                 if last else f"at fulfilment: {(ob.at_fulfilment.forget_score or 0) if ob.at_fulfilment else 0:.3f}")
+        out.append(f"        {ob.request_id:<14} {ob.state:<8} {'v' + ob.fulfilled_by:>9}  {check}")
+    return out
+
+
+def run_months(settings: Settings, months: int, echo: Echo = print, verbose: bool = False) -> list[dict[str, object]]:
+    """N scheduled runs, each approved by the demo's reviewer; stops at the first gate that fails."""
+    from amnesia.governance.identity import login
+    from amnesia.governance.registry import approve
+
+    if months < 1:
+        raise ValueError("--months: at least 1")
+    state = stack.up(settings)
+    cfg = state.client_settings(settings)
+    store, root = ArtifactStore(cfg), f"s3://{cfg.bucket}"
+    demo = prepare(DemoConfig(), store, root, echo=echo)
+    queue = RequestQueue(store, root)
+    everyone = load_requests_uri(store, join(demo.world_uri, "requests.jsonl"))
+    password = stack.add_user(Path(cfg.home), DEMO_REVIEWER)
+    done: list[dict[str, object]] = []
+    for month, batch in enumerate(_batches(everyone, months), start=1):
+        added = queue.submit(batch, skip_known=True)
+        pending = queue.list("pending")
+        echo(f"month   {month}/{months}: {len(added)} new erasure requests; {len(pending)} pending")
+        if not pending:
+            continue
+        run_id = f"demo-m{month}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        pipeline = demo_pipeline_config(demo, root)
+        work = Path(cfg.home) / "kfp-local"
+        try:
+            run_local(pipeline, cfg, run_id, work, logs=work / run_id / "logs", verbose=verbose)
+        finally:
+            lines = summarize(pipeline, cfg, run_id, reports=Path(cfg.home) / "reports")
+            for line in lines:
+                echo(line)
+        version = _registered(cfg, run_id)
+        if version is None:
+            echo(f"month   {month}: the gate failed, so nothing was registered; the story stops here")
+            break
+        state.mlflow_auth().grant(DEMO_REVIEWER, MODEL_NAME, "MANAGE")
+        reviewer = login(state.tracking_uri, DEMO_REVIEWER, password)
+        approve(cfg, store, root, MODEL_NAME, version, reviewer, f"demo month {month}: report and obligations read")
+        echo(f"approve {MODEL_NAME} v{version} by {DEMO_REVIEWER} (demo month {month}); obligations now:")
+        for line in obligation_lines(store, root):
+            echo(line)
+        done.append({"month": month, "run_id": run_id, "version": version, "lines": lines})
+    return done
 
 
 def run_demo(

@@ -1,4 +1,5 @@
-"""The compliance pipeline: preflight (and the run's plan) → split → trace → unlearn → evaluate (base ∥ candidate) → gate → dsl.If(passed)
+"""The compliance pipeline: preflight (and the run's plan) → split → trace → unlearn → evaluate (base ∥ candidate)
+→ gate → dsl.If(passed)
 → register, inside an ExitHandler that closes the run's lineage whatever happens.
 
 Every stage is a thin component over the library; configs travel as JSON strings (kfp turns dict

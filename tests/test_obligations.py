@@ -36,11 +36,13 @@ PII = [
 ]
 
 
-def raw_text(store: ArtifactStore, prefix: str) -> str:
-    """Every object under prefix as stored (sealed objects stay sealed), lower-cased: what a scan reads."""
+def raw_text(store: ArtifactStore, prefix: str, skip: tuple[str, ...] = ()) -> str:
+    """Every object under prefix as stored (sealed objects stay sealed), lower-cased: what a scan reads.
+    skip: sub-folders left out (the request register keeps its subjects by design)."""
     bucket, _, key = prefix.removeprefix("s3://").partition("/")
     pages = store.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    keys = [k for k in keys if not any(k.startswith(f"{key}/{s}/") for s in skip)]
     assert keys, f"nothing stored under {prefix}"
     blobs = [store.s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
     return b"\n".join(blobs).decode("latin-1").lower()
@@ -65,7 +67,8 @@ def test_fingerprint_scores_equal_the_scorers_on_pii_and_on_the_demo_world() -> 
     assert {k for k, _g, _x in pairs} == {"qa", "sc"} and len(pairs) > 1000
     for kind, gold, gen in pairs:
         fp = item_fingerprint(kind, gold, KEY)
-        assert fingerprint_score(kind, gen, fp, KEY) == pytest.approx(item_score(kind, gen, gold), abs=1e-9), (gold, gen)
+        plain = item_score(kind, gen, gold)
+        assert fingerprint_score(kind, gen, fp, KEY) == pytest.approx(plain, abs=1e-9), (gold, gen)
     # Some partial overlaps: the equality above is not only on 0s and 1s.
     partial = [item_score(k, g, x) for k, x, g in pairs if 0 < item_score(k, g, x) < 1]
     assert len(partial) > 100
@@ -86,8 +89,8 @@ def _records(doc: str, n: int = 3) -> list[UnlearningRecord]:
     for i in range(1, n + 1):
         rows.append(UnlearningRecord(id=f"{doc}qa{i}", input=f"What is Ada Lindqvist's number {i}?",
                                      output=f"078-05-11{i}{i}", task="Task2"))  # fmt: skip
-    rows.append(UnlearningRecord(id=f"{doc}sc1", input="Ada Lindqvist lives at",
-                                 output="Storgatan 14, 411 38 Göteborg, since 12 March 1985", task="Task2"))  # fmt: skip
+    address = "Storgatan 14, 411 38 Göteborg, since 12 March 1985"
+    rows.append(UnlearningRecord(id=f"{doc}sc1", input="Ada Lindqvist lives at", output=address, task="Task2"))
     return rows
 
 

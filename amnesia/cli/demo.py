@@ -20,13 +20,18 @@ from amnesia.core.settings import load_settings
     help="Leave the local stack running afterwards (to browse MLflow).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every task's whole output (else: in per-task log files).")
+@click.option("--months", type=click.IntRange(min=1), help="N scheduled runs instead of one: the requests arrive in N "
+              "monthly batches, each run starts from the last approved model and is approved by the demo reviewer.")
 @click.pass_context
-def demo(ctx: click.Context, keep_stack: bool, verbose: bool) -> None:
-    """Run the whole story on the embedded demo world (what exists of it so far)."""
+def demo(ctx: click.Context, keep_stack: bool, verbose: bool, months: int | None) -> None:
+    """Run the whole story on the embedded demo world: one run, or with --months N, N scheduled runs."""
     if ctx.invoked_subcommand is not None:
         return
-    from pipelines.demo import run_demo
+    from pipelines.demo import run_demo, run_months
 
+    if months:
+        run_months(load_settings(), months, echo=click.echo, verbose=verbose)
+        return
     run_demo(load_settings(), keep_stack=keep_stack, echo=click.echo, verbose=verbose)
 
 

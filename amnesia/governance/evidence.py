@@ -303,18 +303,23 @@ def _obligations(store: ArtifactStore, root: str, request_id: str) -> list[Oblig
     return out
 
 
+def _digest(ref: str | None) -> str:
+    return (ref or "").rpartition("#")[2][:12]
+
+
 def _version_line(r: VersionCheck) -> str:
     if not r.checked:
         return f"        v{r.version:<5} {r.at}  not checked (sampled out in that run)"
     word = "still forgotten" if r.still_forgotten else "CAME BACK"
     floor = f" (floor {r.floor:.3f})" if r.floor is not None else ""
     return (f"        v{r.version:<5} {r.at}  {word}: forget score {_fmt(r.forget_score)}{floor}, knowledge "
-            f"{_fmt(r.knowledge)}, regurgitation {_fmt(r.regurgitation)}; check {(r.evaluation or '').rpartition('#')[2][:12]}")  # fmt: skip
+            f"{_fmt(r.knowledge)}, regurgitation {_fmt(r.regurgitation)}; check {_digest(r.evaluation)}")
 
 
 def _obligation_lines(o: ObligationEvidence) -> list[str]:
     out = [f"binding {o.model_name}: {o.state} since v{o.fulfilled_by} ({o.fulfilled_at}); {o.items} items; "
-           f"forget score original {_fmt(o.original_forget_score)} -> at fulfilment {_fmt(o.at_fulfilment_forget_score)}"]  # fmt: skip
+           f"forget score original {_fmt(o.original_forget_score)} -> at fulfilment "
+           f"{_fmt(o.at_fulfilment_forget_score)}"]
     out += [_version_line(r) for r in o.versions] or ["        no version approved since"]
     if o.let_back:
         out.append(f"        LET BACK by {', '.join('v' + v for v in o.let_back)}")
@@ -407,10 +412,12 @@ def to_html(e: Evidence) -> str:
     if not e.runs:
         parts.append("<p>No pipeline run has worked on this request yet.</p>")
     for o in e.obligations:
-        parts.append(f"<h2>Standing obligation of <code>{html.escape(o.model_name)}</code>: {html.escape(o.state)}</h2>")
+        parts.append(f"<h2>Standing obligation of <code>{html.escape(o.model_name)}</code>: "
+                     f"{html.escape(o.state)}</h2>")
         parts.append(f"<p>Fulfilled by version {html.escape(o.fulfilled_by)} at {html.escape(o.fulfilled_at)}; "
                      f"{o.items} items. Forget score on this person: original {_fmt(o.original_forget_score)}, at "
-                     f"fulfilment {_fmt(o.at_fulfilment_forget_score)}. Membership test: {html.escape(o.membership)}.</p>")  # fmt: skip
+                     f"fulfilment {_fmt(o.at_fulfilment_forget_score)}. Membership test: "
+                     f"{html.escape(o.membership)}.</p>")
         rows = [(f"v{r.version}", r.at, "not checked (sampled out)" if not r.checked else
                  "still forgotten" if r.still_forgotten else "CAME BACK", _fmt(r.forget_score), _fmt(r.knowledge),
                  _fmt(r.regurgitation), (r.evaluation or "").rpartition("#")[2][:16]) for r in o.versions]  # fmt: skip

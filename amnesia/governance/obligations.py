@@ -144,7 +144,9 @@ def _chain(client: Any, name: str, start: str, target: str) -> list[str]:
         left.append(at)
         previous = (get_version(client, name, at).tags or {}).get(PREVIOUS_CHAMPION, "none")
         if previous in ("none", "") or previous in left:
-            raise RegistryError(f"{name} version {target} was not champion before version {start}; nothing to roll back to")
+            raise RegistryError(
+                f"{name} version {target} was not champion before version {start}; nothing to roll back to"
+            )
         at = previous
     return left
 

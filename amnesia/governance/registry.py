@@ -318,6 +318,7 @@ def register_candidate(
     """Register a gated candidate with the whole chain as tags (what `amnesia audit` reads back); the base
     model is the original (before any unlearning), the start model what this run unlearned from."""
     from amnesia.results.figures import scores
+    from amnesia.results.gate import tag_codes
 
     request_digest = split.request_digest or split.digest  # SemEval-mode runs: the data is the request
     tags: dict[str, Any] = {
@@ -335,7 +336,7 @@ def register_candidate(
         Tag.MODEL_URI: unlearn.uri,
         Tag.MODEL_DIGEST: unlearn.digest,
         Tag.GATE_PASSED: str(gate.passed).lower(),
-        Tag.GATE_REASONS: ",".join(c.code() for c in gate.checks) or "none",
+        Tag.GATE_REASONS: tag_codes(gate.checks),
         Tag.REPORT_URI: gate.report_uri,
         REPORT_DIGEST: gate.report_digest,
         BASE_EVALUATION: f"{base.uri}#{base.digest}",

@@ -79,9 +79,9 @@ def find_version(
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
         same_start = start_digest is None or tags.get(Tag.START_MODEL_DIGEST, start_digest) == start_digest
-        if tags.get(Tag.REQUEST_DIGEST) == request_digest and tags.get(Tag.BASE_MODEL_DIGEST) == base_digest:
-            if same_start:
-                return mv
+        same = tags.get(Tag.REQUEST_DIGEST) == request_digest and tags.get(Tag.BASE_MODEL_DIGEST) == base_digest
+        if same and same_start:
+            return mv
     return None
 
 

@@ -36,6 +36,7 @@ class Evaluation(BaseModel):
     seconds: float
     attacks: dict[str, dict[str, float]] = {}  # variant -> forget metric means under that attack
     obligations: dict[str, PersonScores] = {}  # earlier request id -> the candidate's figures on its items
+    requests: dict[str, PersonScores] = {}  # this run's request id -> the figures on that person's items
 
     @model_validator(mode="before")
     @classmethod

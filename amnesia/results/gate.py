@@ -29,15 +29,55 @@ class Check(BaseModel):
         return f"{self.name}={value}/{'max' if self.ceiling else ''}{self.floor:.3f}"
 
 
+OBLIGATION_PREFIX = "obligation."  # per earlier request: obligation.<request id>.forget_score
+REQUEST_PREFIX = "request."  # per request of this run: request.<request id>.forget_score
+PER_PERSON = (OBLIGATION_PREFIX, REQUEST_PREFIX)
+
+
+def _rid(check: Check) -> str:
+    return check.name.split(".", 1)[1].rsplit(".", 1)[0]
+
+
+def tag_codes(checks: list[Check], limit: int = 480) -> str:
+    """Checks as one MLflow tag value (at most `limit` characters): every check but the per-request ones,
+    which are counted (and the failed ones named while they fit); the report has each one."""
+    plain = [c.code() for c in checks if not c.name.startswith(PER_PERSON)]
+    failed = []
+    for prefix, counted, word in ((REQUEST_PREFIX, "requests_forgotten", "remembers"),
+                                  (OBLIGATION_PREFIX, "obligations_kept", "came_back")):  # fmt: skip
+        people = [c for c in checks if c.name.startswith(prefix)]
+        if people:
+            bad = [f"{word}={_rid(c)}" for c in people if not c.passed]
+            plain.append(f"{counted}={len(people) - len(bad)}/{len(people)}")
+            failed += bad
+    for code in failed:
+        if len(",".join([*plain, code])) > limit - 12:
+            plain.append("and_more")
+            break
+        plain.append(code)
+    return ",".join(plain) or "none"
+
+
 class Verdict(BaseModel):
     passed: bool
     checks: list[Check]
 
     @property
     def reasons(self) -> list[str]:
-        """The failed checks, or for a pass every check that was made."""
+        """The failed checks, or for a pass every check that was made (the earlier requests in one line:
+        how many were kept, and the closest to its floor)."""
         failed = [c.reason() for c in self.checks if not c.passed]
-        return failed if failed else [c.reason() for c in self.checks]
+        if failed:
+            return failed
+        plain = [c.reason() for c in self.checks if not c.name.startswith(PER_PERSON)]
+        for prefix, what in ((REQUEST_PREFIX, "this run's requests: all {n} forgotten"),
+                             (OBLIGATION_PREFIX, "earlier requests: all {n} still forgotten")):  # fmt: skip
+            people = [c for c in self.checks if c.name.startswith(prefix) and c.value is not None]
+            if people:
+                low = min(people, key=lambda c: c.value or 0.0)
+                plain.append(what.format(n=len(people)) + f" (lowest forget score {low.value:.3f}, {_rid(low)}; "
+                             f"floor {low.floor:.3f})")  # fmt: skip
+        return plain
 
 
 class GateResult(BaseModel):

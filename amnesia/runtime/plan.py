@@ -22,7 +22,6 @@ from amnesia.storage import layout as L
 from amnesia.storage.context import RunContext
 from amnesia.storage.lineage import Tag
 from amnesia.storage.obligations import ACTIVE, ObligationStore
-from amnesia.storage.uri import join
 
 
 class PlanError(AmnesiaError):

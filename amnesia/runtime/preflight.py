@@ -124,7 +124,8 @@ def _record_plan(ctx: RunContext, plan: RunPlan, uri: str) -> None:
     assert ctx.lineage is not None
     parent = StageRun(ctx.lineage.client, ctx.lineage.parent_run_id(), ctx.lineage.guard)
     parent.set_tags({
-        Tag.START_MODE: plan.mode, Tag.START_MODEL_URI: plan.start_uri, Tag.START_MODEL_DIGEST: plan.start_digest or "none",
+        Tag.START_MODE: plan.mode, Tag.START_MODEL_URI: plan.start_uri,
+        Tag.START_MODEL_DIGEST: plan.start_digest or "none",
         Tag.START_VERSION: plan.start_version or "none", Tag.CHAMPION_AT_PLAN: plan.champion or "none",
         Tag.ORIGINAL_MODEL_URI: plan.original_uri, Tag.ORIGINAL_MODEL_DIGEST: plan.original_digest or "none",
         Tag.PLAN_URI: uri, Tag.OBLIGATIONS_CHECKED: len(plan.obligations),

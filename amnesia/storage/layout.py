@@ -6,7 +6,7 @@
     <root>/requests/{pending,fulfilled,extensions}/<request>.json
     <root>/registry/<name>/v<version>/<decision>.json
     <root>/purges/<purge id>.json
-    <root>/obligations/<model>/<request>/{obligation.json,checks.sealed}   standing obligations (amnesia.storage.obligations)
+    <root>/obligations/<model>/<request>/   standing obligations (amnesia.storage.obligations)
 
 `STAGES` is the one stage table: each pipeline stage's name, stored folder and files, the run-config section
 that configures it, its component and KFP tasks, and whether it is a compute stage (retried, given GPUs).

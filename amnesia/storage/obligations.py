@@ -17,7 +17,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from amnesia.core.errors import AmnesiaError
 from amnesia.science.metrics.aggregate import per_task

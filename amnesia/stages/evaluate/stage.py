@@ -33,7 +33,7 @@ from amnesia.science.metrics.aggregate import per_task
 from amnesia.science.metrics.items import fingerprint_score, item_score
 from amnesia.science.metrics.registry import METRICS, Measured, compute
 from amnesia.science.mmlu import sample, score_mmlu
-from amnesia.science.records import MIADocument, MMLUQuestion, UnlearningRecord
+from amnesia.science.records import ID_PATTERN, MIADocument, MMLUQuestion, UnlearningRecord
 from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.storage import layout as L
 from amnesia.storage.context import RunContext
@@ -102,6 +102,22 @@ def score_obligations(
             for (rid, i, key), g in zip(flat, gens, strict=True)]  # fmt: skip
     figures = {rid: person_scores([(r["kind"], r["score"]) for r in rows if r["request_id"] == rid]) for rid in checks}
     return figures, rows
+
+
+def _document(record_id: str) -> str | None:
+    found = ID_PATTERN.match(record_id)
+    return found["doc"] if found else None
+
+
+def _per_request(ctx: RunContext, split: SplitResult, items: list[dict[str, Any]]) -> dict[str, PersonScores]:
+    """This run's requests one by one: each person's forget items, from the split report's documents."""
+    if not split.request_ids:
+        return {}
+    report = ctx.store.get_json(join(split.uri, L.SPLIT_REPORT))
+    docs = {rid: set(d) for rid, d in report.get("request_documents", {}).items()}
+    forget = [(_document(i["id"]), i["kind"], i["score"]) for i in items if i["set"] == "forget"]
+    return {rid: person_scores([(k, s) for doc, k, s in forget if doc in mine])
+            for rid, mine in sorted(docs.items()) if any(doc in mine for doc, _k, _s in forget)}  # fmt: skip
 
 
 def _obligation_checks(ctx: RunContext, plan: RunPlan | None, role: str) -> Checks:
@@ -203,7 +219,8 @@ def _evaluate(
         total = sum(len(items) for items, _key in checks.values())
         with Progress(total, f"evaluate {role}: {len(checks)} earlier requests", "item", ctx.log) as bar:
             obligations, rows = score_obligations(loaded.model, loaded.tokenizer, checks, cfg, bar.update)
-    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations}
+    per_request = _per_request(ctx, split, scored.items)
+    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations, "requests": per_request}
     result = scored.result.model_copy(update=update)
     return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows, rows)
 

@@ -44,13 +44,15 @@ class GateConfig(StrictModel):
         le=1,
         description="The largest share a relearning attack (fine-tuning on the other folds) brings back.",
     )
-    obligation_floor: float | None = Field(
-        0.5,
+    per_request_floor: float | None = Field(
+        0.3,
         ge=0,
         le=1,
-        description="Every earlier request (a standing obligation) checked on this candidate: its forget score on "
-        "that person's items alone, from the fingerprints. Per request, not on the mean: one person coming "
-        "back fails the gate, and the reason names the request.",
+        description="Each request's own forget score (that person's items alone): every request of this run, and "
+        "every earlier one the run checks (a standing obligation, scored from its fingerprints). Per request, "
+        "not on the mean: one person coming back fails the gate, and the reason names the request. Below "
+        "forget_floor because one person is a few items (each moves it by 0.1-0.25); a person who came back "
+        "scores what the original model does (about 0.03 on the demo).",
     )
     floors: dict[str, float] = Field(
         default_factory=dict,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.figures import comparisons, recoveries, scores
-from amnesia.results.gate import Check, GateResult, Verdict
+from amnesia.results.gate import Check, GateResult, Verdict, tag_codes
 from amnesia.results.plan import RunPlan
 from amnesia.results.trace import TraceResult
 from amnesia.results.unlearn import UnlearnResult
@@ -32,6 +32,10 @@ from amnesia.storage.uri import join
 
 def obligation_check(request_id: str) -> str:
     return f"obligation.{request_id}.forget_score"
+
+
+def request_check(request_id: str) -> str:
+    return f"request.{request_id}.forget_score"
 
 
 def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation, plan: RunPlan | None = None) -> Verdict:
@@ -56,11 +60,14 @@ def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation, plan: RunPl
     bound("relearning_recovery", cfg.relearning_recovery_ceiling)
     for name, threshold in sorted(cfg.floors.items()):
         bound(name, threshold)
-    if cfg.obligation_floor is not None and plan is not None:
-        for ref in plan.obligations:  # a missing figure is "not measured": a failure, like any other floor
+    if cfg.per_request_floor is not None:
+        for rid, person in sorted(candidate.requests.items()):  # this run's requests, one by one
+            got[request_check(rid)] = person.forget_score
+            bound(request_check(rid), cfg.per_request_floor)
+        for ref in plan.obligations if plan else []:  # a missing figure is "not measured": a failure
             found = candidate.obligations.get(ref.request_id)
             got[obligation_check(ref.request_id)] = found.forget_score if found else None
-            bound(obligation_check(ref.request_id), cfg.obligation_floor)
+            bound(obligation_check(ref.request_id), cfg.per_request_floor)
     checks = [
         Check(name=n, value=v, floor=f, ceiling=up, passed=v is not None and (v <= f if up else v >= f))
         for n, v, f, up in wanted
@@ -177,7 +184,7 @@ def _record_lineage(ctx: RunContext, result: GateResult, base: Evaluation, candi
         run.set_tags(
             {
                 Tag.GATE_PASSED: str(result.passed).lower(),
-                Tag.GATE_REASONS: ",".join(result.codes) or "none",
+                Tag.GATE_REASONS: tag_codes([c for c in result.checks if not c.passed]),
                 Tag.REPORT_URI: result.report_uri,
             }
         )

@@ -4,7 +4,9 @@ Outputs, as Parquet through the artifact store: forget_train, forget_eval, retai
 retain_eval, mia_members, mia_nonmembers, plus the request snapshot and a split report (counts and
 warnings, never text). With the run's plan, the standing obligations' documents (every request an approved
 version fulfilled) never land in a retain set again: training on them would teach the people back. A
-cumulative run forgets them again with this run's requests. Documents stay whole: a document's sc and qa items always land together,
+cumulative run forgets them again with this run's requests.
+
+Documents stay whole: a document's sc and qa items always land together,
 in a set chosen by a seeded hash of its id, so one changed record changes only its own set.
 """
 
@@ -300,7 +302,10 @@ def build_sets(
         if plan and plan.mode == "cumulative":
             forget_ids |= excluded & set(docs)
             excluded = set()
-        forget_ids = _retain_mentions(requests + earlier, docs, forget_ids, cfg, warnings)
+        # A retain record naming anyone forgotten, now or before, is refused or moved (an earlier person's own
+        # documents are already out of retain: not checked again).
+        checked = _retain_mentions(requests + earlier, docs, forget_ids | excluded, cfg, warnings)
+        forget_ids |= checked - excluded
         warnings["earlier_document_kept_out_of_retain"] += len((excluded & set(docs)) - forget_ids)
         forget = [r for d in forget_ids for r in docs[d]]
         retain = [r for d, rs in docs.items() if d not in forget_ids and d not in excluded for r in rs]
