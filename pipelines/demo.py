@@ -134,6 +134,9 @@ def run_months(settings: Settings, months: int, echo: Echo = print, verbose: boo
         for line in obligation_lines(store, root):
             echo(line)
         done.append({"month": month, "run_id": run_id, "version": version, "lines": lines})
+    if state.review_url:
+        echo(f"review  {state.review_url}  sign in as {DEMO_REVIEWER} (password {password}); "
+             f"`amnesia stack env --user {DEMO_REVIEWER}` for the CLI")  # fmt: skip
     return done
 
 

@@ -125,3 +125,42 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path, good: bool) -> Non
     assert banner > 1000
     # The trade-off figure is inline (decoded by the browser): its blue and red markers are on the page.
     assert (np.abs(img - np.array([0x1F, 0x77, 0xB4])).sum(-1) < 30).sum() > 50  # tab:blue, the base model
+
+
+def test_each_request_and_each_earlier_one_is_checked_on_its_own() -> None:
+    """One person back fails the gate by name, though the mean over everyone would pass."""
+    from amnesia.results.gate import tag_codes
+    from amnesia.results.plan import ObligationRef, RunPlan
+    from amnesia.stages.gate.report import ReportInputs, markdown, render_html
+    from amnesia.storage.obligations import PersonScores
+
+    kept = PersonScores(items=8, knowledge=0.0, regurgitation=0.2, forget_score=0.889)
+    back = PersonScores(items=8, knowledge=1.0, regurgitation=0.95, forget_score=0.0)
+    refs = [ObligationRef(request_id=f"REQ-{i}", documents=[f"doc{i}"], items=8, fulfilled_by="1") for i in range(40)]
+    ids = [r.request_id for r in refs]
+    plan = RunPlan.none("m", "/models/base").model_copy(
+        update={"obligations": refs, "earlier": ids, "sampling": "all 40 active obligations"}
+    )
+    figures = {r.request_id: kept for r in refs} | {"REQ-7": back}
+    cand = _ev("candidate", (0.05, 0.3), (0.95, 0.9), 0.55, 0.7).model_copy(
+        update={"obligations": figures, "requests": {"NEW-1": kept}}
+    )
+    verdict = decide(GateConfig(), BASE, cand, plan)
+    assert not verdict.passed and verdict.reasons == ["obligation.REQ-7.forget_score 0.000 < floor 0.300"]
+    assert [c.name for c in verdict.checks if c.name.startswith("request.")] == ["request.NEW-1.forget_score"]
+    code = tag_codes(verdict.checks)  # 47 checks in one MLflow tag: counted, the failed one named
+    assert "requests_forgotten=1/1" in code and "obligations_kept=39/40" in code and "came_back=REQ-7" in code
+    assert len(code) <= 480
+    missing = cand.model_copy(update={"obligations": {k: v for k, v in figures.items() if k != "REQ-3"}})
+    assert "obligation.REQ-3.forget_score: not measured (floor 0.300)" in decide(
+        GateConfig(), BASE, missing, plan
+    ).reasons
+    fine = cand.model_copy(update={"obligations": {r.request_id: kept for r in refs}})
+    passed = decide(GateConfig(), BASE, fine, plan)
+    assert passed.passed and passed.reasons[-1] == ("earlier requests: all 40 still forgotten (lowest forget score "
+                                                    "0.889, REQ-0; floor 0.300)")  # fmt: skip
+    inputs = ReportInputs("run-1", BASE, cand, verdict, {}, [], plan)
+    page, md = render_html(inputs), markdown(inputs, {})
+    assert "Earlier requests (standing obligations)" in page and "40 of 40 standing obligations checked" in page
+    assert '<tr class="failed"><td>REQ-7</td><td>v1</td><td class=n>8</td>' in page
+    assert "| REQ-7 | v1 | 8 | 1.000 | 0.950 | 0.000 | FAIL |" in md

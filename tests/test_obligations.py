@@ -144,3 +144,15 @@ def test_person_scores_are_the_gates_forget_score_on_one_person() -> None:
     assert got.items == 3 and got.knowledge == 0.5 and got.regurgitation == 0.5
     assert got.forget_score == pytest.approx(0.5)
     assert person_scores([("qa", 0.0)]).forget_score == 1.0
+
+
+def test_an_obligation_past_its_retention_ends_and_says_so(stack_settings: Settings, s3_prefix: str) -> None:
+    obligations = ObligationStore(ArtifactStore(stack_settings), s3_prefix, "m")
+    obligations.create("REQ-old", ["doc0"], _records("doc0", 1), fulfilled_by="1", fulfilled_run="r", retention_days=0)
+    obligations.create("REQ-new", ["doc1"], _records("doc1", 1), fulfilled_by="1", fulfilled_run="r", retention_days=365)
+    assert obligations.expire() == ["REQ-old"]
+    old = obligations.get("REQ-old")
+    assert old is not None and old.state == ENDED and old.ended is not None
+    assert old.ended.by == "retention-policy" and old.ended.why == "retention: 0 days after fulfilment"
+    assert [o.request_id for o in obligations.list("active")] == ["REQ-new"]
+    assert obligations.select(None, 6, "s").checked == ["REQ-new"]  # checks on the ended one stop

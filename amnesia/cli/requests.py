@@ -51,6 +51,8 @@ def requests_list(state: str, as_json: bool, root: str | None) -> None:
         left = "OVERDUE by {} days".format(-row["days_left"]) if row["overdue"] else f"{row['days_left']} days left"
         extended = f", extended {row['extended_months']} months" if row["extended_months"] else ""
         when = left if state == "pending" else "fulfilled"
+        if state == "pending" and (back := queue.reopened(d.request.request_id)):
+            when += f", re-opened {back['at'][:10]} ({back['why']})"
         click.echo(f"{d.request.request_id}  received {d.request.received_at:%Y-%m-%d}  due {d.due:%Y-%m-%d}  "
                    f"{when}{extended}  ground 17(1)({d.request.ground})")  # fmt: skip
 

@@ -175,7 +175,7 @@ def rollback(
         if ob.fulfilled_by in left:
             obligations.reopen(ob.request_id, reviewer.user, why)
             if (queue.find(ob.request_id) or ("", None))[0] == "fulfilled":
-                queue.reopen(ob.request_id)
+                queue.reopen(ob.request_id, why, reviewer.user)
             reopened.append(ob.request_id)
     at = now_stamp()
     record = {"name": name, "from": current, "to": str(version), "left": left, "reopened": reopened,

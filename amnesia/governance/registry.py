@@ -355,6 +355,7 @@ def register_candidate(
                  Tag.PLAN_URI: stage_uri(split.uri.rsplit("/", 1)[0], "preflight", PLAN),
                  Tag.OBLIGATIONS_CHECKED: len(plan.obligations)}  # fmt: skip
     metrics = {k: v for k, v in scores(candidate).items() if v is not None}
+    metrics |= {f"drift.{k}": v for k, v in candidate.drift.items()}  # weight drift from the original / champion
     metrics |= {f"base.{k}": v for k, v in scores(base).items() if v is not None}
     done = register(settings, name, unlearn.uri, tags, metrics, gate.passed, parent_run_id)
     if done.created and settings.webhook_urls():

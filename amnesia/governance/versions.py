@@ -107,6 +107,16 @@ def alias_of(client: Any, name: str, alias: str) -> str | None:
     return client.get_registered_model(name).aliases.get(alias)
 
 
+def champion_of(client: Any, name: str) -> str | None:
+    """The champion version, or None when nothing is approved (or the model is not registered yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return alias_of(client, name, CHAMPION)
+    except MlflowException:
+        return None
+
+
 def check_known(client: Any, name: str) -> None:
     from mlflow.exceptions import MlflowException
 

@@ -37,6 +37,7 @@ class Evaluation(BaseModel):
     attacks: dict[str, dict[str, float]] = {}  # variant -> forget metric means under that attack
     obligations: dict[str, PersonScores] = {}  # earlier request id -> the candidate's figures on its items
     requests: dict[str, PersonScores] = {}  # this run's request id -> the figures on that person's items
+    drift: dict[str, float] = {}  # weight drift (relative L2) from "original" and from "previous_champion"
 
     @model_validator(mode="before")
     @classmethod

@@ -37,17 +37,6 @@ def model_digest(ctx: RunContext, uri: str) -> str | None:
     return models._folder_digest(Path(uri)) if Path(uri).is_dir() else None
 
 
-def _champion(client: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    from amnesia.governance.versions import CHAMPION
-
-    try:
-        return client.get_registered_model(name).aliases.get(CHAMPION)
-    except MlflowException:
-        return None  # no such model yet: nothing approved
-
-
 def _verified_champion(ctx: RunContext, name: str, version: str, original_digest: str | None) -> tuple[str, str]:
     """(source URI, digest) of a champion whose whole chain re-verifies and whose original is ours."""
     from amnesia.core.settings import settings
@@ -83,9 +72,9 @@ def make_plan(ctx: RunContext, model: ModelConfig, model_name: str, history: His
         if history.start in ("incremental", "cumulative"):
             raise PlanError(f"start: {history.start} needs MLflow (the registry holds the champion and its history)")
         return plan
-    from amnesia.governance.versions import registry_client
+    from amnesia.governance.versions import champion_of, registry_client
 
-    champion = _champion(registry_client(ctx.lineage.settings), model_name)
+    champion = champion_of(registry_client(ctx.lineage.settings), model_name)
     mode = history.start if history.start != "auto" else ("incremental" if champion else "original")
     if mode == "incremental" and champion is None:
         raise PlanError(f"start: incremental needs a champion of {model_name}; none is approved yet (start: original)")

@@ -245,3 +245,26 @@ def load_model(
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=folder, digest=digest)
+
+
+def weight_drift(model: Path, reference: Path) -> float:
+    """How far a model's weights moved from a reference: ||w - w_ref|| / ||w_ref|| over every tensor the two
+    share, read tensor by tensor from their safetensors files (neither model is loaded whole)."""
+    from safetensors import safe_open
+
+    def tensors(folder: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                out |= {k: f for k in fh.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+        return out
+
+    ours, theirs = tensors(model), tensors(reference)
+    moved = total = 0.0
+    for name in sorted(set(ours) & set(theirs)):
+        with safe_open(str(ours[name]), framework="pt") as a, safe_open(str(theirs[name]), framework="pt") as b:
+            x, y = a.get_tensor(name).double(), b.get_tensor(name).double()
+        if x.shape == y.shape:
+            moved += float((x - y).pow(2).sum())
+            total += float(y.pow(2).sum())
+    return (moved / total) ** 0.5 if total else 0.0

@@ -247,13 +247,20 @@ class RequestQueue:
         ref = self.store.put_bytes(canonical_jsonl(pending), dest, "application/jsonl")
         return Snapshot(uri=ref.uri, digest=ref.digest, request_ids=[r.request_id for r in pending])
 
-    def reopen(self, request_id: str) -> None:
-        """Back from fulfilled to pending (a rollback left the only versions that had forgotten it)."""
+    def reopen(self, request_id: str, why: str, by: str) -> None:
+        """Back from fulfilled to pending (a rollback left the only versions that had forgotten it); the note
+        beside it (`requests/reopened/<id>.json`) says when, by whom and why."""
         src = self._uri("fulfilled", request_id)
         if not self.store.exists(src):
             raise RequestError(f"request {request_id} is not fulfilled")
         self.store.put_bytes(self.store.get_bytes(src), self._uri("pending", request_id), "application/json")
         self.store.delete(src)
+        note = {"request_id": request_id, "why": why, "by": by, "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        self.store.put_json(note, self._uri("reopened", request_id))
+
+    def reopened(self, request_id: str) -> dict[str, str] | None:
+        uri = self._uri("reopened", request_id)
+        return self.store.get_json(uri) if self.store.exists(uri) else None
 
     def fulfil(self, request_ids: list[str]) -> None:
         """Move requests from pending to fulfilled (after a person approved a model that forgot them)."""

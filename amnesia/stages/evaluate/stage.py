@@ -38,7 +38,7 @@ from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.storage import layout as L
 from amnesia.storage.context import RunContext
 from amnesia.storage.lineage import Tag
-from amnesia.storage.models import as_model_config, load, placement, resolve_model
+from amnesia.storage.models import as_model_config, load, placement, resolve_model, weight_drift
 from amnesia.storage.obligations import CheckItem, ObligationStore, PersonScores, person_scores
 from amnesia.storage.records import load_mmlu, load_records
 from amnesia.storage.uri import MANIFEST_NAME, join
@@ -120,6 +120,21 @@ def _per_request(ctx: RunContext, split: SplitResult, items: list[dict[str, Any]
             for rid, mine in sorted(docs.items()) if any(doc in mine for doc, _k, _s in forget)}  # fmt: skip
 
 
+def _drift(ctx: RunContext, uri: str, plan: RunPlan | None) -> dict[str, float]:
+    """The candidate's weight drift from the original model and, in an incremental run, from the champion it
+    started from (both read from their stored folders; a hub model has none)."""
+    if plan is None:
+        return {}
+    here, _ = resolve_model(uri, store=ctx.store)
+    out = {}
+    others = {"original": plan.original_uri} | ({"previous_champion": plan.start_uri} if plan.start_version else {})
+    for name, other in others.items():
+        folder, _ = resolve_model(other, store=ctx.store)
+        if here is not None and folder is not None:
+            out[name] = round(weight_drift(here, folder), 6)
+    return out
+
+
 def _obligation_checks(ctx: RunContext, plan: RunPlan | None, role: str) -> Checks:
     """The candidate's obligations to check, opened (the base model is the original: it knows them all)."""
     if plan is None or role != "candidate" or not plan.obligations:
@@ -174,7 +189,9 @@ def run_evaluate(
     checks = _obligation_checks(ctx, plan, role)
     _folder, model_digest = resolve_model(model_uri, store=ctx.store)
     data_digest = _canonical_digest([split.digest, [q.model_dump() for q in questions], [q.model_dump() for q in dev]]
-                                    + ([sorted(checks)] if checks else []))  # fmt: skip
+                                    + ([sorted(checks)] if checks else [])
+                                    + ([plan.original_digest, plan.start_digest] if plan and role == "candidate"
+                                       else []))  # fmt: skip
     # Scores depend on the numerics: a bf16 evaluation is not a cached fp32 one.
     numerics = [placement(mcfg).dtype, mcfg.attn_implementation or "default"]
     # ... and a newly registered metric is a figure a stored result lacks.
@@ -188,7 +205,7 @@ def run_evaluate(
         result = found.model_copy(update=update)
         ctx.log.info("evaluate %s: reused the stored result %s", role, uri)
     else:
-        result = _evaluate(cfg, ctx, mcfg, model_digest, split, sets, questions, dev, role, uri, key, t0, checks)
+        result = _evaluate(cfg, ctx, mcfg, model_digest, split, sets, questions, dev, role, uri, key, t0, checks, plan)
     if ctx.lineage is not None:
         _record_lineage(ctx, result, cfg)
     return result
@@ -208,6 +225,7 @@ def _evaluate(
     key: str | None,
     t0: float,
     checks: Checks | None = None,
+    plan: RunPlan | None = None,
 ) -> Evaluation:
     loaded, where = load(mcfg, store=ctx.store)
     identity = {"model_uri": mcfg.uri, "model_digest": model_digest, "placement": where.params(mcfg), "uri": uri,
@@ -220,7 +238,8 @@ def _evaluate(
         with Progress(total, f"evaluate {role}: {len(checks)} earlier requests", "item", ctx.log) as bar:
             obligations, rows = score_obligations(loaded.model, loaded.tokenizer, checks, cfg, bar.update)
     per_request = _per_request(ctx, split, scored.items)
-    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations, "requests": per_request}
+    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations, "requests": per_request,
+              "drift": _drift(ctx, mcfg.uri, plan) if role == "candidate" else {}}  # fmt: skip
     result = scored.result.model_copy(update=update)
     return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows, rows)
 

@@ -164,6 +164,11 @@ def _facts(
         start = f"{plan.model_name} v{plan.start_version} (champion)" if plan.start_version else "the original model"
         facts.insert(1, ("started from", f"{plan.mode}: {start} ({(plan.start_digest or 'no digest')[:16]})"))
         facts.append(("earlier requests", f"{len(plan.obligations)} of {len(plan.earlier)} checked — {plan.sampling}"))
+        if candidate.drift:
+            parts = [f"{candidate.drift['original']:.4f} from the original"] if "original" in candidate.drift else []
+            if "previous_champion" in candidate.drift:
+                parts.append(f"{candidate.drift['previous_champion']:.4f} from v{plan.start_version} (the champion)")
+            facts.append(("weight drift (relative L2)", "; ".join(parts)))
         if plan.ended:
             facts.append(("obligations ended", f"{', '.join(plan.ended)}: key destroyed, no longer checked"))
     if trace is not None:
