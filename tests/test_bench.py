@@ -117,3 +117,26 @@ def test_methods_bench_runs_each_method_through_the_attacks_and_the_gate(tmp_pat
     assert "sam+npo" in out.stdout.splitlines()[-1]  # the table's last row
     img = np.asarray(Image.open(tmp_path / "m.png").convert("L"), dtype=float)
     assert img.shape[1] > 1000 and img.std() > 20  # rendered, not blank
+
+
+def test_continual_bench_runs_every_strategy(tmp_path: Path) -> None:
+    """Compliance over time at smoke size (random weights): every strategy, every version scored on every
+    batch so far, the table, the JSON and the batches × versions plot."""
+    import json
+
+    from PIL import Image
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "continual.py"), "--model", "random", "--items", "4", "--batches", "2",
+         "--epochs", "1", "--threads", "1", "--json", str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [(r["strategy"], r["version"]) for r in rows] == [(s, v) for s in ("naive", "incremental", "cumulative")
+                                                             for v in (1, 2)]  # fmt: skip
+    assert all(len(r["batch_forget"]) == r["version"] for r in rows)
+    assert all(r["gate"] == "PASS" or r["gate"].startswith("FAIL: ") for r in rows)
+    assert rows[3]["drift"] > rows[2]["drift"] > 0  # incremental v2 moved on from v1, not from the original
+    img = np.asarray(Image.open(tmp_path / "c.png").convert("L"), dtype=float)
+    assert img.shape[1] > 900 and img.std() > 20  # three panels, rendered

@@ -140,9 +140,13 @@ def test_scheduled_runs_keep_every_earlier_request_forgotten(
     theirs = [r for r in world.forget if r.document_id in docs]
     others = " ".join(r.output.lower() for r in world.forget + world.retain if r.document_id not in docs)
     tokens = {t for r in theirs for t in _tokenizer().tokenize(r.output) if len(t) > 3 and t not in others}
-    stored = raw_text(store, root, skip=("requests",))  # the request register keeps its subjects (README)
+    # Left out: the request register (it keeps its subjects: README) and the models themselves, whose tokenizer
+    # vocabulary was trained on the whole corpus and holds the name as a token (unlearning changes weights,
+    # not a vocabulary).
+    stored = raw_text(store, root, skip=("/requests/", "/unlearn/model/", "/unlearn/checkpoints/"))
     assert theirs and tokens, "the purged person has no answer of their own to look for"
-    assert not [r.output for r in theirs if r.output.lower() in stored]
+    own = [r.output for r in theirs if r.output.lower() not in others]  # "Tampere" may be someone else's too
+    assert own and not [a for a in own if a.lower() in stored]
     assert not [t for t in tokens if t in stored]
 
     # Month 3: incremental from v2, and the purged person is still checked, from fingerprints.
