@@ -209,8 +209,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     strategies = list(dict.fromkeys(r["strategy"] for r in result["rows"]))
     n = len(result["batches"])
-    fig, axes = plt.subplots(1, len(strategies), figsize=(4.2 * len(strategies), 3.8), squeeze=False)
-    for ax, strategy in zip(axes[0], strategies, strict=True):
+    fig, axes = plt.subplots(1, len(strategies), figsize=(4.4 * len(strategies), 3.8), squeeze=False)
+    for i, (ax, strategy) in enumerate(zip(axes[0], strategies, strict=True)):
         grid = np.full((n, n), np.nan)
         rows = [r for r in result["rows"] if r["strategy"] == strategy]
         for r in rows:
@@ -223,7 +223,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                 ax.text(r["version"] - 1, b, f"{x:.2f}", ha="center", va="center", fontsize=7)
         ax.set_title(strategy)
         ax.set_xticks(range(n), [f"v{v + 1}\n{verdicts.get(v + 1, '')}" for v in range(n)], fontsize=8)
-        ax.set_yticks(range(n), [f"batch {b + 1}" for b in range(n)], fontsize=8)
+        ax.set_yticks(range(n), [f"batch {b + 1}" for b in range(n)] if i == 0 else [""] * n, fontsize=8)
         ax.set_xlabel("version, and its gate")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="forget score (1 = forgotten)")
     path.parent.mkdir(parents=True, exist_ok=True)
