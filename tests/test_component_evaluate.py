@@ -28,7 +28,7 @@ def _split(store: ArtifactStore, demo_build: DemoArtifacts, prefix: str) -> Spli
 
 def test_specs() -> None:
     assert set(evaluate.component_spec.inputs) == {
-        "config_json", "pipeline_run_id", "store_root", "model_uri", "model_config", "split_json", "role"
+        "config_json", "pipeline_run_id", "store_root", "model_uri", "model_config", "split_json", "role", "plan_json"
     }  # fmt: skip
     assert {"passed", "reasons", "result", "report"} <= set(gate.component_spec.outputs)
 

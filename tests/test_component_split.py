@@ -20,7 +20,7 @@ from components.split import split
 
 def test_spec() -> None:
     spec = split.component_spec
-    assert set(spec.inputs) == {"config_json", "pipeline_run_id", "store_root", "request_digest"}
+    assert set(spec.inputs) == {"config_json", "pipeline_run_id", "store_root", "request_digest", "plan_json"}
     assert set(spec.outputs) == {"splits", "Output"}
     assert spec.implementation.container.image == IMAGE
 

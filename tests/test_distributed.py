@@ -51,10 +51,11 @@ def test_sharding_units_are_the_modules_that_only_train(tiny_model_dir: Path) ->
         ("sha256", "fsdp", 3, {}),  # 3 micro-batches on 2 processes: one gets a zero-weight filler
         pytest.param(
             "ngdiff", "ddp", 2, {},
-            marks=pytest.mark.xfail(strict=True, reason=(
-                "known: on this project's current machines (AVX-512, 2026-12-03) ngdiff's 2-process weights differ "
-                "from 1 process (98% of elements, up to 2.5e-3), before and after the AVX2 kernel pin and already "
-                "at 4daf3f2; its quadratic-fit step amplifies summation order. strict: a pass is news"
+            marks=pytest.mark.xfail(strict=False, reason=(
+                "known flake: ngdiff's step is a quadratic fit clipped to [0, max_lr_factor·eta0], so the summation "
+                "order of 2 processes can move it across the clip. Then the weights differ from 1 process (98% of "
+                "elements, up to 2.5e-3), already at 4daf3f2. On 2026-12-03 it failed in one fresh-clone run and "
+                "passed in the next, on the same machine"
             )),
         ),  # fmt: skip
         ("blur", "fsdp", 2, {"gamma": 0.5}),

@@ -34,6 +34,16 @@ def test_checks_name_the_field_that_is_wrong(
     ok = run_preflight(ctx, ModelConfig(uri=demo_build.model_uri), split, evaluate)
     assert ok.checks[0].startswith("store: ") and ok.checks[1].startswith("mlflow: ")
     assert f"model.uri: {demo_build.model_uri}" in ok.checks and any(c.startswith("split.corpus") for c in ok.checks)
+    # The plan: no champion of a new model, so from the original, pinned by its digest, with no obligations.
+    assert ok.plan.mode == "original" and ok.plan.original_digest == demo_build.model_digest
+    assert ok.plan.start_uri == demo_build.model_uri and ok.plan.obligations == []
+    assert ok.checks[-1].startswith("plan: ")
+    from amnesia.core.config import HistoryConfig
+    from amnesia.runtime.plan import PlanError
+
+    with pytest.raises(PlanError, match="start: incremental needs a champion of pf-new-model; none is approved yet"):
+        run_preflight(ctx, ModelConfig(uri=demo_build.model_uri), split, evaluate, "pf-new-model",
+                      HistoryConfig(start="incremental"))  # fmt: skip
 
     def fails(model: str, match: str, **changes: object) -> None:
         s = split.model_copy(update=changes)
