@@ -14,6 +14,7 @@ so the obligations table grows run by run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -114,16 +115,23 @@ def run_months(settings: Settings, months: int, echo: Echo = print, verbose: boo
         echo(f"month   {month}/{months}: {len(added)} new erasure requests; {len(pending)} pending")
         if not pending:
             continue
-        run_id = f"demo-m{month}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        pipeline = demo_pipeline_config(demo, root)
-        work = Path(cfg.home) / "kfp-local"
-        try:
-            run_local(pipeline, cfg, run_id, work, logs=work / run_id / "logs", verbose=verbose)
-        finally:
+        version, run_id, lines = None, "", []
+        for start in ("auto", "cumulative"):  # what an operator does when an incremental month fails its gate
+            run_id = f"demo-m{month}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            pipeline = demo_pipeline_config(demo, root)
+            pipeline = pipeline.model_copy(update={"history": pipeline.history.model_copy(update={"start": start})})
+            work = Path(cfg.home) / "kfp-local"
+            with contextlib.suppress(RuntimeError):  # a failed gate is read from the summary below
+                run_local(pipeline, cfg, run_id, work, logs=work / run_id / "logs", verbose=verbose)
             lines = summarize(pipeline, cfg, run_id, reports=Path(cfg.home) / "reports")
             for line in lines:
                 echo(line)
-        version = _registered(cfg, run_id)
+            version = _registered(cfg, run_id)
+            mode = store.get_json(join(root, "runs", run_id, "preflight", "plan.json"))["mode"]
+            if version is not None or mode != "incremental":
+                break
+            echo(f"month   {month}: built on the champion, the candidate failed its gate; running the month "
+                 "cumulative (from the original model, every request so far)")  # fmt: skip
         if version is None:
             echo(f"month   {month}: the gate failed, so nothing was registered; the story stops here")
             break
