@@ -111,8 +111,8 @@ def test_scheduled_runs_keep_every_earlier_request_forgotten(
     v2 = _version(client, run2)
     assert v2 is not None, "month 2 did not pass its gate"
     tags2 = client.get_model_version(NAME, v2).tags
-    assert tags2[Tag.START_VERSION] == v1 and tags2[Tag.ORIGINAL_MODEL_DIGEST] == demo_build.model_digest
-    assert tags2[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest  # relative floors: against the original
+    assert tags2[Tag.START_VERSION] == v1 and tags2[Tag.START_MODEL_DIGEST] == plan2.start_digest
+    assert tags2[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest  # the original: relative floors against it
     checked = _candidate(store, client, v2).obligations
     assert sorted(checked) == sorted(ids[0])
     assert all((c.forget_score or 0) >= 0.5 and c.items > 0 for c in checked.values()), checked  # still forgotten

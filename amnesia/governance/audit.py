@@ -98,8 +98,9 @@ def audit(settings: Settings, store: ArtifactStore, name: str, version: str) -> 
         _folder(store, "base model", "base model folder", t.get(Tag.BASE_MODEL_URI), t.get(Tag.BASE_MODEL_DIGEST))
     )
     if t.get(Tag.START_VERSION, "none") != "none":  # an incremental run: the champion it was unlearned from
+        start = get_version(client, name, t[Tag.START_VERSION]).source
         what = f"start model (v{t[Tag.START_VERSION]}, the champion then)"
-        links.append(_folder(store, "start model", what, t.get(Tag.START_MODEL_URI), t.get(Tag.START_MODEL_DIGEST)))
+        links.append(_folder(store, "start model", what, start, t.get(Tag.START_MODEL_DIGEST)))
     trace = _folder(store, "trace", "causal trace", t.get(Tag.TRACE_URI), t.get(Tag.TRACE_DIGEST), purged)
     if trace.ok:
         agg = store.get_json(join(trace.uri or "", L.TRACE_AGGREGATE))

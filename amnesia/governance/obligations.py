@@ -62,9 +62,12 @@ def _person(rows: list[dict[str, Any]], ids: set[str]) -> PersonScores | None:
 
 
 def plan_of(store: ArtifactStore, tags: dict[str, str]) -> RunPlan | None:
-    """The plan the version's run was made under (None: a version from before plans)."""
-    uri = tags.get(Tag.PLAN_URI)
-    return RunPlan.model_validate(store.get_json(uri)) if uri and store.exists(uri) else None
+    """The plan the version's run was made under, beside its preflight (None: a version from before plans)."""
+    split_uri = tags.get(Tag.SPLIT_URI)
+    if not split_uri:
+        return None
+    uri = L.stage_uri(split_uri.rsplit("/", 1)[0], "preflight", L.PLAN)
+    return RunPlan.model_validate(store.get_json(uri)) if store.exists(uri) else None
 
 
 def fulfil(
@@ -73,6 +76,8 @@ def fulfil(
     """Make the requests this approval fulfilled standing obligations, from the run's split (still stored:
     purge waits for a decision)."""
     split_uri = tags.get(Tag.SPLIT_URI, "")
+    if not split_uri or not store.exists(join(split_uri, L.SPLIT_REPORT)):
+        return []  # a version registered without a stored split: nothing to check later people by
     report = store.get_json(join(split_uri, L.SPLIT_REPORT))
     records = [r for n in ("forget_train", "forget_eval")
                for r in load_records(join(split_uri, f"{n}.parquet"), allow_empty=True, store=store)]  # fmt: skip
@@ -120,11 +125,12 @@ def record_checks(store: ArtifactStore, root: str, name: str, version: str, tags
     return entry
 
 
-def check_not_stale(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+def check_not_stale(client: Any, store: ArtifactStore, name: str, version: str, tags: dict[str, str]) -> None:
     """A candidate planned under another champion would undo what the champion since approved did."""
-    planned = tags.get(Tag.CHAMPION_AT_PLAN)
-    if planned is None:
+    plan = plan_of(store, tags)
+    if plan is None:
         return  # a version from before plans
+    planned = plan.champion or "none"
     now = alias_of(client, name, CHAMPION) or "none"
     if planned != now:
         was = "no champion" if planned == "none" else f"v{planned}"

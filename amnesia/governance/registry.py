@@ -73,7 +73,7 @@ class Registration(BaseModel):
 # Version tags hold what identifies the lineage (ids, digests, URIs), the verdict, the status and the
 # decision. These describe rather than identify: they go to the version's LoggedModel as params, beside
 # its figures (metrics), where MLflow's model page shows them.
-DESCRIPTIVE = (Tag.REQUEST_COUNT, Tag.IMAGE, Tag.CODE_VERSION, Tag.MODEL_URI)
+DESCRIPTIVE = (Tag.REQUEST_COUNT, Tag.IMAGE, Tag.CODE_VERSION, Tag.MODEL_URI, Tag.START_MODE, Tag.OBLIGATIONS_CHECKED)
 
 
 def _experiment_id(client: Any, settings: Settings, run_id: str | None) -> str:
@@ -138,7 +138,7 @@ def register(
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
     existing = find_version(client, name, tags[Tag.REQUEST_DIGEST], tags[Tag.BASE_MODEL_DIGEST],
-                            tags.get(Tag.START_MODEL_DIGEST))  # fmt: skip
+                            tags.get(Tag.START_MODEL_DIGEST, tags[Tag.BASE_MODEL_DIGEST]))  # fmt: skip
     if existing is not None:
         return Registration(name=name, version=str(existing.version), created=False, source=existing.source)
     # The version's source stays the S3 folder the audit re-hashes (a `models:/<id>` source would move
@@ -172,7 +172,7 @@ def _decide(
     if what == APPROVED:
         from amnesia.governance.obligations import check_not_stale
 
-        check_not_stale(client, name, version, tags)
+        check_not_stale(client, store, name, version, tags)
     if what == APPROVED and not verified_gate(settings, store, name, version):
         raise RegistryError(f"{name} version {version} did not pass its gate (stored verdict); it cannot be approved")
     Guard().check("tag", APPROVER, reviewer.user)
@@ -346,14 +346,11 @@ def register_candidate(
     if trace is not None:
         tags |= {Tag.TRACE_URI: trace.uri, Tag.TRACE_DIGEST: trace.digest, Tag.LAYER_RULE: trace.rule}
     if plan is not None:
-        from amnesia.storage.layout import PLAN, stage_uri
-
-        tags |= {Tag.START_MODE: plan.mode, Tag.START_MODEL_URI: plan.start_uri,
-                 Tag.START_MODEL_DIGEST: plan.start_digest or "none", Tag.START_VERSION: plan.start_version or "none",
-                 Tag.CHAMPION_AT_PLAN: plan.champion or "none", Tag.ORIGINAL_MODEL_URI: plan.original_uri,
-                 Tag.ORIGINAL_MODEL_DIGEST: base.model_digest or "none",
-                 Tag.PLAN_URI: stage_uri(split.uri.rsplit("/", 1)[0], "preflight", PLAN),
-                 Tag.OBLIGATIONS_CHECKED: len(plan.obligations)}  # fmt: skip
+        # The base model is the original; the plan (beside the run's preflight) holds the rest. A version
+        # unlearned from a champion names it (no start tags: from the original).
+        tags |= {Tag.START_MODE: plan.mode, Tag.OBLIGATIONS_CHECKED: len(plan.obligations)}
+        if plan.start_version:
+            tags |= {Tag.START_VERSION: plan.start_version, Tag.START_MODEL_DIGEST: plan.start_digest or "none"}
     metrics = {k: v for k, v in scores(candidate).items() if v is not None}
     metrics |= {f"drift.{k}": v for k, v in candidate.drift.items()}  # weight drift from the original / champion
     metrics |= {f"base.{k}": v for k, v in scores(base).items() if v is not None}

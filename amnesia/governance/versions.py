@@ -78,7 +78,8 @@ def find_version(
     has no idempotency key)."""
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
-        same_start = start_digest is None or tags.get(Tag.START_MODEL_DIGEST, start_digest) == start_digest
+        start = tags.get(Tag.START_MODEL_DIGEST, tags.get(Tag.BASE_MODEL_DIGEST))  # no start tag: the original
+        same_start = start_digest is None or start == start_digest
         same = tags.get(Tag.REQUEST_DIGEST) == request_digest and tags.get(Tag.BASE_MODEL_DIGEST) == base_digest
         if same and same_start:
             return mv
