@@ -83,7 +83,7 @@ def make_plan(ctx: RunContext, model: ModelConfig, model_name: str, history: His
         assert champion is not None
         uri, digest = _verified_champion(ctx, model_name, champion, original_digest)
         update |= {"start_uri": uri, "start_digest": digest, "start_version": champion}
-    obligations = ObligationStore(ctx.store, ctx_root(ctx), model_name)
+    obligations = ObligationStore(ctx.store, L.store_root(ctx.root), model_name)
     ended_now = obligations.expire()
     chosen = obligations.select(history.sample, history.full_every, seed=ctx.pipeline_run_id)
     active = {o.request_id: o for o in obligations.list(ACTIVE)}
@@ -104,12 +104,6 @@ def make_plan(ctx: RunContext, model: ModelConfig, model_name: str, history: His
     ctx.log.info("plan: %s from %s; %s", mode, f"{model_name} v{champion}" if mode == "incremental" else "the original",
                  plan.sampling)  # fmt: skip
     return plan
-
-
-def ctx_root(ctx: RunContext) -> str:
-    from amnesia.storage.layout import store_root
-
-    return store_root(ctx.root)
 
 
 def store_plan(ctx: RunContext, plan: RunPlan) -> str:

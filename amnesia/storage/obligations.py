@@ -221,28 +221,28 @@ class ObligationStore:
         self.save(ob)
         return ob
 
-    def end(self, request_id: str, by: str, why: str) -> Obligation:
-        """Destroy the key (checks stop for good) and record who ended it, when and why."""
+    def _close(self, request_id: str, state: str, by: str, why: str) -> Obligation:
         ob = self.get(request_id)
         if ob is None:
             raise ObligationError(f"obligation {request_id}: {self.model_name} has no such obligation")
-        if ob.state == ENDED:
-            return ob
-        if not why.strip():
-            raise ObligationError(f"obligation {request_id}: ending it needs a reason (--reason)")
-        self.store.keys.destroy(ob.key_id)
-        ob = ob.model_copy(update={"state": ENDED, "ended": Ended(at=now_stamp(), by=by, why=why)})
+        ob = ob.model_copy(update={"state": state, "ended": Ended(at=now_stamp(), by=by, why=why)})
         self.save(ob)
         return ob
 
+    def end(self, request_id: str, by: str, why: str) -> Obligation:
+        """Destroy the key (checks stop for good) and record who ended it, when and why."""
+        ob = self.get(request_id)
+        if ob is not None and ob.state == ENDED:
+            return ob
+        if not why.strip():
+            raise ObligationError(f"obligation {request_id}: ending it needs a reason (--reason)")
+        if ob is not None:
+            self.store.keys.destroy(ob.key_id)
+        return self._close(request_id, ENDED, by, why)
+
     def reopen(self, request_id: str, by: str, why: str) -> Obligation:
         """A rollback left the versions that fulfilled it: the request is pending again, not an obligation."""
-        ob = self.get(request_id)
-        if ob is None:
-            raise ObligationError(f"obligation {request_id}: {self.model_name} has no such obligation")
-        ob = ob.model_copy(update={"state": REOPENED, "ended": Ended(at=now_stamp(), by=by, why=why)})
-        self.save(ob)
-        return ob
+        return self._close(request_id, REOPENED, by, why)
 
     def expire(self, by: str = "retention-policy") -> list[str]:
         """End the obligations past their retention period; the ids ended."""
