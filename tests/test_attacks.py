@@ -191,9 +191,11 @@ def test_the_report_shows_each_attack_with_its_parts(tmp_path) -> None:  # type:
     assert "Attacks on forgetting" in page and "candidate attacked" in page and "≤ 0.100" in page
 
 
-def test_a_weak_unlearning_run_is_caught_by_the_attacks(demo_build, store, s3_prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """Eight steps of plain gradient ascent on the demo model: the forget set barely moves, and what
-    moved comes back under 4-bit quantization and relearning. The gate fails it on both ceilings."""
+def test_a_weak_unlearning_run_is_caught_by_relearning(demo_build, store, s3_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Eight steps of plain gradient ascent on the demo model: it forgets a little, and relearning on the other
+    folds brings most of it back; the gate fails it on that ceiling. Not asserted: its 4-bit recovery, a
+    machine's figure (0.26 on an Intel CI machine, 0.05 on an AMD one: the weights it moved differ). A weaker
+    run (lr 1e-4) that int4 undoes moves one or two knowledge items only: too few to assert (README)."""
     from amnesia.demo.prepare import demo_evaluate_config, demo_split_config, demo_unlearn_config
     from amnesia.stages.evaluate.stage import run_evaluate
     from amnesia.stages.split.stage import run_split
@@ -216,6 +218,5 @@ def test_a_weak_unlearning_run_is_caught_by_the_attacks(demo_build, store, s3_pr
     figures = comparisons(base_ev, cand_ev)
     print({k: round(v, 3) for k, v in figures.items() if v is not None})
     verdict = decide(GateConfig(), base_ev, cand_ev)
-    failed = {c.name for c in verdict.checks if not c.passed}
-    assert {"quantization_recovery", "relearning_recovery"} <= failed, verdict.reasons
+    assert "relearning_recovery" in {c.name for c in verdict.checks if not c.passed}, verdict.reasons
     assert figures["relearning_recovery"] > 0.4  # RTT brings most of it back (Deeb & Roger: 88%)

@@ -113,24 +113,22 @@ def test_the_same_inputs_give_the_same_candidate_whatever_the_thread_count(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Two processes with other default thread counts (OMP_NUM_THREADS 1 and 2: two machines) give the same
-    candidate, bit for bit, folder digest and all: model.cpu_threads pins torch's count. The control, with
-    the pin off, shows that the count alone changes the weights."""
+    candidate, bit for bit, folder digest and all: model.cpu_threads pins torch's count. No control with the
+    pin off: whether the count alone changes these weights depends on the CPU's kernels (it did on an Intel
+    AVX-512 CI machine, not on an AMD EPYC one), so it would assert a machine, not the project."""
     split = _split(store, demo_build, s3_prefix, n=2)
     unlearn = {"layers": [0, 1], "batch_size": 4, "max_steps": 6, "eval_every": 3, "early_stop_forget_exact": None,
                "keep": "last", "resume": False}  # fmt: skip
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"unlearn": unlearn}))
     digests = {}
-    for pinned in (True, False):
-        cfg = tmp_path / f"run-{pinned}.yaml"
-        cfg.write_text(yaml.safe_dump({"unlearn": unlearn} | ({} if pinned else {"model": {"cpu_threads": None}})))
-        for threads in (1, 2):
-            run_id = f"repro-{pinned}-{threads}".lower()
-            env = {"OMP_NUM_THREADS": str(threads)}
-            proc = _unlearn_cli(cfg, str(tiny_model_dir), split.uri, s3_prefix, run_id, env)
-            _out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-2000:]
-            digests[pinned, threads] = store.verify(join(s3_prefix, "runs", run_id, "unlearn", "model")).digest
-    assert digests[True, 1] == digests[True, 2]
-    assert digests[False, 1] != digests[False, 2], "the control: unpinned, the thread count decides the weights"
+    for threads in (1, 2):
+        run_id = f"repro-{threads}"
+        proc = _unlearn_cli(cfg, str(tiny_model_dir), split.uri, s3_prefix, run_id, {"OMP_NUM_THREADS": str(threads)})
+        _out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        digests[threads] = store.verify(join(s3_prefix, "runs", run_id, "unlearn", "model")).digest
+    assert digests[1] == digests[2]
 
 
 def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(
