@@ -4,7 +4,8 @@ Stack up; the demo world and its memorising base model into S3 (reused when unch
 object re-hashed against its manifest; the world's erasure requests queued; then the DAG in kfp.local —
 split → trace → unlearn → evaluate (base ∥ candidate) → gate → register — and the summary: verdict,
 before/after, model version, MLflow address, report. A second demo registers no second version (same
-requests, same base model); once a person approved it, the queue is empty and there is nothing to run.
+requests, same base model: it is not run again, and the run that made the version is summarised); once a
+person approved it, the queue is empty and there is nothing to run.
 
 `amnesia demo --months N` tells the story of N scheduled runs instead: the world's requests arrive in N
 monthly batches; each month's run starts from the champion the last one left (incremental), is checked
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from amnesia.core.settings import Settings
 from amnesia.demo.prepare import (
@@ -36,7 +38,8 @@ from amnesia.devstack import stack
 from amnesia.runtime.pipeline_config import PipelineConfig
 from amnesia.runtime.summary import summarize
 from amnesia.storage.artifacts import ArtifactStore
-from amnesia.storage.requests import RequestQueue, load_requests_uri
+from amnesia.storage.lineage import Tag
+from amnesia.storage.requests import ErasureRequest, RequestQueue, load_requests_uri, request_digest
 from amnesia.storage.uri import join
 from pipelines.local import run_local
 
@@ -74,10 +77,25 @@ def _batches(items: list, months: int) -> list[list]:  # type: ignore[type-arg]
 
 def _registered(cfg: Settings, run_id: str) -> str | None:
     from amnesia.governance.versions import registry_client
-    from amnesia.storage.lineage import Tag
 
     found = registry_client(cfg).search_model_versions(f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'")
     return str(found[0].version) if found else None
+
+
+def _made_already(cfg: Settings, demo: DemoArtifacts, pending: list[ErasureRequest]) -> Any | None:
+    """The version a run would make again: these requests, this base model, and no champion yet (so a run
+    would start from the original). A run with a champion plans from it, so it is never skipped."""
+    from mlflow.exceptions import MlflowException
+
+    from amnesia.governance.versions import champion_of, find_version, registry_client
+
+    client = registry_client(cfg)
+    try:
+        if champion_of(client, MODEL_NAME) is not None:
+            return None
+        return find_version(client, MODEL_NAME, request_digest(pending), demo.model_digest, demo.model_digest)
+    except MlflowException:  # the demo model is not registered yet
+        return None
 
 
 def obligation_lines(store: ArtifactStore, root: str) -> list[str]:
@@ -174,6 +192,14 @@ def run_demo(
     if not pending:
         echo("queue   nothing pending: every demo request was fulfilled by an approved model (`amnesia history "
              f"{MODEL_NAME}`)")  # fmt: skip
+    elif (made := _made_already(cfg, demo, pending)) is not None:
+        run_id = str(made.tags[Tag.PIPELINE_RUN_ID])
+        echo(f"run     not run again: these {len(pending)} requests on this base model made {MODEL_NAME} version "
+             f"{made.version} (run {run_id}); the same inputs give the same model. That run:")  # fmt: skip
+        lines = summarize(demo_pipeline_config(demo, root), cfg, run_id, reports=Path(cfg.home) / "reports")
+        for line in lines:
+            echo(line)
+        result |= {"run_id": run_id, "lines": lines, "reused_run": True}
     else:
         run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pipeline = demo_pipeline_config(demo, root)

@@ -108,8 +108,8 @@ def test_trace_unlearn_and_evaluate_run_where_the_section_says(
     traced = run_trace(trace_cfg, ctx, model, split)
     unlearned = run_unlearn(UnlearnConfig(max_steps=1, batch_size=4, early_stop_forget_exact=None, eval_every=1),
                             ctx, model, split, traced.layers)  # fmt: skip
-    cfg = EvaluateConfig(
-        max_new_tokens=8, mia=False, mmlu=MMLUConfig(uri=join(demo_build.world_uri, "utility"), shots=0)
+    cfg = EvaluateConfig(  # no attacks: this is a test of placement (tests/test_attacks.py runs them)
+        max_new_tokens=8, mia=False, mmlu=MMLUConfig(uri=join(demo_build.world_uri, "utility"), shots=0), attacks=None
     )
     bf16 = run_evaluate(cfg, ctx, model, split, "base")
     fp32 = run_evaluate(cfg, ctx, model.model_copy(update={"dtype": "fp32"}), split, "base")

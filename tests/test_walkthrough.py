@@ -96,7 +96,9 @@ def test_demo_again_then_approve_audit_and_nothing_left(stack_state, demo_build:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reused demo" in again.stdout and "gate    PASS" in again.stdout
     assert "built demo" not in again.stdout and "\ntrain   " not in again.stdout  # no base-model rebuild
-    assert f"model   {MODEL_NAME} version 1 (pending_approval); already registered by run demo-" in again.stdout
+    # Nothing re-runs: the same requests on the same base model made version 1, and that run is summarised.
+    assert f"not run again: these 16 requests on this base model made {MODEL_NAME} version 1 (run demo-" in again.stdout
+    assert f"model   {MODEL_NAME} version 1 (pending_approval)" in again.stdout and "stage   " not in again.stdout
     waiting = cli("pending", MODEL_NAME).stdout  # the reviewer's queue: the version, its gate and figures
     assert f"{MODEL_NAME} v1    gate passed" in waiting and "forget_score " in waiting and "mmlu " in waiting, waiting
     refused = cli("approve", MODEL_NAME, "1", "--note", "mine")  # the stack's default identity: the runner
