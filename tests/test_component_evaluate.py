@@ -37,7 +37,10 @@ def test_evaluate_then_gate_in_kfp_local(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     split = _split(store, demo_build, s3_prefix)
-    cfg = EvaluateConfig(max_new_tokens=32, mmlu=MMLUConfig(uri=join(demo_build.world_uri, "utility"), shots=0))
+    # No attacks: this tests the components' wiring (tests/test_attacks.py and test_evaluate.py run them).
+    cfg = EvaluateConfig(max_new_tokens=32, mmlu=MMLUConfig(uri=join(demo_build.world_uri, "utility"), shots=0),
+                         attacks=None)  # fmt: skip
+    no_ceilings = {"quantization_recovery_ceiling": None, "relearning_recovery_ceiling": None}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     common = {"config_json": cfg.model_dump_json(), "pipeline_run_id": "kfp-eval", "store_root": s3_prefix,
               "split_json": split.model_dump_json(), "model_config": "{}"}  # fmt: skip
@@ -48,7 +51,8 @@ def test_evaluate_then_gate_in_kfp_local(
     assert base.outputs["evaluation_out"].metadata["store_uri"] == base_ev["uri"]
 
     verdict = gate(
-        config_json=GateConfig(retain_floor=0.5).model_dump_json(), pipeline_run_id="kfp-eval", store_root=s3_prefix,
+        config_json=GateConfig(retain_floor=0.5, **no_ceilings).model_dump_json(), pipeline_run_id="kfp-eval",
+        store_root=s3_prefix,
         base_json=base.outputs["Output"], candidate_json=cand.outputs["Output"], trace_json="", unlearn_json="",
     )  # fmt: skip
     # A random model forgets everything and keeps nothing: the retain floor fails it.
