@@ -35,6 +35,7 @@ from amnesia.results.evaluation import Evaluation
 from amnesia.results.gate import GateResult
 from amnesia.results.plan import RunPlan
 from amnesia.runtime.pipeline_config import PipelineConfig
+from amnesia.runtime.summary import summarize
 from amnesia.science.metrics.items import _tokenizer
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.lineage import Tag
@@ -110,6 +111,8 @@ def test_scheduled_runs_keep_every_earlier_request_forgotten(
     assert [o.request_id for o in plan2.obligations] == sorted(ids[0]) and plan2.full_check
     v2 = _version(client, run2)
     assert v2 is not None, "month 2 did not pass its gate"
+    # The run's summary names the version it made (unlearn's base tag is v1's folder, the version's is the original).
+    assert f"model   {NAME} version {v2} (pending_approval)" in summarize(_config(demo_build, root), settings, run2)
     tags2 = client.get_model_version(NAME, v2).tags
     assert tags2[Tag.START_VERSION] == v1 and tags2[Tag.START_MODEL_DIGEST] == plan2.start_digest
     assert tags2[Tag.BASE_MODEL_DIGEST] == demo_build.model_digest  # the original: relative floors against it

@@ -28,13 +28,21 @@ def run_record(settings: Settings, experiment: str, run_id: str) -> dict[str, An
     return {"lineage": lineage, "parent": parent, "stages": stages}
 
 
-def registered_version(settings: Settings, name: str, request_digest: str | None, base_digest: str | None) -> Any:
+def registered_version(
+    settings: Settings, name: str, run_id: str, request_digest: str | None, base_digest: str | None,
+    start_digest: str | None = None,
+) -> Any:
+    """The version this run registered, or the one an earlier run made from the same inputs."""
     from amnesia.governance.versions import find_version, registry_client
 
-    if not request_digest or not base_digest:
-        return None
     try:
-        return find_version(registry_client(settings), name, request_digest, base_digest)
+        client = registry_client(settings)
+        made = client.search_model_versions(f"name='{name}' and tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'")
+        if made:
+            return made[0]
+        if not request_digest or not base_digest:
+            return None
+        return find_version(client, name, request_digest, base_digest, start_digest)
     except Exception:  # no such registered model yet
         return None
 
@@ -103,8 +111,12 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
     if split is not None and split.data.tags.get(Tag.SPLIT_URI):
         lines += _deadline_lines(ArtifactStore(settings), split.data.tags[Tag.SPLIT_URI])
     request_digest = split.data.tags.get(Tag.REQUEST_DIGEST) or split.data.tags.get(Tag.SPLIT_DIGEST) if split else None
-    base_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None
-    mv = registered_version(settings, cfg.model_name, request_digest, base_digest)
+    # The version's base is the original model; unlearn's base tag is the model it started from (a champion's
+    # folder when the run was incremental).
+    start_digest = unlearn.data.tags.get(Tag.BASE_MODEL_DIGEST) if unlearn else None
+    original = parent.data.tags.get(Tag.ORIGINAL_MODEL_DIGEST)
+    base_digest = original if original and original != "none" else start_digest
+    mv = registered_version(settings, cfg.model_name, run_id, request_digest, base_digest, start_digest)
     if mv is not None:
         first = mv.tags.get(Tag.PIPELINE_RUN_ID) == run_id
         again = "" if first else f"; already registered by run {mv.tags.get(Tag.PIPELINE_RUN_ID)}"
