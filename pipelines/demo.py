@@ -36,7 +36,7 @@ from amnesia.demo.prepare import (
 )
 from amnesia.devstack import stack
 from amnesia.runtime.pipeline_config import PipelineConfig
-from amnesia.runtime.summary import summarize
+from amnesia.runtime.summary import registered_version, summarize
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.lineage import Tag
 from amnesia.storage.requests import ErasureRequest, RequestQueue, load_requests_uri, request_digest
@@ -76,10 +76,9 @@ def _batches(items: list, months: int) -> list[list]:  # type: ignore[type-arg]
 
 
 def _registered(cfg: Settings, run_id: str) -> str | None:
-    from amnesia.governance.versions import registry_client
-
-    found = registry_client(cfg).search_model_versions(f"tags.`{Tag.PIPELINE_RUN_ID}` = '{run_id}'")
-    return str(found[0].version) if found else None
+    """The version this run registered, if its gate passed."""
+    mv = registered_version(cfg, MODEL_NAME, run_id, None, None)
+    return str(mv.version) if mv is not None else None
 
 
 def _made_already(cfg: Settings, demo: DemoArtifacts, pending: list[ErasureRequest]) -> Any | None:
