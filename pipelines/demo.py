@@ -198,7 +198,7 @@ def run_demo(
         lines = summarize(demo_pipeline_config(demo, root), cfg, run_id, reports=Path(cfg.home) / "reports")
         for line in lines:
             echo(line)
-        result |= {"run_id": run_id, "lines": lines, "reused_run": True}
+        result |= {"run_id": run_id, "lines": lines}
     else:
         run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pipeline = demo_pipeline_config(demo, root)
