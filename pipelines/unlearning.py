@@ -98,8 +98,10 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
                 u = k8s(unlearn_trainjob(**unlearning_args, **_trainjob_args(cluster)), "unlearn")
                 gpu = cluster.accelerator or "nvidia.com/gpu"  # a TrainJob's nodes are GPU nodes
                 u.set_accelerator_type(gpu).set_accelerator_limit(cluster.trainjob.gpus_per_node)  # per node
-            else:
-                u = k8s(unlearn(**unlearning_args), "unlearn")
+            else:  # with unlearn.search the task searches first: it scores trials as evaluate and gate will
+                search = {"evaluate_config": evaluate_config, "gate_config": gate_config, "plan_json": plan,
+                          "original_uri": model_uri}  # fmt: skip
+                u = k8s(unlearn(**unlearning_args, **search), "unlearn")
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}
             eb = k8s(evaluate(role="base", **base, **scoring), "evaluate-base")
             candidate = {"model_uri": u.outputs["model_uri"], "model_config": model_config}

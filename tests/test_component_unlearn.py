@@ -34,6 +34,10 @@ def test_spec() -> None:
         "model_config",
         "split_json",
         "trace_json",
+        "evaluate_config",  # these four: for unlearn.search (empty otherwise)
+        "gate_config",
+        "plan_json",
+        "original_uri",
     }
 
 

@@ -134,16 +134,22 @@ def unlearn_cmd(
     trace_uri: str | None,
 ) -> None:
     """Stage 3: train only the selected layers to forget; resumes from the run's last checkpoint."""
+    from amnesia.core.config import load_yaml, parse_model
     from amnesia.results.split import load_split_result
     from amnesia.results.trace import TraceResult
+    from amnesia.stages.evaluate.config import EvaluateConfig
+    from amnesia.stages.gate.config import GateConfig
+    from amnesia.stages.search.stage import search_then_unlearn
     from amnesia.stages.unlearn.config import UnlearnConfig
-    from amnesia.stages.unlearn.stage import run_unlearn
     from amnesia.storage.uri import join
 
     cfg, ctx = _stage_setup("unlearn", UnlearnConfig, config_path, run_id, root, no_track)
     layers = TraceResult.load(ctx.store, trace_uri).layers if trace_uri else None
     model = _model_section(config_path, model_uri)
-    result = run_unlearn(cfg, ctx, model, load_split_result(ctx.store, split_uri), layers)
+    sections = load_yaml(config_path)  # with unlearn.search, trials are scored as evaluate and gate will score
+    evaluate = parse_model(EvaluateConfig, sections.get("evaluate", {}), f"{config_path}: evaluate")
+    gate = parse_model(GateConfig, sections.get("gate", {}), f"{config_path}: gate")
+    result = search_then_unlearn(cfg, ctx, model, load_split_result(ctx.store, split_uri), layers, evaluate, gate)
     click.echo(f"unlearn {ctx.pipeline_run_id}: {result.uri} (digest {result.digest[:16]}…)")
     click.echo(
         f"  method    {result.method} on {result.target} of layers {result.layers}: "
@@ -154,6 +160,9 @@ def unlearn_cmd(
     for key in ("forget_exact", "retain_exact"):
         click.echo(f"  {key:<13} {result.before[key]:.3f} -> {result.after[key]:.3f}")
     click.echo(f"  curves    {join(result.report_uri, L.CURVES_PNG)}")
+    if result.search is not None:
+        click.echo(f"  search    {result.search.line()}")
+        click.echo(f"            {join(result.search.uri, L.SEARCH_MD)}")
 
 
 @cli.command("evaluate")

@@ -165,6 +165,23 @@ def _obligations(store: ArtifactStore, tags: dict[str, str]) -> dict[str, Any]:
     return {"rows": rows, "note": note, "start": start}
 
 
+def _search(store: ArtifactStore, tags: dict[str, str]) -> dict[str, Any]:
+    """The settings search that chose the candidate's settings (from its model folder's summary), as a table."""
+    from amnesia.results.search import SearchResult
+
+    uri = tags.get(Tag.MODEL_URI, "")
+    summary = join(uri, L.UNLEARN_SUMMARY) if uri else ""
+    found = None
+    if summary:
+        with contextlib.suppress(AmnesiaError):
+            found = store.get_json(summary).get("search")
+    if not found:
+        return {"line": "", "note": "", "head": [], "rows": []}
+    result = SearchResult.model_validate(found)
+    head, rows = result.table()
+    return {"line": result.line(), "note": result.note(), "head": head, "rows": rows}
+
+
 def _verdict(store: ArtifactStore, tags: dict[str, str]) -> dict[str, Any]:
     report = tags.get(Tag.REPORT_URI)
     if not report or not store.exists(join(report, L.VERDICT)):
@@ -364,6 +381,7 @@ def create_app(settings: Settings, root: str, config: ReviewConfig | None = None
             "requests": _due_rows(store, _root_of(tags, root), ids),
             "attacks": _attacks(store, tags),
             "obligations": _obligations(store, tags),
+            "search": _search(store, tags),
             "has_report": bool(tags.get(Tag.REPORT_URI)) and store.exists(join(tags[Tag.REPORT_URI], L.REPORT_HTML)),
             "may_decide": may,
             "why_not": why,

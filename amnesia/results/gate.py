@@ -23,6 +23,16 @@ class Check(BaseModel):
         sign = ("<=" if self.passed else ">") if self.ceiling else (">=" if self.passed else "<")
         return f"{self.name} {self.value:.3f} {sign} {bound} {self.floor:.3f}"
 
+    def margin(self) -> float:
+        """How far the check clears its bound, normalised so that every check reads alike: the share of the way
+        from the bound to the ideal (1 for a floor, 0 for a ceiling); 0 on the bound, negative when it fails,
+        -1 when not measured. What the settings search maximises (its smallest, over every check)."""
+        if self.value is None:
+            return -1.0
+        if self.ceiling:
+            return (self.floor - self.value) / self.floor if self.floor > 0 else (0.0 if self.value <= 0 else -1.0)
+        return (self.value - self.floor) / (1 - self.floor) if self.floor < 1 else (0.0 if self.value >= 1 else -1.0)
+
     def code(self) -> str:
         """The same as an MLflow-safe token: name=value/floor (a ceiling: name=value/max<ceiling>)."""
         value = "none" if self.value is None else f"{self.value:.3f}"
@@ -61,6 +71,14 @@ def tag_codes(checks: list[Check], limit: int = 480) -> str:
 class Verdict(BaseModel):
     passed: bool
     checks: list[Check]
+
+    def margin(self) -> float:
+        """The smallest normalised margin over the checks (Check.margin): >= 0 exactly when every check passes
+        (1.0 when there is no check)."""
+        return min((c.margin() for c in self.checks), default=1.0)
+
+    def tightest(self) -> Check | None:
+        return min(self.checks, key=lambda c: c.margin(), default=None)
 
     @property
     def reasons(self) -> list[str]:

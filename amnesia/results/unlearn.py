@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from amnesia.results.search import SearchResult
 from amnesia.storage import layout as L
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.uri import join
@@ -25,6 +26,7 @@ class UnlearnResult(BaseModel):
     before: dict[str, float]  # the first held-out evaluation (the base model)
     after: dict[str, float]  # the same evaluation of the stored weights
     config_hash: str
+    search: SearchResult | None = None  # the settings search that chose these settings, when one ran
 
     @classmethod
     def load(cls, store: ArtifactStore, uri: str) -> UnlearnResult:

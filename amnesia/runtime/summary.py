@@ -90,6 +90,9 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
     if trace is not None and trace.data.tags.get(Tag.TRACE_WARNING):  # the layers are a fallback, not a finding
         agg = ArtifactStore(settings).get_json(join(trace.data.tags[Tag.TRACE_URI], TRACE_AGGREGATE))
         lines.append(f"WARNING trace: {agg.get('warning') or trace.data.tags[Tag.TRACE_WARNING]}")
+    search = stages.get("search")
+    if search is not None and "chosen" in search.data.metrics:
+        lines.append(f"search  {_search_line(search)}")
     gate = stages.get("gate")
     if gate is not None:
         passed = gate.data.tags.get(Tag.GATE_PASSED) == "true"
@@ -127,3 +130,13 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
         f"mlflow  {settings.mlflow_tracking_uri}/#/experiments/{lineage.experiment_id}/runs/{parent.info.run_id}"
     )
     return lines
+
+
+def _search_line(run: Any) -> str:
+    """The settings search in one line, from its MLflow stage run: trials, the chosen one, its margin."""
+    m, p = run.data.metrics, run.data.params
+    chosen = ", ".join(f"{k.removeprefix('chosen.').removeprefix('method_args.')}={v}" for k, v in sorted(p.items())
+                       if k.startswith("chosen."))  # fmt: skip
+    return (f"{int(m.get('count_trials', 0))} trials ({int(m.get('count_pruned', 0))} pruned, "
+            f"{int(m.get('count_passed', 0))} passed) in {m.get('seconds', 0):.0f} s; chose trial "
+            f"{int(m['chosen'])} ({chosen}), margin {m.get('margin', 0):+.3f}")

@@ -31,12 +31,12 @@ from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.evaluate.stage import run_evaluate
 from amnesia.stages.gate.config import GateConfig
 from amnesia.stages.gate.stage import run_gate
+from amnesia.stages.search.stage import search_then_unlearn
 from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.split.stage import SplitError, run_split
 from amnesia.stages.trace.config import TraceConfig
 from amnesia.stages.trace.stage import run_trace
 from amnesia.stages.unlearn.config import UnlearnConfig
-from amnesia.stages.unlearn.stage import run_unlearn
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.context import RunContext
 from amnesia.storage.layout import REPORT_HTML, run_root
@@ -104,18 +104,21 @@ def trace(
 
 def unlearn(
     config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
-    trace_json: str, model_out: Any,
+    trace_json: str, model_out: Any, evaluate_config: str = "", gate_config: str = "", plan_json: str = "",
+    original_uri: str = "",
 ) -> tuple[str, str]:  # fmt: skip
-    """(the candidate's URI, the UnlearnResult JSON). A retried task resumes from the run's last checkpoint."""
+    """(the candidate's URI, the UnlearnResult JSON). A retried task resumes from the run's last checkpoint.
+    With unlearn.search, the settings search runs first (scored against the evaluate and gate configs, the
+    original model as the base) and the stage then runs its chosen settings."""
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "unlearn"):
-        result = run_unlearn(
-            UnlearnConfig.model_validate_json(config_json),
-            ctx,
-            ModelConfig.from_task(model_config, model_uri),
-            SplitResult.model_validate_json(split_json),
-            _layers(trace_json),
-        )
+        model = ModelConfig.from_task(model_config, model_uri)
+        result = search_then_unlearn(
+            UnlearnConfig.model_validate_json(config_json), ctx, model, SplitResult.model_validate_json(split_json),
+            _layers(trace_json), EvaluateConfig.model_validate_json(evaluate_config) if evaluate_config else None,
+            GateConfig.model_validate_json(gate_config) if gate_config else None, _plan(plan_json),
+            ModelConfig.from_task(model_config, original_uri or model_uri),
+        )  # fmt: skip
     return result.uri, describe(model_out, result, result.uri, result.digest)
 
 
@@ -140,8 +143,12 @@ def unlearn_trainjob(
     )
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "unlearn"):
+        cfg = UnlearnConfig.model_validate_json(config_json)
+        if cfg.search is not None:  # the trials would run on the launcher's pod, not the job's GPUs
+            raise ValueError("unlearn.search does not run under cluster.trainjob yet: search in a plain run (its "
+                             "unlearn task gets the GPU), then give the chosen settings to the TrainJob run")
         result = trainjob.unlearn(
-            UnlearnConfig.model_validate_json(config_json),
+            cfg,
             ctx,
             ModelConfig.from_task(model_config, model_uri),
             SplitResult.model_validate_json(split_json),

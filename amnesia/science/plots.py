@@ -152,3 +152,36 @@ def recovery_bars(figures: Mapping[str, Mapping[str, float]], ceilings: Mapping[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def search_trials(rows: Sequence[Mapping[str, object]], path: Path) -> Path:
+    """The settings search, one bar per trial in the order run: its smallest gate margin (without the attacks;
+    the attacked margin as a dot where the attacks ran), pruned trials as grey stubs, the chosen one starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 2), 3.2), dpi=120)
+    for i, r in enumerate(rows):
+        margin = r.get("margin")
+        if margin is None:  # pruned or failed: no verdict
+            ax.bar(i, -0.05, color="#bbbbbb", width=0.7)
+            continue
+        ax.bar(i, float(margin), color="#2a9d8f" if float(margin) >= 0 else "#e76f51", width=0.7)  # type: ignore[arg-type]
+        if r.get("attacked_margin") is not None:
+            ax.plot(i, float(r["attacked_margin"]), "ko", markersize=4)  # type: ignore[arg-type]
+        if r.get("chosen"):
+            ax.annotate("*", (i, max(float(margin), float(r.get("attacked_margin") or margin))),  # type: ignore[arg-type]
+                        ha="center", va="bottom", fontsize=14)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([str(r.get("number")) for r in rows], fontsize=7)
+    ax.set_xlabel("trial (grey: pruned or failed; dot: with the attacks; *: chosen)", fontsize=8)
+    ax.set_ylabel("smallest gate margin", fontsize=8)
+    ax.set_title("Settings search: each trial's closest gate check", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -66,6 +66,8 @@ RESULT = "result.json"  # an evaluation's or an attack run's figures
 ITEMS, GENERATIONS, MIA_LOSSES, ATTACK_ITEMS = "items.jsonl", "generations.jsonl", "mia.jsonl", "attacks.jsonl"
 OBLIGATION_ITEMS = "obligations.jsonl"
 PLAN = "plan.json"
+SEARCH = "search"  # below the unlearn stage's folder: the settings search's table and plot
+SEARCH_JSON, SEARCH_MD, SEARCH_PNG = "search.json", "search.md", "search.png"
 VERDICT, REPORT_HTML, REPORT_MD = "verdict.json", "report.html", "report.md"
 
 _EVALUATION_FILES = (
@@ -120,6 +122,7 @@ STAGES: dict[str, Stage] = {
                 File("report/*", "run summary and training curves"),
                 File("checkpoints/**", "resumable training state"),
                 File("launch/**", "a training job's spec and result"),
+                File(f"{SEARCH}/*", "the settings search: each trial's settings, gate margins, the chosen one"),
             ),
         ),
         Stage(

@@ -34,7 +34,7 @@ class Tag(StrEnum):
     """Every lineage tag the project writes."""
 
     PIPELINE_RUN_ID = "amnesia.pipeline_run_id"
-    ROLE = "amnesia.role"  # "pipeline" or "stage"
+    ROLE = "amnesia.role"  # "pipeline", "stage", or "part" (a search trial, below its stage run)
     STAGE = "amnesia.stage"
     CODE_VERSION = "amnesia.code_version"
     IMAGE = "amnesia.image"
@@ -310,15 +310,19 @@ class Lineage:
         return self._parent_id
 
     @contextlib.contextmanager
-    def stage(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
-        """A nested run for one stage; FAILED (with the error's class, not its text) if the body raises."""
+    def stage(
+        self, name: str, params: Mapping[str, Any] | None = None, parent: StageRun | None = None
+    ) -> Iterator[StageRun]:
+        """A nested run for one stage (or, with parent, for one part of a stage: a search's trial); FAILED (with
+        the error's class, not its text) if the body raises."""
+        above = parent.run_id if parent is not None else self.parent_run_id()
         tags = self._base_tags() | {
-            Tag.ROLE: "stage",
+            Tag.ROLE: "stage" if parent is None else "part",
             Tag.STAGE: self.guard.check("tag", Tag.STAGE, name),
-            "mlflow.parentRunId": self.parent_run_id(),
+            "mlflow.parentRunId": above,
             "mlflow.runName": name,
         }
-        self._end_killed_attempts(name)
+        self._end_killed_attempts(name, above)
         run = StageRun(self.client, self.client.create_run(self.experiment_id, tags=tags).info.run_id, self.guard)
         try:
             if params:
@@ -331,11 +335,11 @@ class Lineage:
             raise
         self.client.set_terminated(run.run_id, "FINISHED")
 
-    def _end_killed_attempts(self, name: str) -> None:
+    def _end_killed_attempts(self, name: str, parent: str) -> None:
         """An earlier attempt of this stage still RUNNING was killed (kill -9, an evicted pod: nothing could
         close it); KFP starts the next attempt only after it, so mark it KILLED before this one begins."""
         query = (
-            f"tags.`mlflow.parentRunId` = '{self.parent_run_id()}' and tags.`{Tag.STAGE}` = '{name}'"
+            f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{Tag.STAGE}` = '{name}'"
             " and attributes.status = 'RUNNING'"
         )
         for stale in self.client.search_runs([self.experiment_id], query):

@@ -230,18 +230,56 @@ def _evaluate(
     loaded, where = load(mcfg, store=ctx.store)
     identity = {"model_uri": mcfg.uri, "model_digest": model_digest, "placement": where.params(mcfg), "uri": uri,
                 "key": key}  # fmt: skip
-    docs = _mia_documents(cfg, ctx, split)
-    scored = evaluate_model(cfg, loaded.model, loaded.tokenizer, sets, docs, questions, dev, role, ctx.log, identity)
-    obligations, rows = {}, []
-    if checks:
-        total = sum(len(items) for items, _key in checks.values())
-        with Progress(total, f"evaluate {role}: {len(checks)} earlier requests", "item", ctx.log) as bar:
-            obligations, rows = score_obligations(loaded.model, loaded.tokenizer, checks, cfg, bar.update)
-    per_request = _per_request(ctx, split, scored.items)
-    update = {"seconds": round(time.monotonic() - t0, 1), "obligations": obligations, "requests": per_request,
-              "drift": _drift(ctx, mcfg.uri, plan) if role == "candidate" else {}}  # fmt: skip
+    inputs = Inputs(sets, _mia_documents(cfg, ctx, split), questions, dev, checks or {})
+    scored, rows = score_model(cfg, ctx, split, inputs, loaded.model, loaded.tokenizer, role, identity)
+    update = {"seconds": round(time.monotonic() - t0, 1), "drift": _drift(ctx, mcfg.uri, plan) if role == "candidate"
+              else {}}  # fmt: skip
     result = scored.result.model_copy(update=update)
     return _store(ctx, result, scored.items, scored.generations, scored.mia, scored.attack_rows, rows)
+
+
+@dataclass
+class Inputs:
+    """What a model is scored on, loaded once (the settings search scores many models on the same)."""
+
+    sets: dict[str, list[UnlearningRecord]]
+    mia: dict[str, list[MIADocument]] | None
+    questions: list[MMLUQuestion]
+    dev: list[MMLUQuestion]
+    checks: Checks
+
+    @classmethod
+    def load(
+        cls, cfg: EvaluateConfig, ctx: RunContext, split: SplitResult, plan: RunPlan | None, role: str
+    ) -> Inputs:
+        questions, dev = _load_mmlu(cfg, ctx)
+        checks = _obligation_checks(ctx, plan, role)
+        return cls(_load_sets(ctx, split), _mia_documents(cfg, ctx, split), questions, dev, checks)
+
+
+def score_model(
+    cfg: EvaluateConfig,
+    ctx: RunContext,
+    split: SplitResult,
+    inputs: Inputs,
+    model: Any,
+    tok: Any,
+    role: str,
+    identity: dict[str, Any],
+) -> tuple[Scored, list[dict[str, Any]]]:
+    """Every figure of one loaded model (evaluate_model), with this run's requests one by one and the standing
+    obligations the inputs carry; the per-item rows of the obligations beside it."""
+    scored = evaluate_model(
+        cfg, model, tok, inputs.sets, inputs.mia, inputs.questions, inputs.dev, role, ctx.log, identity
+    )
+    obligations, rows = {}, []
+    if inputs.checks:
+        total = sum(len(items) for items, _key in inputs.checks.values())
+        with Progress(total, f"evaluate {role}: {len(inputs.checks)} earlier requests", "item", ctx.log) as bar:
+            obligations, rows = score_obligations(model, tok, inputs.checks, cfg, bar.update)
+    update = {"obligations": obligations, "requests": _per_request(ctx, split, scored.items)}
+    scored.result = scored.result.model_copy(update=update)
+    return scored, rows
 
 
 @dataclass

@@ -16,6 +16,7 @@ from amnesia.results.evaluation import Evaluation
 from amnesia.results.figures import recoveries, table_rows
 from amnesia.results.gate import Check, Verdict
 from amnesia.results.plan import RunPlan
+from amnesia.results.search import SearchResult
 from amnesia.science.metrics.registry import ARROW, direction
 from amnesia.storage.layout import REPORT_HTML, REPORT_MD
 
@@ -29,6 +30,7 @@ class ReportInputs:
     images: dict[str, Path]  # caption -> PNG (trade-off plot, trace heatmaps, training curves)
     facts: list[tuple[str, str]] = field(default_factory=list)  # (label, value): models, method, layers…
     plan: RunPlan | None = None  # the run's standing obligations
+    search: SearchResult | None = None  # the settings search that chose the unlearning's settings
 
 
 OBLIGATION_HEAD = ["earlier request", "fulfilled by", "items", "knowledge", "regurgitation", "forget score", "result"]
@@ -123,6 +125,10 @@ def markdown(inp: ReportInputs, image_names: dict[str, str]) -> str:
         out += ["", "## Earlier requests (standing obligations)", "", _obligation_note(inp.plan), ""]
         out += ["| " + " | ".join(OBLIGATION_HEAD) + " |", "|---|---|" + "---:|" * 4 + "---|"]
         out += ["| " + " | ".join(r) + " |" for r in obligations]
+    if inp.search is not None:
+        head, body = inp.search.table()
+        out += ["", "## Settings search", "", inp.search.line() + ".", "", inp.search.note(), ""]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
     attacks = attack_rows(inp.base, inp.candidate)
     if attacks:
         out += ["", "## Attacks on forgetting", "", "| " + " | ".join(ATTACK_HEAD) + " |", "|---|---|" + "---:|" * 5]
@@ -143,7 +149,7 @@ h1{font-size:1.4rem} h2{font-size:1.1rem;margin-top:2rem} table{border-collapse:
 td,th{border:1px solid #d5d9e0;padding:.25rem .6rem;font-size:.85rem}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{display:inline-block;padding:.4rem 1rem;border-radius:.3rem;font-weight:700;color:#fff}
-.pass{background:#1f8a4c} .fail{background:#c0392b} tr.failed td{background:#fdecea}
+.pass{background:#1f8a4c} .fail{background:#c0392b} tr.failed td{background:#fdecea} tr.chosen td{background:#e8f6ee}
 figure{display:inline-block;margin:.5rem 1rem .5rem 0;vertical-align:top} figcaption{font-size:.8rem;color:#555}
 img{max-width:100%;border:1px solid #eee} code{font-size:.8rem}
 """
@@ -183,6 +189,12 @@ def render_html(inp: ReportInputs) -> str:
         parts.append(f"<p>{html.escape(_obligation_note(inp.plan))}</p>")
         parts.append(_table(OBLIGATION_HEAD, obligations, [False, False] + [True] * 4 + [False],
                             ["" if passed else "failed" for passed in ok]))  # fmt: skip
+    if inp.search is not None:
+        head, body = inp.search.table()
+        parts.append("<h2>Settings search</h2>")
+        parts.append(f"<p>{html.escape(inp.search.line())}. {html.escape(inp.search.note())}</p>")
+        numeric = [h in ("steps", "s", "margin", "with attacks") for h in head]
+        parts.append(_table(head, body, numeric, ["" if not r[0].endswith("(chosen)") else "chosen" for r in body]))
     attacks = attack_rows(inp.base, inp.candidate)
     if attacks:
         parts.append("<h2>Attacks on forgetting</h2>")

@@ -102,9 +102,14 @@ def run_gate(
         if unlearn is not None:
             curves = ctx.store.get_file(join(unlearn.report_uri, L.CURVES_PNG), folder / "src" / L.CURVES_PNG)
             images["Unlearning curves"] = curves
+        if unlearn is not None and unlearn.search is not None:
+            images["Settings search: each trial's closest gate check"] = ctx.store.get_file(
+                join(unlearn.search.uri, L.SEARCH_PNG), folder / "src" / L.SEARCH_PNG
+            )
         inputs = report.ReportInputs(
-            ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn, plan), plan
-        )
+            ctx.pipeline_run_id, base, candidate, verdict, images, _facts(base, candidate, trace, unlearn, plan), plan,
+            unlearn.search if unlearn is not None else None,
+        )  # fmt: skip
         report.write(inputs, folder / "report")
         verdict_json = {
             "passed": verdict.passed,
@@ -180,6 +185,8 @@ def _facts(
         facts.append(("method", f"{unlearn.method} on {unlearn.target} of layers {unlearn.layers}, "
                                 f"{unlearn.trainable_params:,} of {unlearn.total_params:,} parameters, "
                                 f"{unlearn.steps} steps ({unlearn.stopped})"))  # fmt: skip
+        if unlearn.search is not None:
+            facts.append(("settings", f"chosen by the settings search: {unlearn.search.line()}"))
     return facts
 
 

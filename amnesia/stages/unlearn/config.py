@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from amnesia.core.config import StrictModel, describe_error
 from amnesia.science.unlearning.methods.config import MethodConfig
+from amnesia.stages.search.config import SearchConfig, check_space
 
 
 class UnlearnConfig(StrictModel):
@@ -78,6 +79,10 @@ class UnlearnConfig(StrictModel):
     checkpoint_every: int = Field(20, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1)
     resume: bool = True
+    # The settings search: try settings on this run's data and keep those that clear the gate widest.
+    search: SearchConfig | None = Field(
+        None, description="Search the settings (lr and the method's knobs) against the gate before unlearning.",
+    )  # fmt: skip
 
     @field_validator("method")
     @classmethod
@@ -112,7 +117,18 @@ class UnlearnConfig(StrictModel):
     def _check(self) -> UnlearnConfig:
         if (self.target == "regex") != (self.param_regex is not None):
             raise ValueError("param_regex goes with target: regex, and target: regex needs param_regex")
+        if self.search is not None:
+            from amnesia.science.unlearning.methods import method_class
+
+            cls = method_class(self.method)
+            check_space(self.search.space_for(cls.search_space), cls.config_cls.model_fields)
         return self
+
+    def with_settings(self, params: dict[str, Any]) -> UnlearnConfig:
+        """This config with a trial's settings ('lr', 'method_args.alpha', ...) and no search: what runs."""
+        top = {k: v for k, v in params.items() if not k.startswith("method_args.")}
+        args = dict(self.method_args) | {k.removeprefix("method_args."): v for k, v in params.items() if k not in top}
+        return UnlearnConfig.model_validate(self.model_dump() | top | {"method_args": args, "search": None})
 
     def method_config(self) -> MethodConfig:
         return _validate_args(self.method, self.method_args)

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from amnesia.core.config import ModelConfig
 from amnesia.core.errors import AmnesiaError
+from amnesia.results.search import SearchResult
 from amnesia.results.split import SplitResult
 from amnesia.stages.unlearn.config import UnlearnConfig
 from amnesia.storage.artifacts import ArtifactStore
@@ -47,10 +48,16 @@ class Job(BaseModel):
     root: str
     experiment: str | None  # the MLflow experiment; None: no tracking
     result: str  # the store URI rank 0 writes the UnlearnResult to
+    search: SearchResult | None = None  # the settings search that chose the config's settings
 
 
 def write_job(
-    cfg: UnlearnConfig, ctx: RunContext, model: ModelConfig, split: SplitResult, layers: list[int] | None
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    model: ModelConfig,
+    split: SplitResult,
+    layers: list[int] | None,
+    search: SearchResult | None = None,
 ) -> str:
     """The job in the run's folder, under a fresh name (an earlier attempt's result is never read)."""
     folder = join(ctx.root, "unlearn", "launch", uuid.uuid4().hex[:12])
@@ -63,6 +70,7 @@ def write_job(
         root=ctx.root,
         experiment=ctx.lineage.experiment if ctx.lineage is not None else None,
         result=join(folder, RESULT),
+        search=search,
     )
     uri = join(folder, "job.json")
     ctx.store.put_json(job.model_dump(mode="json"), uri)
@@ -85,10 +93,16 @@ def processes(cfg: UnlearnConfig) -> int:
 
 
 def launch(
-    cfg: UnlearnConfig, ctx: RunContext, model: ModelConfig, split: SplitResult, layers: list[int] | None, n: int
+    cfg: UnlearnConfig,
+    ctx: RunContext,
+    model: ModelConfig,
+    split: SplitResult,
+    layers: list[int] | None,
+    n: int,
+    search: SearchResult | None = None,
 ) -> UnlearnResult:
     """Run the stage as n torchrun processes here; their output goes to this process's stdout and stderr."""
-    job = write_job(cfg, ctx, model, split, layers)
+    job = write_job(cfg, ctx, model, split, layers, search)
     ctx.log.info("unlearn: starting %d processes (torchrun, %s)", n, cfg.strategy)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
     done = subprocess.run([*cmd, "-m", "amnesia.stages.unlearn.rank", job], check=False)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     lineage = Lineage(job.pipeline_run_id, experiment=job.experiment, settings=s) if job.experiment else None
     store.seal_key = run_key_id(job.pipeline_run_id) if s.encrypt else None
     ctx = RunContext(job.pipeline_run_id, job.root, store, lineage if main_rank else None)
-    result = run_unlearn(job.config, ctx, job.model, job.split, job.layers)
+    result = run_unlearn(job.config, ctx, job.model, job.split, job.layers, job.search)
     if main_rank:
         store.put_json(result.model_dump(mode="json"), job.result)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from amnesia.core.config import ModelConfig, config_hash
 from amnesia.core.errors import AmnesiaError
+from amnesia.results.search import SearchResult
 from amnesia.results.split import SplitResult
 from amnesia.results.unlearn import UnlearnResult
 from amnesia.science.architecture import inspect_model
@@ -85,18 +87,78 @@ def run_unlearn(
     model: ModelConfig | str,
     split: SplitResult,
     trace_layers: list[int] | None = None,
+    search: SearchResult | None = None,
 ) -> UnlearnResult:
     """The stage. With unlearn.processes > 1 outside torchrun, on that many torchrun processes started
     here; under torchrun, this process's part of it (every process returns the result; rank 0 writes
-    the model, the checkpoints and the lineage)."""
+    the model, the checkpoints and the lineage). `search`: the settings search that chose cfg's settings,
+    recorded with the model."""
     from amnesia.stages.unlearn import launch
     n = launch.processes(cfg)
     if n > 1 and not distributed.under_torchrun():
-        return launch.launch(cfg, ctx, as_model_config(model), split, trace_layers, n)
+        return launch.launch(cfg, ctx, as_model_config(model), split, trace_layers, n, search)
     with distributed.session() as world:
         if not world.main:  # one voice in the log: rank 0's
             ctx.log.setLevel(logging.WARNING)
-        return _unlearn(cfg, ctx, as_model_config(model), split, trace_layers, world)
+        return _unlearn(cfg, ctx, as_model_config(model), split, trace_layers, world, search)
+
+
+@dataclass
+class Prepared:
+    """What every training run on this model and split shares: the loaded model with only the chosen layers'
+    tensors trainable, and the encoded sets (a search's trials reuse it; each restores the start weights)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    where: Placement
+    digest: str | None
+    layers: list[int]
+    names: list[str]
+    sets: dict[str, list[Any]]
+    extra: dict[str, list[Any]]
+
+
+def prepare(
+    cfg: UnlearnConfig, ctx: RunContext, model_cfg: ModelConfig, split: SplitResult, trace_layers: list[int] | None
+) -> Prepared:
+    layers = choose_layers(cfg, trace_layers)
+    loaded, where = load(model_cfg, training=True, store=ctx.store)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
+    freeze_all_but(model, names)
+    sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
+    extra = _method_sets(ctx, method_class(cfg.method).record_files(cfg.method_config()), sets, tokenizer, cfg)
+    return Prepared(model, tokenizer, where, loaded.digest, layers, names, sets, extra)
+
+
+def trainer_for(
+    cfg: UnlearnConfig,
+    prep: Prepared,
+    forward: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    checkpoints: CheckpointStore | None = None,
+    world: distributed.World = distributed.ONE,
+    **hooks: Any,
+) -> Trainer:
+    """A trainer for `cfg` over the prepared model and sets (forward: the model, or its DDP/FSDP wrapper)."""
+    pad = prep.tokenizer.pad_token_id
+    mcfg, cls = cfg.method_config(), method_class(cfg.method)
+    sets = prep.sets
+    data = PairedBatches(
+        sets["forget_train"], sets["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size, prep.extra
+    )
+    data = cls.schedule(mcfg, data, cfg.epochs)
+    held_out = held_out_batches(
+        sets["forget_eval"], sets["retain_eval"] or sets["retain_train"], sets["forget_train"], cfg.batch_size, pad
+    )
+    named = dict(prep.model.named_parameters())  # after sharding: FSDP2 replaces the parameters it shards
+    method = cls(mcfg, forward, [named[n] for n in prep.names], reference=reference, layers=prep.layers)
+    return Trainer(cfg, method, forward, prep.names, data, held_out, checkpoints, world=world, **hooks)
+
+
+def reference_for(cfg: UnlearnConfig, model: torch.nn.Module) -> torch.nn.Module | None:
+    """A frozen copy of the start model, for the methods that compare against it."""
+    return _frozen_copy(model) if method_class(cfg.method).wants_reference(cfg.method_config()) else None
 
 
 def _unlearn(
@@ -106,36 +168,23 @@ def _unlearn(
     split: SplitResult,
     trace_layers: list[int] | None,
     world: distributed.World,
+    search: SearchResult | None = None,
 ) -> UnlearnResult:
-    layers = choose_layers(cfg, trace_layers)
-    loaded, where = load(model_cfg, training=True, store=ctx.store)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    if cfg.search is not None:
+        raise UnlearnError("unlearn.search: run the settings search first (amnesia.stages.search), then this stage "
+                           "with the chosen settings (UnlearnConfig.with_settings)")  # fmt: skip
+    prep = prepare(cfg, ctx, model_cfg, split, trace_layers)
+    model, tokenizer, where, layers, names = prep.model, prep.tokenizer, prep.where, prep.layers, prep.names
     ctx.log.info(
         "unlearn: model on %s in %s (precision %s)%s", where.device, where.dtype, cfg.precision,
         f"; {world.size} processes, {cfg.strategy}" if distributed.active() else "",
     )  # fmt: skip
-    layout = inspect_model(model)
-    names = trainable_names(model, layout, cfg.target, layers, cfg.param_regex)
-    freeze_all_but(model, names)
-    sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
-    pad = tokenizer.pad_token_id
-    mcfg, cls = cfg.method_config(), method_class(cfg.method)
-    extra = _method_sets(ctx, cls.record_files(mcfg), sets, tokenizer, cfg)
-    data = PairedBatches(
-        sets["forget_train"], sets["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size, extra
-    )
-    data = cls.schedule(mcfg, data, cfg.epochs)
-    held_out = held_out_batches(
-        sets["forget_eval"], sets["retain_eval"] or sets["retain_train"], sets["forget_train"], cfg.batch_size, pad
-    )
-    reference = _frozen_copy(model) if cls.wants_reference(mcfg) else None
+    reference = reference_for(cfg, model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # frozen early layers would otherwise cut the graph
     forward = distributed.parallelize(model, names, cfg.strategy, torch.device(where.device))
-    named = dict(model.named_parameters())  # after sharding: FSDP2 replaces the parameters it shards
-    params = [named[n] for n in names]
-    method = cls(mcfg, forward, params, reference=reference, layers=layers)
+    params = [dict(model.named_parameters())[n] for n in names]
     ctx.log.info(
         "unlearn: %s on %s of layers %s: %d of %d parameters train (%d tensors)",
         cfg.method,
@@ -148,35 +197,35 @@ def _unlearn(
     ckpts = CheckpointStore(
         ctx.store,
         join(ctx.root, "unlearn", "checkpoints"),
-        fingerprint(cfg, loaded.digest, split.digest, names),
+        fingerprint(cfg, prep.digest, split.digest, names),
         cfg.keep_checkpoints,
     )
     lineage = ctx.lineage if world.main else None
     # The stage's MLflow run is open while training runs, so its curves show up live (batched).
     with lineage.stage("unlearn") if lineage is not None else nullcontext() as run:
         live = LiveSeries(run) if run is not None else None
-        trainer = Trainer(
+        trainer = trainer_for(
             cfg,
-            method,
+            prep,
             forward,
-            names,
-            data,
-            held_out,
+            reference,
             ckpts,
+            world,
             on_checkpoint=lambda step, uri: ctx.log.info("unlearn: checkpoint at step %d: %s", step, uri),
             on_record=(lambda kind, row: live.add(row, "eval_" if kind == "eval" else "")) if live else None,
-            world=world,
         )
         state = trainer.train()
         after = trainer.evaluate(state.step)
         weights = distributed.whole_state(model)
         result = None
         if world.main:
-            result = _store(cfg, ctx, model, weights, tokenizer, state, after, layers, names, loaded.digest, model_cfg)
+            result = _store(
+                cfg, ctx, model, weights, tokenizer, state, after, layers, names, prep.digest, model_cfg, search
+            )
         result = distributed.from_main(result)
         if run is not None and live is not None:
             live.flush()
-            _record_lineage(cfg, ctx, run, result, state, model_cfg, where, loaded.digest, names)
+            _record_lineage(cfg, ctx, run, result, state, model_cfg, where, prep.digest, names)
     ctx.log.info(
         "unlearn: %d steps (%s); forget reproduced %.3f -> %.3f, retain %.3f -> %.3f",
         state.step, state.stopped, result.before["forget_exact"], after["forget_exact"],
@@ -204,6 +253,7 @@ def _store(
     names: list[str],
     base_digest: str | None,
     base: ModelConfig,
+    search: SearchResult | None = None,
 ) -> UnlearnResult:
     total = count(list(model.parameters()))
     trainable = count([p for n, p in model.named_parameters() if n in set(names)])
@@ -224,6 +274,7 @@ def _store(
         "base_model_digest": base_digest,
         "before": state.evals[0],
         "after": after,
+        "search": search.model_dump(mode="json") if search is not None else None,
     }
     model_uri, report_uri = L.stage_uri(ctx.root, "unlearn", "model"), L.stage_uri(ctx.root, "unlearn", "report")
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,6 +307,7 @@ def _store(
         before=state.evals[0],
         after=after,
         config_hash=config_hash(cfg),
+        search=search,
     )
 
 

@@ -58,6 +58,10 @@ class Method:
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     needs_reference: ClassVar[bool] = False  # a frozen copy of the base model
+    # What the settings search varies of the method's own config by default: field -> (low, high), sampled
+    # log-uniformly (the trainer's lr is always searched too). The few knobs that trade forgetting against
+    # keeping, not every field: a search of 10-20 trials can cover two or three dimensions.
+    search_space: ClassVar[dict[str, tuple[float, float]]] = {}
     owns_update: ClassVar[bool] = False  # applies its own parameter update (no optimizer step)
 
     def __init__(
@@ -209,6 +213,7 @@ class ForgetRetainMethod(Method):
     """Subclasses give the forget term; the retain term and the weighting are shared."""
 
     cfg: ForgetRetainConfig
+    search_space = {"alpha": (0.5, 20.0)}
 
     @classmethod
     def wants_reference(cls, cfg: MethodConfig) -> bool:

@@ -65,6 +65,7 @@ class NGDiffConfig(MethodConfig):
 @register("ngdiff")
 class NGDiff(Method):
     config_cls = NGDiffConfig
+    search_space = {"max_lr_factor": (1.0, 100.0)}
     owns_update = True
     cfg: NGDiffConfig
 
@@ -113,6 +114,7 @@ class BlurConfig(MethodConfig):
 @register("blur")
 class Blur(Method):
     config_cls = BlurConfig
+    search_space = {"gamma": (0.05, 2.0)}
     cfg: BlurConfig
 
     def loss(self, forget: Batch, retain: Batch, info: StepInfo) -> LossOut:

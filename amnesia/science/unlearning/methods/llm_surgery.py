@@ -29,6 +29,7 @@ class SurgeryConfig(MethodConfig):
 @register("surgery")
 class Surgery(Method):
     config_cls = SurgeryConfig
+    search_space = {"retain_weight": (0.5, 20.0)}
     needs_reference = True
     cfg: SurgeryConfig
 

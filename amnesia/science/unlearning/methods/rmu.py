@@ -43,6 +43,7 @@ def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tor
 @register("rmu")
 class RMU(Method):
     config_cls = RMUConfig
+    search_space = {"alpha": (10.0, 1000.0), "coef_scale": (1.0, 20.0)}
     needs_reference = True
     cfg: RMUConfig
 

@@ -106,5 +106,6 @@ def sam_over(inner: type[Method]) -> type[Method]:
         __base__=inner.config_cls,
         rho=(float, Field(0.01, gt=0, description="Radius of the worst-case weight perturbation of the forget part.")),
     )
-    attrs = {"inner_cls": inner, "config_cls": config, "name": PREFIX + inner.name, "__doc__": SAM.__doc__}
+    attrs = {"inner_cls": inner, "config_cls": config, "name": PREFIX + inner.name, "__doc__": SAM.__doc__,
+             "search_space": inner.search_space}
     return type(f"Sam{inner.__name__}", (SAM,), attrs)

@@ -29,6 +29,7 @@ class Sha256Config(MethodConfig):
 @register("sha256")
 class Sha256(Method):
     config_cls = Sha256Config
+    search_space = {"m_min": (1.0, 10.0), "m_max": (2.0, 40.0)}  # an m_max below m_min holds m at m_max
     cfg: Sha256Config
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
