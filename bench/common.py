@@ -35,6 +35,7 @@ from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.split.stage import build_sets  # noqa: E402
 from amnesia.stages.trace.stage import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
 from amnesia.stages.unlearn.config import UnlearnConfig  # noqa: E402
+from amnesia.stages.unlearn.stage import Prepared  # noqa: E402
 from amnesia.stages.unlearn.trainer import Trainer, held_out_batches  # noqa: E402
 from amnesia.storage.models import load_model  # noqa: E402
 from amnesia.storage.records import load_records
@@ -134,6 +135,23 @@ def traced_layers(model: Any, tok: Any, sets: Sets, subjects: list[str]) -> list
         return None
     print(f"traced: {len(facts)} facts, layers {layers} ({rule}, confidence {choice.confidence:.1f})")
     return layers
+
+
+def prepared(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> Prepared:
+    """The unlearn stage's Prepared for a copy of the base model (what a settings search's trials share)."""
+    model = copy.deepcopy(base)
+    layers = cfg.layers or []
+    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
+    freeze_all_but(model, names)
+    eos = {n: cfg.forget_eos if n.startswith("forget") else cfg.retain_eos for n in sets}
+    enc = {n: [encode(tok, r, cfg.prompt_format, cfg.max_length, eos[n]) for r in rs] for n, rs in sets.items()}
+    cls = method_class(cfg.method)
+    extra = {
+        k: [encode(tok, r, cfg.prompt_format, cfg.max_length, cfg.retain_eos) for r in load_records(uri)]
+        for k, uri in cls.record_files(cfg.method_config()).items()
+    }
+    where = type("Where", (), {"device": "cpu", "dtype": "float32"})()
+    return Prepared(model, tok, where, None, layers, names, enc, extra)  # type: ignore[arg-type]
 
 
 def unlearn(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> tuple[Any, int]:

@@ -86,6 +86,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(DEFAULT), help="comma-separated registered methods")
     ap.add_argument("--reports", type=Path, help="write each method's gate report into this folder")
     ap.add_argument("--seeds", type=int, default=1, help="runs per method (seeds 0..n-1): the spread is the noise")
+    ap.add_argument("--search", type=int, metavar="TRIALS",
+                    help="search each method's settings first (unlearn.search, this many trials, seed 0; the "
+                         "attacks on the best --attack-top), then run its chosen settings with each seed")
+    ap.add_argument("--attack-top", type=int, default=1, help="with --search: trials the attacks run on")
     demo_arguments(ap)
     args = ap.parse_args()
     d = demo_setup(args)
@@ -100,8 +104,12 @@ def main() -> None:
     rows = [row("base model", base_ev, None, 0, 0.0, None) | {"seed": 0}]
     demo = demo_unlearn_config()
     for method in args.methods.split(","):
+        chosen: dict[str, Any] = {}
+        if args.search:
+            chosen = searched(args, method, config_for(method, demo, layers, args.epochs), d, base_ev, attacks)
         for seed in range(args.seeds):  # the unlearning's data order and the relearning folds
-            cfg = config_for(method, demo, layers, args.epochs).model_copy(update={"seed": seed})
+            cfg = config_for(method, demo, layers, args.epochs)
+            cfg = (cfg.with_settings(chosen["params"]) if chosen else cfg).model_copy(update={"seed": seed})
             torch.manual_seed(seed)
             t0 = time.perf_counter()
             model, steps = unlearn(base, tok, sets, cfg)
@@ -109,7 +117,7 @@ def main() -> None:
             seeded = attacks.model_copy(update={"relearning": attacks.relearning.model_copy(update={"seed": seed})})
             ev = evaluation(model, tok, sets, mia, utility, method, seeded)
             verdict = decide(demo_gate_config(), base_ev, ev)
-            rows.append(row(method, ev, base_ev, steps, seconds, verdict) | {"seed": seed})
+            rows.append(row(method, ev, base_ev, steps, seconds, verdict) | {"seed": seed, "search": chosen})
             if args.reports and seed == 0:
                 _report(args.reports / method.replace("+", "-"), method, cfg, base_ev, ev, verdict)
             print(f"  {method} (seed {seed}): {steps} steps in {seconds:.0f} s", flush=True)
@@ -130,6 +138,51 @@ def main() -> None:
         args.json.write_text(json.dumps({"layers": layers, "rows": rows}, indent=1))
     if args.plot:
         _plot(rows, args.plot)
+
+
+def searched(
+    args: argparse.Namespace, method: str, cfg: UnlearnConfig, d: Any, base_ev: Evaluation, attacks: AttackConfig
+) -> dict[str, Any]:
+    """The settings search for one method, on the demo's sets, scored by the demo gate: its chosen settings,
+    the trial count and its cost."""
+    import logging
+    import tempfile
+
+    from common import _Log, prepared
+
+    from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
+    from amnesia.stages.evaluate.stage import evaluate_model
+    from amnesia.stages.search.stage import Search
+
+    cfg = UnlearnConfig.model_validate(cfg.model_dump() | {"search": {"trials": args.search,
+                                                                      "attack_top": args.attack_top}})  # fmt: skip
+    prep = prepared(d.base, d.tok, d.sets, cfg)
+    full = EvaluateConfig(max_new_tokens=64, mmlu=MMLUConfig(uri="demo-utility", shots=0), attacks=attacks)
+    plain = full.model_copy(update={"attacks": None})
+    groups = {"forget": d.sets["forget_train"] + d.sets["forget_eval"], "retain": d.sets["retain_train"],
+              "retain_held_out": d.sets["retain_eval"]}  # fmt: skip
+    identity = {"model_uri": "trial", "model_digest": None, "uri": "", "key": None}
+
+    def score(model: Any, attacked: bool) -> Any:
+        return evaluate_model(full if attacked else plain, model, d.tok, groups, d.mia, d.utility, [], "trial",
+                              _Log(), identity)  # fmt: skip
+
+    log = logging.getLogger("bench.search")
+    t0 = time.perf_counter()
+    search = Search(cfg, prep, score, base_ev, demo_gate_config(), None, log, evaluate_cfg=full,
+                    forget_records=groups["forget"])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        trials, number, _stopped = search.run(None, Path(tmp))
+    best = next(t for t in trials if t.number == number)
+    seconds = time.perf_counter() - t0
+    pruned = sum(t.state == "pruned" for t in trials)
+    passing = sum(bool(t.passed) for t in trials)
+    margin = best.attacked_margin if best.attacked_margin is not None else best.margin
+    print(f"  {method}: search {len(trials)} trials ({pruned} pruned, {passing} passed) in {seconds:.0f} s; chose "
+          f"{best.params}, margin {margin:+.3f}", flush=True)  # fmt: skip
+    del prep
+    return {"params": best.params, "trials": len(trials), "pruned": pruned, "passed": passing,
+            "seconds": round(seconds, 1), "margin": margin}  # fmt: skip
 
 
 def _spread(rows: list[dict[str, Any]]) -> None:

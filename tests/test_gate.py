@@ -134,7 +134,7 @@ def test_each_request_and_each_earlier_one_is_checked_on_its_own() -> None:
     from amnesia.stages.gate.report import ReportInputs, markdown, render_html
     from amnesia.storage.obligations import PersonScores
 
-    kept = PersonScores(items=8, knowledge=0.0, regurgitation=0.2, forget_score=0.889)
+    kept = PersonScores(items=8, knowledge=0.0, regurgitation=0.2, forget_score=0.889, extraction=0.125)
     back = PersonScores(items=8, knowledge=1.0, regurgitation=0.95, forget_score=0.0)
     refs = [ObligationRef(request_id=f"REQ-{i}", documents=[f"doc{i}"], items=8, fulfilled_by="1") for i in range(40)]
     ids = [r.request_id for r in refs]
@@ -147,7 +147,8 @@ def test_each_request_and_each_earlier_one_is_checked_on_its_own() -> None:
     )
     verdict = decide(GateConfig(), BASE, cand, plan)
     assert not verdict.passed and verdict.reasons == ["obligation.REQ-7.forget_score 0.000 < floor 0.300"]
-    assert [c.name for c in verdict.checks if c.name.startswith("request.")] == ["request.NEW-1.forget_score"]
+    assert [c.name for c in verdict.checks if c.name.startswith("request.")] == [
+        "request.NEW-1.forget_score", "request.NEW-1.extraction"]  # fmt: skip
     code = tag_codes(verdict.checks)  # 47 checks in one MLflow tag: counted, the failed one named
     assert "requests_forgotten=1/1" in code and "obligations_kept=39/40" in code and "came_back=REQ-7" in code
     assert len(code) <= 480

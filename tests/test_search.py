@@ -16,13 +16,14 @@ from amnesia.results.figures import scores
 from amnesia.results.gate import Check, Verdict
 from amnesia.science.attack_config import AttackConfig, QuantizationAttackConfig, RelearningAttackConfig
 from amnesia.stages.evaluate.stage import run_evaluate
-from amnesia.stages.search.stage import SEARCH_JSON, SEARCH_MD, SEARCH_PNG, plain_gate, run_search
+from amnesia.stages.search.stage import SEARCH_JSON, SEARCH_MD, SEARCH_PNG, plain_gate, run_search, warm_settings
 from amnesia.stages.split.stage import run_split
 from amnesia.stages.unlearn.config import UnlearnConfig
 from amnesia.stages.unlearn.stage import run_unlearn
 from amnesia.storage.artifacts import ArtifactStore
 from amnesia.storage.context import RunContext
 from amnesia.storage.lineage import Lineage
+from amnesia.storage.models import as_model_config
 from amnesia.storage.requests import RequestQueue, load_requests_uri
 from amnesia.storage.uri import join
 
@@ -89,6 +90,7 @@ def _split(store: ArtifactStore, demo_build: DemoArtifacts, prefix: str, run: st
     return run_split(demo_split_config(demo_build.world_uri), RunContext(run, f"{prefix}/runs/{run}", store))
 
 
+SEED = 0  # the search's seed in the reproducibility test
 ATTACKS = AttackConfig(quantization=QuantizationAttackConfig(bits=[4], schemes=["sym"]),
                        relearning=RelearningAttackConfig(folds=2, steps=10))  # fmt: skip
 
@@ -137,3 +139,29 @@ def test_the_search_chooses_settings_that_pass_and_the_unlearn_stage_reproduces_
     ev = run_evaluate(plain, ctx, ran.uri, split, "candidate")
     assert scores(ev)["forget_score"] == chosen.figures["forget_score"]
     assert scores(ev)["retain_score"] == chosen.figures["retain_score"]
+    # next month's search on this model tries these settings first (its folder's summary carries them)
+    assert warm_settings(ctx, as_model_config(ran.uri), cfg) == result.params
+
+
+def test_the_same_seed_and_inputs_give_the_same_trials_and_a_hopeless_trial_is_pruned(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str
+) -> None:  # fmt: skip
+    """Two searches, same seed and inputs: the same trials, settings, margins and choice. Among the draws, an lr
+    of 1e-7 forgets nothing: once two trials have finished, the median pruner stops it at its first evaluation."""
+    split = _split(store, demo_build, s3_prefix, "search-2")
+    evaluate = demo_evaluate_config(demo_build.world_uri).model_copy(update={"attacks": None, "mmlu": None})
+    gate = demo_gate_config().model_copy(update={"mmlu_relative_floor": None})
+    space = {"lr": {"choices": [1e-3, 3e-4, 1e-7]}}
+    cfg = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60,
+                        search={"trials": 5, "startup_trials": 2, "attack_top": 0, "seed": SEED, "space": space})
+    runs = []
+    for attempt in ("a", "b"):
+        ctx = RunContext(f"search-2{attempt}", f"{s3_prefix}/runs/search-2{attempt}", store)
+        runs.append(run_search(cfg, ctx, demo_build.model_uri, split, None, evaluate, gate))
+    a, b = runs
+    same = ("number", "params", "state", "steps", "stopped", "margin", "tightest", "passed", "figures")
+    assert [t.model_dump(include=set(same)) for t in a.trials] == [t.model_dump(include=set(same)) for t in b.trials]
+    assert a.chosen == b.chosen and a.params == b.params
+    pruned = [t for t in a.trials if t.state == "pruned"]
+    assert pruned and all(t.params["lr"] == 1e-7 and t.steps == 10 for t in pruned), a.trials
+    assert a.params["lr"] != 1e-7

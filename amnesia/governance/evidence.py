@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from amnesia.core.errors import AmnesiaError
 from amnesia.core.settings import Settings
 from amnesia.governance.versions import APPROVER, DECIDED_AT, registry_client
-from amnesia.science.metrics.aggregate import mia_auc, mia_score
+from amnesia.science.metrics.aggregate import membership_percentile, mia_auc, mia_score
 from amnesia.science.records import ID_PATTERN
 from amnesia.storage import layout as L
 from amnesia.storage.artifacts import ArtifactStore
@@ -37,6 +37,8 @@ from amnesia.storage.requests import ErasureRequest, RequestError, RequestQueue
 from amnesia.storage.uri import join
 
 KINDS = (("knowledge", "qa"), ("regurgitation", "sc"), ("all", None))  # as amnesia.science.attacks.means
+# This person's figures, before -> after: the scorer's, the membership test's, and the per-person attacks'
+PERSON_ROWS = ("knowledge", "regurgitation", "mia_score", "extraction", "membership")
 
 
 class PersonFigures(BaseModel):
@@ -49,6 +51,8 @@ class PersonFigures(BaseModel):
     all: float | None = None
     mia_auc: float | None = None  # their documents against every non-member
     mia_score: float | None = None
+    extraction: float | None = None  # share of their items any sampled generation reproduced
+    membership: float | None = None  # their most member-like document's percentile among the non-members
 
 
 class RunEvidence(BaseModel):
@@ -144,12 +148,15 @@ def person_figures(store: ArtifactStore, folder: str, documents: set[str]) -> tu
     items = [i for i in _rows(store, folder, L.ITEMS) if i["set"] == "forget" and _doc(i["id"]) in documents]
     kind = {i["id"]: i["kind"] for i in items}
     figures = PersonFigures(items=len(items), **_means([(i["kind"], i["score"]) for i in items]))
+    if items and all("extracted" in i for i in items):
+        figures.extraction = sum(bool(i["extracted"]) for i in items) / len(items)
     mia = _rows(store, folder, L.MIA_LOSSES)
     theirs = [r["loss"] for r in mia if r["member"] and r["id"] in documents]
     others = [r["loss"] for r in mia if not r["member"]]
     if theirs and others:
         auc = mia_auc(theirs, others)
-        figures = figures.model_copy(update={"mia_auc": auc, "mia_score": mia_score(auc), "documents": len(theirs)})
+        figures = figures.model_copy(update={"mia_auc": auc, "mia_score": mia_score(auc), "documents": len(theirs),
+                                             "membership": max(membership_percentile(x, others) for x in theirs)})
     attacked: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for row in _rows(store, folder, L.ATTACK_ITEMS):
         if row["id"] in kind:
@@ -358,7 +365,7 @@ def lines(e: Evidence) -> list[str]:
         out.append(f"run     {r.run_id}: {len(r.documents)} documents; model {r.model or '—'} ({r.status})")
         if r.before and r.after:
             out.append(f"        {_noise(r.after)}")
-            for name in ("knowledge", "regurgitation", "mia_score"):
+            for name in PERSON_ROWS:
                 out.append(f"        {name:<14} {_fmt(getattr(r.before, name))} -> {_fmt(getattr(r.after, name))}")
         for name, value in r.recoveries.items():
             out.append(f"        recovery {name:<24} {value:.3f}")
@@ -401,9 +408,12 @@ def to_html(e: Evidence) -> str:
         parts.append(_table(["", ""], about, [False, False]))
         if r.before and r.after:
             rows = [(n, _fmt(getattr(r.before, n)), _fmt(getattr(r.after, n)))
-                    for n in ("knowledge", "regurgitation", "all", "mia_auc", "mia_score")]  # fmt: skip
+                    for n in ("knowledge", "regurgitation", "all", "mia_auc", "mia_score", "extraction", "membership")]
             parts.append(f"<p>This person's {r.after.items} records and {r.after.documents} document(s), before and "
-                         f"after. {_noise(r.after)}</p>")  # fmt: skip
+                         f"after. {_noise(r.after)} Extraction: the share of their records that any of the "
+                         "evaluation's sampled generations reproduced. Membership: their most member-like document's "
+                         "percentile among the non-members (0.5 is a typical non-member, 1.0 a lower loss than every "
+                         "one).</p>")  # fmt: skip
             parts.append(_table(["figure", "before", "after"], rows, [False, True, True]))
         if r.recoveries:
             rows = [(k, f"{v:.3f}") for k, v in r.recoveries.items()]

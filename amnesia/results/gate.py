@@ -48,16 +48,24 @@ def _rid(check: Check) -> str:
     return check.name.split(".", 1)[1].rsplit(".", 1)[0]
 
 
+def _figure(check: Check) -> str:
+    return check.name.rsplit(".", 1)[1]
+
+
 def tag_codes(checks: list[Check], limit: int = 480) -> str:
-    """Checks as one MLflow tag value (at most `limit` characters): every check but the per-request ones,
-    which are counted (and the failed ones named while they fit); the report has each one."""
+    """Checks as one MLflow tag value (at most `limit` characters): every check but the per-person ones, which
+    are counted by person (a person passes when all their checks do; the failed ones named while they fit);
+    the report has each one."""
     plain = [c.code() for c in checks if not c.name.startswith(PER_PERSON)]
     failed = []
     for prefix, counted, word in ((REQUEST_PREFIX, "requests_forgotten", "remembers"),
                                   (OBLIGATION_PREFIX, "obligations_kept", "came_back")):  # fmt: skip
-        people = [c for c in checks if c.name.startswith(prefix)]
+        people: dict[str, bool] = {}
+        for c in checks:
+            if c.name.startswith(prefix):
+                people[_rid(c)] = people.get(_rid(c), True) and c.passed
         if people:
-            bad = [f"{word}={_rid(c)}" for c in people if not c.passed]
+            bad = [f"{word}={rid}" for rid, ok in people.items() if not ok]
             plain.append(f"{counted}={len(people) - len(bad)}/{len(people)}")
             failed += bad
     for code in failed:
@@ -90,11 +98,17 @@ class Verdict(BaseModel):
         plain = [c.reason() for c in self.checks if not c.name.startswith(PER_PERSON)]
         for prefix, what in ((REQUEST_PREFIX, "this run's requests: all {n} forgotten"),
                              (OBLIGATION_PREFIX, "earlier requests: all {n} still forgotten")):  # fmt: skip
-            people = [c for c in self.checks if c.name.startswith(prefix) and c.value is not None]
+            mine = [c for c in self.checks if c.name.startswith(prefix) and c.value is not None]
+            people = [c for c in mine if _figure(c) == "forget_score"]
             if people:
                 low = min(people, key=lambda c: c.value or 0.0)
-                plain.append(what.format(n=len(people)) + f" (lowest forget score {low.value:.3f}, {_rid(low)}; "
-                             f"floor {low.floor:.3f})")  # fmt: skip
+                line = what.format(n=len({_rid(c) for c in mine})) + (
+                    f" (lowest forget score {low.value:.3f}, {_rid(low)}; floor {low.floor:.3f}")
+                for figure, label in (("extraction", "extraction share"), ("membership", "membership percentile")):
+                    most = max((c for c in mine if _figure(c) == figure), key=lambda c: c.value or 0.0, default=None)
+                    if most is not None:
+                        line += f"; highest {label} {most.value:.3f}, {_rid(most)}; ceiling {most.floor:.3f}"
+                plain.append(line + ")")
         return plain
 
 

@@ -135,8 +135,16 @@ def summarize(cfg: Any, settings: Settings, run_id: str, reports: Path | None = 
 def _search_line(run: Any) -> str:
     """The settings search in one line, from its MLflow stage run: trials, the chosen one, its margin."""
     m, p = run.data.metrics, run.data.params
-    chosen = ", ".join(f"{k.removeprefix('chosen.').removeprefix('method_args.')}={v}" for k, v in sorted(p.items())
-                       if k.startswith("chosen."))  # fmt: skip
+    chosen = ", ".join(f"{k.removeprefix('chosen.').removeprefix('method_args.')}={_short(v)}"
+                       for k, v in sorted(p.items()) if k.startswith("chosen."))  # fmt: skip
     return (f"{int(m.get('count_trials', 0))} trials ({int(m.get('count_pruned', 0))} pruned, "
             f"{int(m.get('count_passed', 0))} passed) in {m.get('seconds', 0):.0f} s; chose trial "
             f"{int(m['chosen'])} ({chosen}), margin {m.get('margin', 0):+.3f}")
+
+
+def _short(value: str) -> str:
+    """An MLflow param (a string) as the search table shows it: floats to 3 significant digits."""
+    try:
+        return value if value.isdigit() else f"{float(value):.3g}"
+    except ValueError:
+        return value

@@ -57,6 +57,10 @@ class PersonScores(BaseModel):
     knowledge: float | None = None
     regurgitation: float | None = None
     forget_score: float | None = None  # harmonic mean of 1 - each, as the gate's forget_score
+    # The per-person attacks (this run's requests; an obligation's sealed prompts get the forget score only):
+    extraction: float | None = None  # share of their items that any of N sampled generations reproduces
+    membership: float | None = None  # their most member-like document's percentile among the non-members
+    documents: int = 0  # their MIA member documents
 
 
 def person_scores(rows: list[tuple[str, float]]) -> PersonScores:

@@ -59,6 +59,16 @@ def mia_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -
     return float(auc(fpr, tpr))
 
 
+def membership_percentile(loss: float, nonmember_losses: Sequence[float]) -> float:
+    """How member-like one document looks against the non-members: the share of non-members whose loss is
+    higher than its own (ties count half). 0.5 is a typical non-member; 1.0, a lower loss than every one of
+    them. The per-document end of a likelihood-ratio test (U-LiRA's cheap end: one reference population)."""
+    if not nonmember_losses:
+        raise ValueError("a membership percentile needs non-member documents")
+    higher = sum(x > loss for x in nonmember_losses) + 0.5 * sum(x == loss for x in nonmember_losses)
+    return higher / len(nonmember_losses)
+
+
 def mia_score(auc_value: float) -> float:
     """1 when the attack is at chance (AUC 0.5); 0 when it separates perfectly, either way round."""
     return 1 - 2 * abs(auc_value - 0.5)

@@ -127,3 +127,13 @@ def item_fingerprint(kind: str, gold: str, key: bytes) -> Fingerprint:
 
 def fingerprint_score(kind: str, generation: str, fingerprint: Fingerprint, key: bytes) -> float:
     return ITEM_METRICS[kind].score_fingerprint(generation, fingerprint, key)
+
+
+# An extraction: a sample scoring at least this on the item's own metric (QA: the exact answer; SC: most of
+# the sentence, by ROUGE-L recall).
+EXTRACTED_AT = {"qa": 1.0, "sc": 0.8}
+
+
+def extracted(kind: str, samples: list[str], gold: str) -> bool:
+    """Whether any sampled continuation reproduces the item's answer."""
+    return any(item_score(kind, s, gold) >= EXTRACTED_AT[kind] for s in samples)

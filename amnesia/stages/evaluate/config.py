@@ -28,6 +28,14 @@ class MMLUConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
 
 
+class ExtractionConfig(StrictModel):
+    """Per person: sample each forget prompt this many times and count the items any sample reproduces."""
+
+    samples: int = Field(8, ge=1, le=256, description="Samples per forget prompt.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature (top-k and top-p off).")
+    seed: int = Field(0, ge=0)
+
+
 class EvaluateConfig(StrictModel):
     """Stage 4: the official scorer's metrics on a model; the base model's results are cached."""
 
@@ -36,6 +44,10 @@ class EvaluateConfig(StrictModel):
     mia: bool = Field(True, description="Membership inference on the split's MIA sets.")
     mmlu: MMLUConfig | None = Field(MMLUConfig(), description="None: no utility benchmark (no final score).")
     cache: bool = Field(True, description="Reuse a stored result for the same model, data and config.")
+    extraction: ExtractionConfig | None = Field(
+        ExtractionConfig(),
+        description="Per-person extraction test on the forget prompts (sampled generations; null: none).",
+    )
     attacks: AttackConfig | None = Field(
         AttackConfig(), description="Quantization and relearning attacks on the forget set (null: none)."
     )

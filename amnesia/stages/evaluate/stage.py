@@ -28,9 +28,9 @@ from amnesia.core.progress import Progress
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.plan import RunPlan
 from amnesia.results.split import SplitResult
-from amnesia.science.generation import greedy_generate
-from amnesia.science.metrics.aggregate import per_task
-from amnesia.science.metrics.items import fingerprint_score, item_score
+from amnesia.science.generation import greedy_generate, sampled_generate
+from amnesia.science.metrics.aggregate import membership_percentile, per_task
+from amnesia.science.metrics.items import extracted, fingerprint_score, item_score
 from amnesia.science.metrics.registry import METRICS, Measured, compute
 from amnesia.science.mmlu import sample, score_mmlu
 from amnesia.science.records import ID_PATTERN, MIADocument, MMLUQuestion, UnlearningRecord
@@ -109,15 +109,30 @@ def _document(record_id: str) -> str | None:
     return found["doc"] if found else None
 
 
-def _per_request(ctx: RunContext, split: SplitResult, items: list[dict[str, Any]]) -> dict[str, PersonScores]:
-    """This run's requests one by one: each person's forget items, from the split report's documents."""
+def _per_request(ctx: RunContext, split: SplitResult, scored: Scored) -> dict[str, PersonScores]:
+    """This run's requests one by one: each person's forget items, from the split report's documents, with
+    the share of them extracted by sampling and their documents' membership percentiles when measured."""
     if not split.request_ids:
         return {}
     report = ctx.store.get_json(join(split.uri, L.SPLIT_REPORT))
     docs = {rid: set(d) for rid, d in report.get("request_documents", {}).items()}
-    forget = [(_document(i["id"]), i["kind"], i["score"]) for i in items if i["set"] == "forget"]
-    return {rid: person_scores([(k, s) for doc, k, s in forget if doc in mine])
-            for rid, mine in sorted(docs.items()) if any(doc in mine for doc, _k, _s in forget)}  # fmt: skip
+    forget = [i | {"doc": _document(i["id"])} for i in scored.items if i["set"] == "forget"]
+    out = {}
+    for rid, mine in sorted(docs.items()):
+        theirs = [i for i in forget if i["doc"] in mine]
+        if not theirs:
+            continue
+        figures = person_scores([(i["kind"], i["score"]) for i in theirs])
+        if all("extracted" in i for i in theirs):
+            figures.extraction = sum(bool(i["extracted"]) for i in theirs) / len(theirs)
+        if scored.mia is not None and scored.mia[1]:
+            members, nonmembers, ids = scored.mia[0], scored.mia[1], scored.mia[2]
+            own = [loss for loss, doc in zip(members, ids, strict=True) if doc in mine]
+            if own:
+                figures.membership = max(membership_percentile(x, nonmembers) for x in own)
+                figures.documents = len(own)
+        out[rid] = figures
+    return out
 
 
 def _drift(ctx: RunContext, uri: str, plan: RunPlan | None) -> dict[str, float]:
@@ -277,7 +292,7 @@ def score_model(
         total = sum(len(items) for items, _key in inputs.checks.values())
         with Progress(total, f"evaluate {role}: {len(inputs.checks)} earlier requests", "item", ctx.log) as bar:
             obligations, rows = score_obligations(model, tok, inputs.checks, cfg, bar.update)
-    update = {"obligations": obligations, "requests": _per_request(ctx, split, scored.items)}
+    update = {"obligations": obligations, "requests": _per_request(ctx, split, scored)}
     scored.result = scored.result.model_copy(update=update)
     return scored, rows
 
@@ -321,6 +336,10 @@ def evaluate_model(
                 gens[r.id] = text
     if not scores["forget"] or not scores["retain"]:
         raise ValueError("evaluation needs forget and retain items")
+    if cfg.extraction is not None:  # per forget item: does any sampled generation reproduce it?
+        hits = extraction(cfg, model, tok, sets["forget"], role, log)
+        for row, hit in zip((i for i in items if i["set"] == "forget"), hits, strict=True):
+            row["extracted"] = hit
     attacks, attack_rows = attack_figures(
         cfg, model, tok, sets["forget"], [i["score"] for i in items if i["set"] == "forget"], role, log
     )
@@ -356,6 +375,18 @@ def evaluate_model(
         **identity,
     )
     return Scored(result, items, gens, mia, attack_rows)
+
+
+def extraction(
+    cfg: EvaluateConfig, model: Any, tok: Any, records: Sequence[UnlearningRecord], role: str, log: Any
+) -> list[bool]:
+    """The extraction test: per record, whether any of `samples` sampled continuations reproduces its answer."""
+    x = cfg.extraction
+    assert x is not None
+    with Progress(len(records), f"evaluate {role}: extraction ({x.samples} samples each)", "item", log) as bar:
+        samples = sampled_generate(model, tok, [r.input for r in records], x.samples, x.temperature,
+                                   cfg.max_new_tokens, cfg.batch_size, x.seed, bar.update)  # fmt: skip
+    return [extracted(r.kind, got, r.output) for r, got in zip(records, samples, strict=True)]
 
 
 def attack_figures(

@@ -34,8 +34,8 @@ def obligation_check(request_id: str) -> str:
     return f"obligation.{request_id}.forget_score"
 
 
-def request_check(request_id: str) -> str:
-    return f"request.{request_id}.forget_score"
+def request_check(request_id: str, figure: str = "forget_score") -> str:
+    return f"request.{request_id}.{figure}"
 
 
 def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation, plan: RunPlan | None = None) -> Verdict:
@@ -60,10 +60,15 @@ def decide(cfg: GateConfig, base: Evaluation, candidate: Evaluation, plan: RunPl
     bound("relearning_recovery", cfg.relearning_recovery_ceiling)
     for name, threshold in sorted(cfg.floors.items()):
         bound(name, threshold)
-    if cfg.per_request_floor is not None:
-        for rid, person in sorted(candidate.requests.items()):  # this run's requests, one by one
+    for rid, person in sorted(candidate.requests.items()):  # this run's requests, one by one
+        if cfg.per_request_floor is not None:
             got[request_check(rid)] = person.forget_score
             bound(request_check(rid), cfg.per_request_floor)
+        for figure, ceiling in (("extraction", cfg.per_request_extraction_ceiling),
+                                ("membership", cfg.per_request_membership_ceiling)):  # fmt: skip
+            if ceiling is not None:  # a missing figure is "not measured": a failure
+                wanted.append((request_check(rid, figure), getattr(person, figure), ceiling, True))
+    if cfg.per_request_floor is not None:
         for ref in plan.obligations if plan else []:  # a missing figure is "not measured": a failure
             found = candidate.obligations.get(ref.request_id)
             got[obligation_check(ref.request_id)] = found.forget_score if found else None

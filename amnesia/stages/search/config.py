@@ -19,7 +19,7 @@ TRAINING_FIELDS = {
     "lr": float, "weight_decay": float, "warmup_steps": int, "epochs": int, "max_steps": int, "batch_size": int,
     "retain_batch_size": int, "grad_accum": int, "max_grad_norm": float,
 }  # fmt: skip
-DEFAULT_LR = (1e-5, 1e-2)
+DEFAULT_LR = (1e-5, 3e-3)  # SmolLM-size models want ~1e-5, the demo's 2M-parameter one ~1e-3
 
 
 class ParamRange(StrictModel):
