@@ -84,7 +84,8 @@ def test_a_weak_run_fails_the_gate_naming_the_one_person_it_did_not_forget(
     assert ra.extraction is not None and rb.extraction is not None and ra.extraction < 0.25 < rb.extraction
     assert ra.membership is not None and rb.membership is not None and rb.documents >= 1
 
-    verdict = decide(demo_gate_config().model_copy(update={"per_request_floor": None}), base, ev)
+    gate = demo_gate_config().model_copy(update={"per_request_floor": None, "per_request_extraction_ceiling": 0.25})
+    verdict = decide(gate, base, ev)  # the default ceiling (the demo's own is looser: demo_gate_config says why)
     checks = {c.name: c for c in verdict.checks}
     assert not verdict.passed
     assert checks[f"request.{b.request_id}.extraction"].passed is False

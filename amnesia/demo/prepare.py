@@ -144,8 +144,14 @@ def demo_gate_config() -> GateConfig:
       (0.70 of base, sd 0.025);
     - relearning may bring back 45% (default 25%): 20 fine-tuning steps on the other folds give back
       0.25 of what this small model forgot (sd 0.08, 0.13 to 0.29 over seeds), so the default ceiling
-      sat on the mean and the demo passed or failed by the seed. A real model keeps the defaults."""
-    return GateConfig(held_out_retain_relative_floor=0.6, relearning_recovery_ceiling=0.45)
+      sat on the mean and the demo passed or failed by the seed;
+    - a person's answers may come out under sampling for 75% (default 25%) of their items: 8 samples at T=1
+      bring back up to half of one person's 8 items (the most exposed person: 0.50, 0.25, 0.25 over seeds 0-2,
+      sd 0.14), though greedy decoding gives them back for few; unlearning until none is reproduced greedily
+      removes that and takes the held-out people to 0.38. A real model keeps the defaults."""
+    return GateConfig(
+        held_out_retain_relative_floor=0.6, relearning_recovery_ceiling=0.45, per_request_extraction_ceiling=0.75
+    )
 
 
 def demo_trace_config() -> TraceConfig:
