@@ -26,7 +26,7 @@ from amnesia.science.metrics.aggregate import per_task  # noqa: E402
 from amnesia.science.metrics.registry import forget_score, retain_score  # noqa: E402
 from amnesia.science.mmlu import score_mmlu  # noqa: E402
 from amnesia.science.records import MIADocument, UnlearningRecord  # noqa: E402
-from amnesia.science.unlearning.data import PairedBatches, encode  # noqa: E402
+from amnesia.science.unlearning.data import encode  # noqa: E402
 from amnesia.science.unlearning.methods import method_class  # noqa: E402
 from amnesia.science.unlearning.params import freeze_all_but, trainable_names  # noqa: E402
 from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
@@ -35,8 +35,7 @@ from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.split.stage import build_sets  # noqa: E402
 from amnesia.stages.trace.stage import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
 from amnesia.stages.unlearn.config import UnlearnConfig  # noqa: E402
-from amnesia.stages.unlearn.stage import Prepared  # noqa: E402
-from amnesia.stages.unlearn.trainer import Trainer, held_out_batches  # noqa: E402
+from amnesia.stages.unlearn.stage import Prepared, trainer_for  # noqa: E402
 from amnesia.storage.models import load_model  # noqa: E402
 from amnesia.storage.records import load_records
 
@@ -157,28 +156,10 @@ def prepared(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> Prepared:
 def unlearn(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> tuple[Any, int]:
     """The unlearn stage's training on a copy of the base model (no store, no checkpoints), with the
     method's own schedule and record files as the stage gives them."""
-    model = copy.deepcopy(base)
-    layers = cfg.layers or []
-    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
-    freeze_all_but(model, names)
-    eos = {n: cfg.forget_eos if n.startswith("forget") else cfg.retain_eos for n in sets}
-    enc = {n: [encode(tok, r, cfg.prompt_format, cfg.max_length, eos[n]) for r in rs] for n, rs in sets.items()}
-    pad = tok.pad_token_id
-    mcfg, cls = cfg.method_config(), method_class(cfg.method)
-    extra = {
-        k: [encode(tok, r, cfg.prompt_format, cfg.max_length, cfg.retain_eos) for r in load_records(uri)]
-        for k, uri in cls.record_files(mcfg).items()
-    }
-    data = PairedBatches(
-        enc["forget_train"], enc["retain_train"], cfg.batch_size, cfg.seed, pad, cfg.retain_batch_size, extra
-    )
-    data = cls.schedule(mcfg, data, cfg.epochs)
-    held = held_out_batches(enc["forget_eval"], enc["retain_eval"], enc["forget_train"], cfg.batch_size, pad)
-    named = dict(model.named_parameters())
-    reference = copy.deepcopy(base).eval() if cls.wants_reference(mcfg) else None
-    method = cls(mcfg, model, [named[n] for n in names], reference=reference, layers=layers)
-    state = Trainer(cfg, method, model, names, data, held).train()
-    return model.eval(), state.step
+    prep = prepared(base, tok, sets, cfg)
+    reference = copy.deepcopy(base).eval() if method_class(cfg.method).wants_reference(cfg.method_config()) else None
+    state = trainer_for(cfg, prep, prep.model, reference).train()
+    return prep.model.eval(), state.step
 
 
 def score(model: Any, tok: Any, sets: Sets, utility: list[Any]) -> dict[str, float]:
