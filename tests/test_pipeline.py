@@ -200,7 +200,7 @@ def _evidence_then_purge(
 ) -> None:
     from amnesia.devstack.stack import MLFLOW_BUCKET
     from amnesia.governance.versions import BASE_EVALUATION, CANDIDATE_EVALUATION
-    from amnesia.science.metrics.aggregate import mia_auc
+    from amnesia.science.metrics.aggregate import membership_percentile, mia_auc
     from amnesia.science.records import ID_PATTERN
     from amnesia.storage.sealing import MAGIC, DataKeyError, sealed_key_id
 
@@ -244,6 +244,10 @@ def _evidence_then_purge(
         theirs = [r["loss"] for r in losses if r["member"] and r["id"] in docs]
         others = [r["loss"] for r in losses if not r["member"]]
         assert run[role]["mia_auc"] == pytest.approx(mia_auc(theirs, others))
+        # the per-person attacks: their items' extraction share, their documents' membership percentile
+        assert run[role]["extraction"] == pytest.approx(sum(i["extracted"] for i in mine) / len(mine))
+        assert run[role]["membership"] == pytest.approx(max(membership_percentile(x, others) for x in theirs))
+    assert run["before"]["extraction"] == 1.0 and run["after"]["extraction"] < run["before"]["extraction"]
     assert any(k.startswith("rtt.") for k in run["recoveries"]), run["recoveries"]
     named = subprocess.run([*cli, "evidence", rid, "--show-subject", "--root", prefix], capture_output=True, text=True)
     assert any(s in named.stdout for s in subjects)
