@@ -217,6 +217,7 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
     stack_state, stack_settings: Settings, store: ArtifactStore, s3_prefix: str, people: People, tmp_path: Path,  # type: ignore[no-untyped-def]
     browser: Any,
 ) -> None:  # fmt: skip
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -240,12 +241,17 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
 
     # Alice: the queue lists the candidate, and a second one appears while the page is open, no reload.
     _sign_in(browser, base, "alice", stack_state.password("alice"))
-    rows = lambda: [r.get_attribute("data-key") for r in browser.find_elements(By.CSS_SELECTOR, "#pending tbody tr")]  # noqa: E731
+    # One script call reads every row's key: element handles go stale when the page's poll redraws the table.
+    keys = "return [...document.querySelectorAll('#pending tbody tr')].map(r => r.dataset.key)"
+    rows = lambda: browser.execute_script(keys)  # noqa: E731
     assert f"{name}/{first}" in rows()
     second, _ = _candidate(stack_settings, store, s3_prefix, name, "u2", gate)
     WebDriverWait(browser, 30, poll_frequency=0.5).until(lambda _: f"{name}/{second}" in rows())
     assert "pending" in browser.find_element(By.ID, "checked").text
-    added = browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{name}/{second}"]').text  # drawn by the page's script
+    row = f'tr[data-key="{name}/{second}"]'  # drawn by the page's script, and redrawn by its poll: read it whole
+    added = WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda b: b.find_element(By.CSS_SELECTOR, row).text
+    )
     assert "0.02 → 0.81" in added and "0.50 → 0.49" in added and "2 2026-02-02 (2 overdue)" in added, added
     seen.append(browser.page_source)
 

@@ -90,7 +90,10 @@ def _split(store: ArtifactStore, demo_build: DemoArtifacts, prefix: str, run: st
     return run_split(demo_split_config(demo_build.world_uri), RunContext(run, f"{prefix}/runs/{run}", store))
 
 
-SEED = 0  # the search's seed in the reproducibility test
+# The search's seed in the reproducibility test: with it the sampler draws lr 1e-3 for the two random startup
+# trials and 1e-7 for the third, whatever their margins (Optuna's draws, checked without training), so the
+# pruner has its two finished trials to compare the hopeless one with. Seed 0 never drew 1e-7 in 5 trials.
+SEED = 85
 ATTACKS = AttackConfig(quantization=QuantizationAttackConfig(bits=[4], schemes=["sym"]),
                        relearning=RelearningAttackConfig(folds=2, steps=10))  # fmt: skip
 
@@ -98,17 +101,17 @@ ATTACKS = AttackConfig(quantization=QuantizationAttackConfig(bits=[4], schemes=[
 def test_the_search_chooses_settings_that_pass_and_the_unlearn_stage_reproduces_them(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, stack_settings
 ) -> None:  # fmt: skip
-    """Five trials on the demo model: every trial recorded, the best by the gate's own
-    margin attacked and chosen, the table and plot stored, each trial an MLflow child run; then the unlearn
-    stage on the chosen settings gives the very figures the trial had."""
+    """Three trials on the demo model (the sampler's random startup): every trial recorded, the best by the
+    gate's own margin attacked and chosen, the table and plot stored, each trial an MLflow child run; then the
+    unlearn stage on the chosen settings gives the very figures the trial had."""
     split = _split(store, demo_build, s3_prefix, "search-1")
     ctx = RunContext("search-1", f"{s3_prefix}/runs/search-1", store, Lineage("search-1", settings=stack_settings))
     evaluate = demo_evaluate_config(demo_build.world_uri).model_copy(update={"attacks": ATTACKS})
     gate = demo_gate_config()
-    cfg = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60, search={"trials": 5, "attack_top": 1})
+    cfg = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60, search={"trials": 3, "attack_top": 1})
     result = run_search(cfg, ctx, demo_build.model_uri, split, None, evaluate, gate)
 
-    assert [t.number for t in result.trials] == [0, 1, 2, 3, 4] and result.stopped == "trials"
+    assert [t.number for t in result.trials] == [0, 1, 2] and result.stopped == "trials"
     done = [t for t in result.trials if t.state == "complete"]
     assert done and all(t.margin is not None and t.tightest for t in done)
     chosen = next(t for t in result.trials if t.number == result.chosen)
@@ -119,7 +122,7 @@ def test_the_search_chooses_settings_that_pass_and_the_unlearn_stage_reproduces_
     assert "relearning_recovery" in chosen.figures and "forget_score" in chosen.figures
 
     md = store.get_bytes(join(result.uri, SEARCH_MD)).decode()
-    assert md.count("\n| ") >= 6 and f"| {result.chosen} (chosen) |" in md
+    assert md.count("\n| ") >= 4 and f"| {result.chosen} (chosen) |" in md
     png = Image.open(io.BytesIO(store.get_bytes(join(result.uri, SEARCH_PNG))))
     assert png.size[0] > 300 and len(set(png.convert("RGB").get_flattened_data())) > 10  # drawn, not blank
     assert store.get_json(join(result.uri, SEARCH_JSON))["chosen"] == result.chosen
@@ -130,7 +133,7 @@ def test_the_search_chooses_settings_that_pass_and_the_unlearn_stage_reproduces_
     search_run = next(r for r in stage if r.data.tags.get("mlflow.runName") == "search")
     trials = client.search_runs([ctx.lineage.experiment_id],  # type: ignore[union-attr]
                                 f"tags.`mlflow.parentRunId` = '{search_run.info.run_id}'")  # fmt: skip
-    assert len(trials) == 5 and search_run.data.params["chosen.lr"] == str(result.params["lr"])
+    assert len(trials) == 3 and search_run.data.params["chosen.lr"] == str(result.params["lr"])
 
     # the chosen settings, run by the unlearn stage in its usual way: the trial's figures, exactly
     ran = run_unlearn(cfg.with_settings(result.params), ctx, demo_build.model_uri, split, None, result)
@@ -146,14 +149,14 @@ def test_the_search_chooses_settings_that_pass_and_the_unlearn_stage_reproduces_
 def test_the_same_seed_and_inputs_give_the_same_trials_and_a_hopeless_trial_is_pruned(
     demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str
 ) -> None:  # fmt: skip
-    """Two searches, same seed and inputs: the same trials, settings, margins and choice. Among the draws, an lr
-    of 1e-7 forgets nothing: once two trials have finished, the median pruner stops it at its first evaluation."""
+    """Two searches, same seed and inputs: the same trials, settings, margins and choice. The third draw, an lr
+    of 1e-7, forgets nothing: once two trials have finished, the median pruner stops it at its first evaluation."""
     split = _split(store, demo_build, s3_prefix, "search-2")
     evaluate = demo_evaluate_config(demo_build.world_uri).model_copy(update={"attacks": None, "mmlu": None})
     gate = demo_gate_config().model_copy(update={"mmlu_relative_floor": None})
     space = {"lr": {"choices": [1e-3, 3e-4, 1e-7]}}
     cfg = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60,
-                        search={"trials": 5, "startup_trials": 2, "attack_top": 0, "seed": SEED, "space": space})
+                        search={"trials": 3, "startup_trials": 2, "attack_top": 0, "seed": SEED, "space": space})
     runs = []
     for attempt in ("a", "b"):
         ctx = RunContext(f"search-2{attempt}", f"{s3_prefix}/runs/search-2{attempt}", store)
@@ -162,6 +165,7 @@ def test_the_same_seed_and_inputs_give_the_same_trials_and_a_hopeless_trial_is_p
     same = ("number", "params", "state", "steps", "stopped", "margin", "tightest", "passed", "figures")
     assert [t.model_dump(include=set(same)) for t in a.trials] == [t.model_dump(include=set(same)) for t in b.trials]
     assert a.chosen == b.chosen and a.params == b.params
+    assert [t.params["lr"] for t in a.trials] == [1e-3, 1e-3, 1e-7], a.trials
     pruned = [t for t in a.trials if t.state == "pruned"]
-    assert pruned and all(t.params["lr"] == 1e-7 and t.steps == 10 for t in pruned), a.trials
+    assert [(t.number, t.steps) for t in pruned] == [(2, 10)], a.trials
     assert a.params["lr"] != 1e-7

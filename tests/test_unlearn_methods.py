@@ -360,3 +360,34 @@ def test_one_trainer_step_touches_only_trainable_parameters(setup, name: str) ->
     assert state_params <= {id(p) for p in params}
     if not cls.owns_update:
         assert state_params == {id(p) for p in params}
+
+
+def test_the_early_stop_waits_for_every_document_not_only_the_average(setup) -> None:  # type: ignore[no-untyped-def]
+    """early_stop_per_document: an average under its target with one person still mostly reproduced is not
+    'forgotten' (the gate checks each request); the evaluation reports the worst document's share."""
+    from amnesia.stages.unlearn.trainer import document_of, held_out_batches, worst_document
+
+    assert worst_document([True, True, False, False, False], ["a", "a", "b", "b", "b"]) == 1.0
+    assert worst_document([True, False, False, False], ["a", "a", "b", "b"]) == 0.5
+    assert worst_document([], []) == 0.0
+    assert document_of("doc-7qa3") == "doc-7" and document_of("doc-7sc0") == "doc-7" and document_of("x") == "x"
+
+    model, tok, names, params, _, _, forget, retain = setup
+    cfg = UnlearnConfig(layers=LAYERS, batch_size=2, early_stop_forget_exact=0.1, early_stop_per_document=0.25)
+    method = method_class("sha256")(cfg.method_config(), model, params, layers=LAYERS)
+    held = held_out_batches([], retain, forget, 2, tok.pad_token_id)
+    assert held.forget_documents == [document_of(e.id) for e in forget] and len(held.forget_documents) == len(forget)
+    trainer = Trainer(cfg, method, model, names, PairedBatches(forget, retain, 2, 0, tok.pad_token_id), held)
+    row = trainer.evaluate(0)
+    assert 0.0 <= row["forget_exact"] <= row["forget_exact_worst_document"] <= 1.0  # the worst is at least the mean
+
+    average_only = {"step": 10.0, "eval_loss": 1.0, "forget_exact": 0.05, "forget_exact_worst_document": 0.75}
+    trainer._after_eval(average_only)
+    assert not trainer.state.stopped and not trainer.state.best_met  # one person is still 3/4 there
+    everyone = average_only | {"step": 20.0, "eval_loss": 2.0, "forget_exact_worst_document": 0.25}
+    trainer._after_eval(everyone)
+    assert trainer.state.stopped == "forget_target_met" and trainer.state.best_loss == 2.0  # met beats a lower loss
+    plain = UnlearnConfig(layers=LAYERS, batch_size=2, early_stop_forget_exact=0.1)
+    trainer.cfg, trainer.state.stopped = plain, ""
+    trainer._after_eval(average_only | {"step": 30.0})
+    assert trainer.state.stopped == "forget_target_met"  # without the rule, the average decides (as before)

@@ -75,6 +75,14 @@ class UnlearnConfig(StrictModel):
         description="Stop once at most this share of forget items is still reproduced exactly "
         "(teacher-forced argmax = what greedy decoding returns); None: never stop early.",
     )
+    early_stop_per_document: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="With early_stop_forget_exact: also wait until no forgotten document (one person's record "
+        "set) has more than this share of its items still reproduced exactly. The gate checks each request; an "
+        "average met while one person is still almost whole is not a reason to stop. None: the average only.",
+    )
     # Checkpoints (S3): what a retried or killed run resumes from.
     checkpoint_every: int = Field(20, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from amnesia.core.progress import Progress
+from amnesia.science.records import ID_PATTERN
 from amnesia.science.unlearning.data import Batch, Encoded, PairedBatches, chunks
 from amnesia.science.unlearning.distributed import ONE, World, from_main, full, like, unwrap
 from amnesia.science.unlearning.methods import Method, Micro, StepInfo
@@ -53,6 +54,9 @@ class HeldOut:
     forget: list[Batch]
     retain: list[Batch]
     forget_train: list[Batch]
+    # The document of each forget_train item, in order (one person or document a request names): what the
+    # per-document stop reads. Empty: that rule is off.
+    forget_documents: list[str] = field(default_factory=list)
 
 
 def lr_at(cfg: UnlearnConfig, step: int) -> float:
@@ -61,17 +65,29 @@ def lr_at(cfg: UnlearnConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def reproduced(model: torch.nn.Module, batches: Sequence[Batch]) -> float:
-    """Share of items whose every output token is the argmax given the gold prefix: exactly the items
-    greedy decoding would still return word for word."""
-    hits = total = 0
+def reproduced_items(model: torch.nn.Module, batches: Sequence[Batch]) -> list[bool]:
+    """Per item, in order: is every output token the argmax given the gold prefix (exactly what greedy
+    decoding would still return word for word)?"""
+    flags: list[bool] = []
     for b in batches:
         pred = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].argmax(-1)
         labels = b.labels[:, 1:]
-        ok = ((pred == labels) | (labels == -100)).all(-1)
-        hits += int(ok.sum())
-        total += b.size
-    return hits / max(1, total)
+        flags += [bool(x) for x in ((pred == labels) | (labels == -100)).all(-1)]
+    return flags
+
+
+def reproduced(model: torch.nn.Module, batches: Sequence[Batch]) -> float:
+    """Share of items greedy decoding would still return word for word."""
+    flags = reproduced_items(model, batches)
+    return sum(flags) / max(1, len(flags))
+
+
+def worst_document(flags: Sequence[bool], documents: Sequence[str]) -> float:
+    """The largest share of one document's items still reproduced (0 without documents)."""
+    per: dict[str, list[bool]] = {}
+    for flag, doc in zip(flags, documents, strict=True):
+        per.setdefault(doc, []).append(flag)
+    return max((sum(v) / len(v) for v in per.values()), default=0.0)
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -167,9 +183,12 @@ class Trainer:
             result = {
                 "step": float(step),
                 "eval_loss": sum(float(o.total) for o in outs) / max(1, len(outs)),
-                "forget_exact": reproduced(self.model, [b.to(self.device) for b in self.held_out.forget_train]),
                 "retain_exact": reproduced(self.model, [b.to(self.device) for b in self.held_out.retain]),
             }
+            flags = reproduced_items(self.model, [b.to(self.device) for b in self.held_out.forget_train])
+            result["forget_exact"] = sum(flags) / max(1, len(flags))
+            if self.held_out.forget_documents:
+                result["forget_exact_worst_document"] = worst_document(flags, self.held_out.forget_documents)
         self.model.train()
         return from_main(result)  # one set of numbers decides best and stop on every process
 
@@ -272,8 +291,10 @@ class Trainer:
         always beats one that does not: a lower loss must not hand back a model that still remembers."""
         self.state.evals.append(result)
         self.on_record("eval", result)
-        target = self.cfg.early_stop_forget_exact
+        target, per_doc = self.cfg.early_stop_forget_exact, self.cfg.early_stop_per_document
         met = target is not None and result["forget_exact"] <= target
+        if met and per_doc is not None and "forget_exact_worst_document" in result:
+            met = result["forget_exact_worst_document"] <= per_doc  # every person, not only the average
         rank = (0 if met else 1, result["eval_loss"])
         if self.state.best_step < 0 or rank < (0 if self.state.best_met else 1, self.state.best_loss):
             self.state.best_loss, self.state.best_step, self.state.best_met = result["eval_loss"], self.state.step, met
@@ -289,4 +310,11 @@ def held_out_batches(
         forget=chunks(forget_eval or forget_train, size, pad),
         retain=chunks(retain_eval, size, pad),
         forget_train=chunks(forget_train, size, pad),
+        forget_documents=[document_of(e.id) for e in forget_train],
     )
+
+
+def document_of(item_id: str) -> str:
+    """`<document>sc0` / `<document>qa3` -> `<document>`; an id of another shape is its own document."""
+    found = ID_PATTERN.match(item_id)
+    return found["doc"] if found else item_id
