@@ -100,6 +100,11 @@ def test_second_prepare_reuses_and_a_new_seed_rebuilds(store: ArtifactStore, s3_
     assert (again.key, again.model_digest, again.world_digest) == (first.key, first.model_digest, first.world_digest)
     assert other.key != first.key and other.world_digest != first.world_digest
     assert other.model_uri != first.model_uri
+    # Built again from scratch: the same bytes, so the same digest (the build's wall time is kept beside the
+    # model folder, not in it), and the reused summary still says how long it took.
+    rebuilt = prepare(_tiny(0), store, s3_prefix, echo=lambda _: None, force=True)
+    assert not rebuilt.reused and rebuilt.model_digest == first.model_digest
+    assert isinstance(prepare(_tiny(0), store, s3_prefix, echo=lambda _: None).memorisation["seconds"], float)
 
 
 def test_cli_prepare_prints_what_and_where(stack_settings: Settings, s3_prefix: str, tmp_path: Path) -> None:
