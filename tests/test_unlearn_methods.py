@@ -365,7 +365,8 @@ def test_one_trainer_step_touches_only_trainable_parameters(setup, name: str) ->
 def test_the_early_stop_waits_for_every_document_not_only_the_average(setup) -> None:  # type: ignore[no-untyped-def]
     """early_stop_per_document: an average under its target with one person still mostly reproduced is not
     'forgotten' (the gate checks each request); the evaluation reports the worst document's share."""
-    from amnesia.stages.unlearn.trainer import document_of, held_out_batches, worst_document
+    from amnesia.science.records import document_of
+    from amnesia.stages.unlearn.trainer import held_out_batches, worst_document
 
     assert worst_document([True, True, False, False, False], ["a", "a", "b", "b", "b"]) == 1.0
     assert worst_document([True, False, False, False], ["a", "a", "b", "b"]) == 0.5

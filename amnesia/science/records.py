@@ -26,6 +26,12 @@ ID_PATTERN = re.compile(r"^(?P<doc>.+)(?P<kind>sc|qa)(?P<n>\d)$")
 _MANY_DIGITS = re.compile(r"(sc|qa)\d{2,}$")
 
 
+def document_of(item_id: str) -> str:
+    """`<document>sc0` / `<document>qa3` -> `<document>`; an id of another shape is its own document."""
+    found = ID_PATTERN.match(item_id)
+    return found["doc"] if found else item_id
+
+
 class RecordError(AmnesiaError):
     """A record file or row is malformed; the message names file, line/row and field."""
 
@@ -61,7 +67,7 @@ class UnlearningRecord(_Record):
 
     @property
     def document_id(self) -> str:
-        return ID_PATTERN.match(self.id)["doc"]  # type: ignore[index]
+        return document_of(self.id)
 
     @property
     def index(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from amnesia.core.progress import Progress
-from amnesia.science.records import ID_PATTERN
+from amnesia.science.records import document_of
 from amnesia.science.unlearning.data import Batch, Encoded, PairedBatches, chunks
 from amnesia.science.unlearning.distributed import ONE, World, from_main, full, like, unwrap
 from amnesia.science.unlearning.methods import Method, Micro, StepInfo
@@ -76,10 +76,13 @@ def reproduced_items(model: torch.nn.Module, batches: Sequence[Batch]) -> list[b
     return flags
 
 
+def share(flags: Sequence[bool]) -> float:
+    return sum(flags) / max(1, len(flags))
+
+
 def reproduced(model: torch.nn.Module, batches: Sequence[Batch]) -> float:
     """Share of items greedy decoding would still return word for word."""
-    flags = reproduced_items(model, batches)
-    return sum(flags) / max(1, len(flags))
+    return share(reproduced_items(model, batches))
 
 
 def worst_document(flags: Sequence[bool], documents: Sequence[str]) -> float:
@@ -87,7 +90,7 @@ def worst_document(flags: Sequence[bool], documents: Sequence[str]) -> float:
     per: dict[str, list[bool]] = {}
     for flag, doc in zip(flags, documents, strict=True):
         per.setdefault(doc, []).append(flag)
-    return max((sum(v) / len(v) for v in per.values()), default=0.0)
+    return max((share(v) for v in per.values()), default=0.0)
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -186,7 +189,7 @@ class Trainer:
                 "retain_exact": reproduced(self.model, [b.to(self.device) for b in self.held_out.retain]),
             }
             flags = reproduced_items(self.model, [b.to(self.device) for b in self.held_out.forget_train])
-            result["forget_exact"] = sum(flags) / max(1, len(flags))
+            result["forget_exact"] = share(flags)
             if self.held_out.forget_documents:
                 result["forget_exact_worst_document"] = worst_document(flags, self.held_out.forget_documents)
         self.model.train()
@@ -313,8 +316,3 @@ def held_out_batches(
         forget_documents=[document_of(e.id) for e in forget_train],
     )
 
-
-def document_of(item_id: str) -> str:
-    """`<document>sc0` / `<document>qa3` -> `<document>`; an id of another shape is its own document."""
-    found = ID_PATTERN.match(item_id)
-    return found["doc"] if found else item_id
