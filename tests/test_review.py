@@ -197,6 +197,19 @@ def _sign_in(driver: Any, base: str, user: str, password: str) -> None:
     assert f"Signed in as {user}" in driver.find_element(By.ID, "who").text
 
 
+def _sign_out(driver: Any) -> None:
+    """Sign out and wait for the answer. The click returns before the POST is answered: a sign-in begun then
+    would read a CSRF token from the old session, and the logout's answer then clears it (400, no sign-in)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button = driver.find_element(By.CSS_SELECTOR, "header form button")
+    button.click()
+    WebDriverWait(driver, 30).until(ec.staleness_of(button))
+    _wait_for(driver, "sign-in")
+
+
 def _wait_for(driver: Any, element_id: str) -> Any:
     """The element once the page that holds it has loaded (a click returns before the next page is there)."""
     from selenium.webdriver.common.by import By
@@ -237,7 +250,7 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
     assert "another person must decide" in _wait_for(browser, "error").text
     seen.append(browser.page_source)
     assert client.get_model_version(name, first).tags[Tag.STATUS] == "pending_approval"
-    browser.find_element(By.CSS_SELECTOR, "header form button").click()  # sign out
+    _sign_out(browser)
 
     # Alice: the queue lists the candidate, and a second one appears while the page is open, no reload.
     _sign_in(browser, base, "alice", stack_state.password("alice"))
@@ -287,7 +300,7 @@ def test_a_reviewer_approves_in_a_real_browser_and_the_runner_is_refused(
 
     # Dave may read the model (the server's default, READ) but not decide: told so, and refused.
     people("dave")
-    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    _sign_out(browser)
     _sign_in(browser, base, "dave", stack_state.password("dave"))
     browser.get(f"{base}/models/{name}/versions/{second}")
     assert f"dave has READ on registered model {name}" in _wait_for(browser, "refusal").text
