@@ -28,14 +28,13 @@ from amnesia.science.mmlu import score_mmlu  # noqa: E402
 from amnesia.science.records import MIADocument, UnlearningRecord  # noqa: E402
 from amnesia.science.unlearning.data import encode  # noqa: E402
 from amnesia.science.unlearning.methods import method_class  # noqa: E402
-from amnesia.science.unlearning.params import freeze_all_but, trainable_names  # noqa: E402
 from amnesia.stages.evaluate.config import EvaluateConfig, MMLUConfig
 from amnesia.stages.evaluate.stage import evaluate_model, score_items
 from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.split.stage import build_sets  # noqa: E402
 from amnesia.stages.trace.stage import TraceError, confirmed_choice, decide_layers, select_facts, trace_facts  # noqa: E402
 from amnesia.stages.unlearn.config import UnlearnConfig  # noqa: E402
-from amnesia.stages.unlearn.stage import Prepared, trainer_for  # noqa: E402
+from amnesia.stages.unlearn.stage import Prepared, select_trainable, trainer_for  # noqa: E402
 from amnesia.storage.models import load_model  # noqa: E402
 from amnesia.storage.records import load_records
 
@@ -140,8 +139,7 @@ def prepared(base: Any, tok: Any, sets: Sets, cfg: UnlearnConfig) -> Prepared:
     """The unlearn stage's Prepared for a copy of the base model (what a settings search's trials share)."""
     model = copy.deepcopy(base)
     layers = cfg.layers or []
-    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
-    freeze_all_but(model, names)
+    names = select_trainable(model, cfg, layers)
     eos = {n: cfg.forget_eos if n.startswith("forget") else cfg.retain_eos for n in sets}
     enc = {n: [encode(tok, r, cfg.prompt_format, cfg.max_length, eos[n]) for r in rs] for n, rs in sets.items()}
     cls = method_class(cfg.method)

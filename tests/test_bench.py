@@ -140,3 +140,16 @@ def test_continual_bench_runs_every_strategy(tmp_path: Path) -> None:
     assert rows[3]["drift"] > rows[2]["drift"] > 0  # incremental v2 moved on from v1, not from the original
     img = np.asarray(Image.open(tmp_path / "c.png").convert("L"), dtype=float)
     assert img.shape[1] > 900 and img.std() > 20  # three panels, rendered
+
+
+def test_adapters_bench_measures_lora_against_full_training() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "adapters.py"), "--layers", "1", "--ranks", "4", "--steps", "1"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("full", "lora"))}
+    assert set(rows) == {"full", "lora"}
+    assert rows["full"][2] == "1.0000" and rows["full"][4] == "1.0000"
+    trainable, state = float(rows["lora"][3]), float(rows["lora"][5])
+    assert 0 < trainable < 0.05 and abs(state - trainable) < 0.001  # AdamW: two fp32 moments per trainable value

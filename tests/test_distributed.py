@@ -94,6 +94,30 @@ def test_two_processes_give_the_one_process_weights(
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_lora_adapters_on_two_processes_give_the_one_process_weights(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str, tiny_model_dir: Path, tmp_path: Path,
+    strategy: str,
+) -> None:  # fmt: skip
+    """unlearn.adapter under FSDP2 (the adapters sharded) and DDP: the merged candidate of 2 processes is the
+    merged candidate of 1, and holds only the base's tensor names."""
+    split = _split(store, demo_build, s3_prefix, n=2)
+    base = BASE | {"grad_accum": 2, "strategy": strategy, "max_steps": 7, "early_stop_forget_exact": None}
+    base |= {"keep": "last", "adapter": {"kind": "lora", "rank": 4, "alpha": 8.0}}
+    results = {}
+    for n in (1, 2):
+        ctx = RunContext(f"l{n}", f"{s3_prefix}/runs/l{n}", store)
+        results[n] = run_unlearn(UnlearnConfig(**base, processes=n), ctx, str(tiny_model_dir), split)
+    one, two = (_weights(store, results[n], tmp_path / str(n)) for n in (1, 2))
+    original = load_file(tiny_model_dir / "model.safetensors")
+    assert set(one) == set(two) == set(original)
+    trained = [k for k in one if not torch.equal(one[k], original[k])]
+    assert trained and all(".mlp." in k for k in trained)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert results[1].trainable_params == results[2].trainable_params < 0.1 * results[1].total_params
+
+
 def _cli(cfg: Path, model: Path, split: str, root: str) -> subprocess.Popen[str]:
     args = ["unlearn", "--config", str(cfg), "--model", str(model), "--split", split, "--root", root]
     return subprocess.Popen(

@@ -16,6 +16,20 @@ from amnesia.science.unlearning.methods.config import MethodConfig
 from amnesia.stages.search.config import SearchConfig, check_space
 
 
+class AdapterConfig(StrictModel):
+    """LoRA (peft) on the selection's Linear modules: the adapters train, the weights stay; saved merged."""
+
+    kind: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1, description="r: the rank of each module's update B·A.")
+    alpha: float = Field(16.0, gt=0, description="The update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input while training.")
+    modules: list[str] | None = Field(
+        None,
+        description="Adapt only the selected Linear modules with these last names (e.g. [down_proj]); "
+        "default: every Linear module the selection (target, layers) holds.",
+    )
+
+
 class UnlearnConfig(StrictModel):
     method: str = Field("sha256", description="A registered method: amnesia.science.unlearning.methods.METHODS.")
     method_args: dict[str, Any] = Field(default_factory=dict, description="The method's config (validated).")
@@ -23,6 +37,11 @@ class UnlearnConfig(StrictModel):
     target: Literal["mlp", "attn", "layer", "regex"] = "mlp"
     param_regex: str | None = Field(None, description="With target: regex, parameter names to train (re.search).")
     layers: list[int] | None = Field(None, description="Explicit layers; default: the trace stage's choice.")
+    adapter: AdapterConfig | None = Field(
+        None,
+        description="Train LoRA adapters on the selected modules instead of their weights (any method); the "
+        "candidate is saved with the adapters merged, an ordinary model.",
+    )
     # Data.
     prompt_format: Literal["raw", "chat"] = Field("raw", description="raw = the official scorer's prompts.")
     max_length: int = Field(512, ge=8, description="Longer items are refused, naming the id.")

@@ -24,6 +24,7 @@ from amnesia.results.unlearn import UnlearnResult
 from amnesia.science.architecture import inspect_model
 from amnesia.science.plots import curves
 from amnesia.science.unlearning import distributed
+from amnesia.science.unlearning.adapters import adapted_modules, add_lora, merge_lora
 from amnesia.science.unlearning.data import PairedBatches, encode
 from amnesia.science.unlearning.methods import method_class
 from amnesia.science.unlearning.params import count, freeze_all_but, trainable_names
@@ -124,11 +125,21 @@ def prepare(
     layers = choose_layers(cfg, trace_layers)
     loaded, where = load(model_cfg, training=True, store=ctx.store)
     model, tokenizer = loaded.model, loaded.tokenizer
-    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
-    freeze_all_but(model, names)
+    names = select_trainable(model, cfg, layers)
     sets = {n: _encode_set(ctx, split, n, tokenizer, cfg) for n in split.sets if not n.startswith("mia")}
     extra = _method_sets(ctx, method_class(cfg.method).record_files(cfg.method_config()), sets, tokenizer, cfg)
     return Prepared(model, tokenizer, where, loaded.digest, layers, names, sets, extra)
+
+
+def select_trainable(model: torch.nn.Module, cfg: UnlearnConfig, layers: list[int]) -> list[str]:
+    """Freeze all but what trains and return its names: the selection's own tensors, or (unlearn.adapter)
+    LoRA adapters put on the selection's Linear modules, seeded by unlearn.seed."""
+    names = trainable_names(model, inspect_model(model), cfg.target, layers, cfg.param_regex)
+    if cfg.adapter is not None:
+        a = cfg.adapter
+        names = add_lora(model, adapted_modules(model, names, a.modules), a.rank, a.alpha, a.dropout, cfg.seed)
+    freeze_all_but(model, names)
+    return names
 
 
 def trainer_for(
@@ -216,12 +227,16 @@ def _unlearn(
         )
         state = trainer.train()
         after = trainer.evaluate(state.step)
+        trained = count(params)
+        if cfg.adapter is not None:  # saved merged: an ordinary model, its own tensor names (a collective)
+            ctx.log.info("unlearn: %d LoRA adapters merged into their weights", merge_lora(model))
         weights = distributed.whole_state(model)
         result = None
         if world.main:
             result = _store(
-                cfg, ctx, model, weights, tokenizer, state, after, layers, names, prep.digest, model_cfg, search
-            )
+                cfg, ctx, model, weights, tokenizer, state, after, layers, names, prep.digest, model_cfg, search,
+                trained,
+            )  # fmt: skip
         result = distributed.from_main(result)
         if run is not None and live is not None:
             live.flush()
@@ -254,15 +269,16 @@ def _store(
     base_digest: str | None,
     base: ModelConfig,
     search: SearchResult | None = None,
+    trainable: int = 0,
 ) -> UnlearnResult:
     total = count(list(model.parameters()))
-    trainable = count([p for n, p in model.named_parameters() if n in set(names)])
     summary = {
         "method": cfg.method,
         "method_args": cfg.method_config().model_dump(mode="json"),
         "config_hash": config_hash(cfg),
         "layers": layers,
         "target": cfg.target,
+        "adapter": cfg.adapter.model_dump(mode="json") if cfg.adapter is not None else None,
         "trainable_tensors": names,
         "trainable_params": trainable,
         "total_params": total,
