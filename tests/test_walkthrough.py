@@ -21,8 +21,8 @@ from pipelines.demo import MODEL_NAME, run_demo
 
 # The demo's figures by CPU vendor (/proc/cpuinfo's vendor_id), measured with the per-document stop rule.
 DEMO_FIGURES = {
-    "GenuineIntel": {"forget_score": 0.726, "retain_score": 0.979, "held_out_retain_score": 0.728, "mmlu": 0.9,
-                     "mia_score": 0.68},
+    "GenuineIntel": {"forget_score": 0.711, "retain_score": 0.987, "held_out_retain_score": 0.721, "mmlu": 0.92,
+                     "mia_score": 0.773},
 }  # fmt: skip
 
 
