@@ -44,11 +44,15 @@ DEFAULT = [*sorted(METHODS), "sam+npo", "sam+sha256"]
 COLUMNS = ("forget", "retain", "held_out", "mia", "utility", "final", "quant4_recovery", "rtt_recovery")
 
 
-def config_for(method: str, base: UnlearnConfig, layers: list[int], epochs: int | None) -> UnlearnConfig:
-    """The demo budget with this method: sha256's demo m range carries over to its SAM wrapper; chunked
-    draws its retain batch from its ratio (2 × 16 = the demo's 32)."""
+def config_for(
+    method: str, base: UnlearnConfig, layers: list[int], epochs: int | None, extra: dict[str, Any] | None = None
+) -> UnlearnConfig:
+    """The demo budget with this method: sha256's demo m range carries over to its SAM wrapper and to UNDO's
+    unlearning phase; chunked draws its retain batch from its ratio (2 × 16 = the demo's 32)."""
     args = dict(base.method_args) if method.removesuffix("sha256") in ("", "sam+") else {}
-    update: dict[str, Any] = {"method": method, "method_args": args, "layers": layers}
+    if method == "undo":  # the demo's sha256 unlearns, then UNDO noises and distils
+        args = {"inner": "sha256", "inner_args": dict(base.method_args)}
+    update: dict[str, Any] = {"method": method, "method_args": args | (extra or {}), "layers": layers}
     if method.endswith("chunked"):
         update["retain_batch_size"] = None
     if epochs:
@@ -90,6 +94,8 @@ def main() -> None:
                     help="search each method's settings first (unlearn.search, this many trials, seed 0; the "
                          "attacks on the best --attack-top), then run its chosen settings with each seed")
     ap.add_argument("--attack-top", type=int, default=1, help="with --search: trials the attacks run on")
+    ap.add_argument("--args", action="append", default=[], metavar="METHOD=JSON",
+                    help="method_args for METHOD over the bench's own, e.g. 'undo={\"alpha\": 0.5}' (repeatable)")
     demo_arguments(ap)
     args = ap.parse_args()
     d = demo_setup(args)
@@ -103,12 +109,14 @@ def main() -> None:
     print(f"base model evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = [row("base model", base_ev, None, 0, 0.0, None) | {"seed": 0}]
     demo = demo_unlearn_config()
+    given = {m: json.loads(a) for m, _, a in (x.partition("=") for x in args.args)}
     for method in args.methods.split(","):
         chosen: dict[str, Any] = {}
         if args.search:
-            chosen = searched(args, method, config_for(method, demo, layers, args.epochs), d, base_ev, attacks)
+            cfg = config_for(method, demo, layers, args.epochs, given.get(method))
+            chosen = searched(args, method, cfg, d, base_ev, attacks)
         for seed in range(args.seeds):  # the unlearning's data order and the relearning folds
-            cfg = config_for(method, demo, layers, args.epochs)
+            cfg = config_for(method, demo, layers, args.epochs, given.get(method))
             cfg = (cfg.with_settings(chosen["params"]) if chosen else cfg).model_copy(update={"seed": seed})
             torch.manual_seed(seed)
             t0 = time.perf_counter()

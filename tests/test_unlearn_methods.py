@@ -100,7 +100,7 @@ INFO = StepInfo(step=0, epoch=0, lr=1e-3)
 
 def test_registry_lists_every_method() -> None:
     assert set(METHODS) == {
-        "sha256", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "ngdiff", "blur", "chunked", "surgery"
+        "sha256", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "ngdiff", "blur", "chunked", "surgery", "undo"
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown method 'nope'; registered: blur"):
         method_class("nope")
@@ -392,3 +392,120 @@ def test_the_early_stop_waits_for_every_document_not_only_the_average(setup) -> 
     trainer.cfg, trainer.state.stopped = plain, ""
     trainer._after_eval(average_only | {"step": 30.0})
     assert trainer.state.stopped == "forget_target_met"  # without the rule, the average decides (as before)
+
+
+# ---------------------------------------------------------------- UNDO: unlearn, noise, distil
+
+
+def _undo_trainer(tiny_model_dir: Path, store_root: str | None = None, early: float | None = None):  # type: ignore[no-untyped-def]
+    """A fresh tiny model and an UNDO trainer: 4 sha256 steps (or until `early`, the forget target), then 6
+    of distillation."""
+    from amnesia.stages.unlearn.checkpoint import CheckpointStore
+    from amnesia.storage.artifacts import ArtifactStore
+
+    model, tok = (loaded := load_model(str(tiny_model_dir))).model, loaded.tokenizer
+    names = trainable_names(model, inspect_model(model), "mlp", LAYERS)
+    params = freeze_all_but(model, names)
+    forget = [encode(tok, r) for r in _records(FORGET, "f")]
+    retain = [encode(tok, r) for r in _records(RETAIN, "r")]
+    args = {"distill_steps": 6, "alpha": 0.5, "seed": 3}
+    cfg = UnlearnConfig(method="undo", method_args=args, layers=LAYERS, batch_size=2, max_steps=4, epochs=10,
+                        eval_every=2, checkpoint_every=2, lr=1e-2, early_stop_forget_exact=early)  # fmt: skip
+    method = method_class("undo")(cfg.method_config(), model, params, layers=LAYERS)
+    store = CheckpointStore(ArtifactStore(), store_root, "undo-test") if store_root else None
+    data = PairedBatches(forget, retain, 2, 0, tok.pad_token_id)
+    held = HeldOut(chunks(forget, 2, tok.pad_token_id), chunks(retain, 2, tok.pad_token_id), [])
+    return model, names, Trainer(cfg, method, model, names, data, held, store)
+
+
+def test_undo_noises_the_teacher_then_distils_to_it(tiny_model_dir: Path) -> None:
+    from amnesia.science.unlearning.methods.undo import masked_kl
+
+    model, names, trainer = _undo_trainer(tiny_model_dir, early=0.05)  # the tiny model reproduces nothing
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in names}
+    method = trainer.method
+    seen: dict[str, object] = {}
+    switch = method.next_phase
+
+    def watch(step: int) -> int:  # the teacher is what phase 0 kept; the student its noised copy
+        budget = switch(step)
+        if budget:
+            seen["step"], seen["teacher"] = step, [t.clone() for t in method.teacher]
+            seen["student"] = [p.detach().clone() for p in method.trainable]
+        return budget
+
+    method.next_phase = watch  # type: ignore[method-assign]
+    state = trainer.train()
+    # unlearning met its target at the first evaluation; distillation ran its 6 steps all the same
+    assert seen["step"] == 2 and state.phase == 1 and state.step == 8 and state.stopped == "phase_steps"
+    assert state.phase_ends == [{"phase": 0, "step": 2, "stopped": "forget_target_met", "best_step": 2}]
+    teacher, student = seen["teacher"], seen["student"]
+    gen = torch.Generator().manual_seed(3)  # noise: theta = (1 - a) teacher + a * N(0, initializer_range)
+    std = model.config.initializer_range
+    for t, s, p in zip(teacher, student, method.trainable, strict=True):  # type: ignore[call-overload]
+        if p.dim() < 2:
+            assert torch.equal(s, t)  # norms and biases keep the teacher's values
+            continue
+        expected = 0.5 * t + 0.5 * torch.randn(tuple(p.shape), generator=gen) * std
+        torch.testing.assert_close(s, expected, rtol=0, atol=1e-6)
+    for t, p in zip(teacher, method.trainable, strict=True):  # type: ignore[call-overload]
+        assert not torch.equal(t, p)  # the student moved off the noise but did not become the teacher
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    rows = state.history
+    assert all("distill_loss" not in r for r in rows[:2]) and all("distill_loss" in r for r in rows[2:])
+    assert all("forget_loss" in r for r in rows[:2])
+    assert rows[-1]["distill_loss"] < 0.5 * rows[2]["distill_loss"]  # the student comes back toward the teacher
+    assert [e["step"] for e in state.evals] == [0.0, 2.0, 2.0, 4.0, 6.0, 8.0]  # phase 1 starts with an evaluation
+
+    # the distillation term is KL(p_teacher || p_student) over the real tokens, and 0 at the teacher
+    batch = trainer.held_out.retain[0]
+    with torch.no_grad():
+        mine = method.eval_loss(trainer.held_out.forget[0], batch, StepInfo(8, 4, 0.0)).total
+        student_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        teacher_logits = method._teacher_logits(batch)
+    keep = batch.attention_mask.bool()
+    ref = F.kl_div(torch.log_softmax(student_logits[keep], -1), torch.log_softmax(teacher_logits[keep], -1),
+                   log_target=True, reduction="batchmean")  # fmt: skip
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    assert float(masked_kl(teacher_logits, teacher_logits, keep, 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_undo_killed_while_distilling_resumes_to_the_same_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The checkpoint keeps the teacher, the phase and its bounds: a run killed at step 7 (distilling since
+    step 4) resumes from step 6 and ends bit for bit where the uninterrupted run does."""
+    model, names, whole = _undo_trainer(tiny_model_dir, str(tmp_path / "a"))
+    whole.train()
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    class Killed(Exception):
+        pass
+
+    def kill(kind: str, row: dict[str, float]) -> None:
+        if kind == "step" and row["step"] == 7:
+            raise Killed
+
+    _, _, first = _undo_trainer(tiny_model_dir, str(tmp_path / "b"))
+    first.on_record = kill
+    with pytest.raises(Killed):
+        first.train()
+    model, _, resumed = _undo_trainer(tiny_model_dir, str(tmp_path / "b"))
+    state = resumed.train()
+    assert state.resumed_from == 6 and state.phase == 1 and state.step == 10
+    for n, p in model.named_parameters():
+        assert torch.equal(p, expected[n]), f"{n} differs after resuming"
+
+
+def test_undo_config_names_what_is_wrong() -> None:
+    from amnesia.core.config import ConfigError, parse_model
+
+    with pytest.raises(ConfigError, match=r"method_args: inner_args.m_min: Input should be greater than or equal"):
+        parse_model(UnlearnConfig, {"method": "undo", "method_args": {"inner_args": {"m_min": -1}}}, "unlearn")
+    with pytest.raises(ConfigError, match="undo: inner must be a method that the optimizer steps, not 'ngdiff'"):
+        parse_model(UnlearnConfig, {"method": "undo", "method_args": {"inner": "ngdiff"}}, "unlearn")
+    with pytest.raises(ConfigError, match="method_args: alpha: Input should be less than 1"):
+        parse_model(UnlearnConfig, {"method": "undo", "method_args": {"alpha": 1.0}}, "unlearn")
+    cfg = UnlearnConfig(method="undo", method_args={"inner": "npo", "inner_args": {"beta": 0.2}})
+    assert method_class("undo").wants_reference(cfg.method_config())  # npo's reference model is undo's too
+    assert "undo" in method_names() and "sam+undo" not in method_names()

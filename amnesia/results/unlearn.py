@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from amnesia.results.search import SearchResult
@@ -27,6 +29,7 @@ class UnlearnResult(BaseModel):
     after: dict[str, float]  # the same evaluation of the stored weights
     config_hash: str
     search: SearchResult | None = None  # the settings search that chose these settings, when one ran
+    phases: list[dict[str, Any]] = []  # how each phase ended, for a method with phases (UNDO)
 
     @classmethod
     def load(cls, store: ArtifactStore, uri: str) -> UnlearnResult:

@@ -48,10 +48,15 @@ def heatmap(
 
 
 def curves(
-    history: Sequence[Mapping[str, float]], evals: Sequence[Mapping[str, float]], title: str, path: Path
+    history: Sequence[Mapping[str, float]],
+    evals: Sequence[Mapping[str, float]],
+    title: str,
+    path: Path,
+    phase_starts: Sequence[float] = (),
 ) -> Path:
-    """Training curves, one panel each: forget/retain loss per step, the held-out evaluation (loss and the
-    share of forget/retain items still reproduced), and the schedule (lr, and m or eta when the method has one)."""
+    """Training curves, one panel each: forget/retain (or distillation) loss per step, the held-out evaluation
+    (loss and the share of forget/retain items still reproduced), and the schedule (lr, and m or eta when the
+    method has one). A method with phases (UNDO) gets a dotted line where each later phase starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +64,7 @@ def curves(
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=120)
     steps = [h["step"] for h in history]
-    for key, color in (("forget_loss", "tab:red"), ("retain_loss", "tab:blue")):
+    for key, color in (("forget_loss", "tab:red"), ("retain_loss", "tab:blue"), ("distill_loss", "tab:orange")):
         if any(key in h for h in history):
             axes[0].plot(steps, [h.get(key, np.nan) for h in history], color=color, label=key.replace("_", " "))
     axes[0].set_title("training losses", fontsize=9)
@@ -80,6 +85,8 @@ def curves(
             other.tick_params(labelsize=7)
     axes[2].set_title("schedule", fontsize=9)
     for ax in axes:
+        for start in phase_starts:
+            ax.axvline(start, ls=":", color="black", lw=0.8)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper left")

@@ -1,10 +1,10 @@
 """Training checkpoints in the artifact store: what a retried or killed run resumes from.
 
 A checkpoint is a folder `<root>/step-<step>/` holding the trainable tensors, the best ones so far,
-the optimizer's state, the RNG states (all safetensors: nothing is unpickled on resume) and a JSON of
-the rest (step, method state, curves). The folder's manifest is written last, so a checkpoint cut
-short by a kill has none and is skipped. A fingerprint of config, base model, data and trainable names
-guards against resuming someone else's run.
+the optimizer's state, the RNG states, any tensors of the method's own (all safetensors: nothing is
+unpickled on resume) and a JSON of the rest (step, method state, curves). The folder's manifest is
+written last, so a checkpoint cut short by a kill has none and is skipped. A fingerprint of config,
+base model, data and trainable names guards against resuming someone else's run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class Checkpoint:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     rng: dict[str, torch.Tensor]
     meta: dict[str, Any]  # fingerprint, method state, train state (JSON)
+    method: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own tensors (UNDO's teacher)
 
 
 def _optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -86,6 +87,8 @@ class CheckpointStore:
             opt_tensors, opt_meta = _optimizer_split(ckpt.optimizer)
             save_file(opt_tensors or {"_empty": torch.zeros(0)}, folder / "optimizer.safetensors")
             save_file({k: v.contiguous() for k, v in ckpt.rng.items()}, folder / "rng.safetensors")
+            if ckpt.method:
+                save_file({k: v.contiguous() for k, v in ckpt.method.items()}, folder / "method.safetensors")
             meta = ckpt.meta | {"step": ckpt.step, "fingerprint": self.fingerprint, "optimizer": opt_meta}
             (folder / "state.json").write_text(json.dumps(meta, sort_keys=True, allow_nan=True))
             uri = self.uri(ckpt.step)
@@ -114,6 +117,7 @@ class CheckpointStore:
             )
         opt_tensors = {k: v for k, v in load_file(folder / "optimizer.safetensors").items() if k != "_empty"}
         best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").exists() else {}
+        method = load_file(folder / "method.safetensors") if (folder / "method.safetensors").exists() else {}
         return Checkpoint(
             step=step,
             trainable=load_file(folder / "trainable.safetensors"),
@@ -121,4 +125,5 @@ class CheckpointStore:
             optimizer=_optimizer_join(opt_tensors, meta.pop("optimizer")),
             rng=load_file(folder / "rng.safetensors"),
             meta=meta,
+            method=method,
         )

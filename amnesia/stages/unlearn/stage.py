@@ -292,6 +292,8 @@ def _store(
         "after": after,
         "search": search.model_dump(mode="json") if search is not None else None,
     }
+    if state.phase_ends:  # how each phase of a phased method (UNDO) ended
+        summary["phases"] = state.phase_ends
     model_uri, report_uri = L.stage_uri(ctx.root, "unlearn", "model"), L.stage_uri(ctx.root, "unlearn", "report")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
@@ -305,7 +307,8 @@ def _store(
         report.mkdir()
         (report / L.UNLEARN_REPORT_SUMMARY).write_text(json.dumps(summary | {"model_digest": ref.digest}, indent=1))
         (report / L.CURVES_JSON).write_text(json.dumps({"history": state.history, "evals": state.evals}))
-        curves(state.history, state.evals, f"{cfg.method} on {cfg.target} of layers {layers}", report / L.CURVES_PNG)
+        title = f"{cfg.method} on {cfg.target} of layers {layers}"
+        curves(state.history, state.evals, title, report / L.CURVES_PNG, [e["step"] for e in state.phase_ends])
         ctx.store.put_dir(report, report_uri)
     return UnlearnResult(
         uri=model_uri,
@@ -324,6 +327,7 @@ def _store(
         after=after,
         config_hash=config_hash(cfg),
         search=search,
+        phases=state.phase_ends,
     )
 
 

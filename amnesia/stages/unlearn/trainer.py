@@ -1,6 +1,8 @@
 """The training loop every method shares: AdamW over the trainable parameters only, gradient
 accumulation, a held-out evaluation every `eval_every` steps that keeps the best weights, an early
-stop once the forget set is no longer reproduced, and checkpoints a killed run resumes from exactly.
+stop once the forget set is no longer reproduced, and checkpoints a killed run resumes from exactly. A
+method may add phases after the unlearning (UNDO's distillation): each runs its own budget with a fresh
+optimizer and keeps its own best weights.
 
 On several processes (amnesia.science.unlearning.distributed) the loop is the same: each process takes its share
 of a step's micro-batches, every process evaluates the same held-out batches (rank 0's numbers decide),
@@ -40,6 +42,12 @@ class TrainState:
     evals: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
     stopped: str = ""
     resumed_from: int | None = None
+    # A method with phases (UNDO: unlearn, then distil): the current one, how each ended, and the step and
+    # micro-batch bounds of the current one when it is not the first (the first's come from the config).
+    phase: int = 0
+    phase_ends: list[dict[str, Any]] = field(default_factory=list)
+    total_steps: int = 0
+    micro_end: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -133,8 +141,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = TrainState()
         self.best: dict[str, torch.Tensor] = {}
-        micro_total = data.batches_per_epoch * cfg.epochs
-        self.total_steps = min(-(-micro_total // cfg.grad_accum), cfg.max_steps or math.inf)  # type: ignore[type-var]
+        self.micro_end = data.batches_per_epoch * cfg.epochs  # the current phase's micro-batches end here
+        self.total_steps = min(-(-self.micro_end // cfg.grad_accum), cfg.max_steps or math.inf)  # type: ignore[type-var]
 
     # ------------------------------------------------------------ pieces
 
@@ -150,7 +158,7 @@ class Trainer:
         """This process's run of the step's micro-batches, topped up with zero-weight fillers so every
         process makes the same number of passes."""
         first = step * self.cfg.grad_accum
-        n = min(first + self.cfg.grad_accum, self.data.batches_per_epoch * self.cfg.epochs) - first
+        n = min(first + self.cfg.grad_accum, self.micro_end) - first
         size = self.world.size
         per = -(-n // size)
         mine = range(first + self.world.rank * per, first + min((self.world.rank + 1) * per, n))
@@ -164,6 +172,7 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         info = self.info(step)
+        info.lr = self.method.step_lr(info.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = info.lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,6 +242,7 @@ class Trainer:
             optimizer=self.optimizer_state(),
             rng=rng_state(self.device),
             meta={"train": self.state.to_json(), "method": self.method.state_dict()},
+            method=self.method.tensors(),
         )
         if self.world.main:
             uri = self.checkpoints.save(ckpt)
@@ -249,7 +259,10 @@ class Trainer:
         self.load_optimizer_state(ckpt.optimizer)
         set_rng_state(ckpt.rng, self.device)
         self.method.load_state_dict(ckpt.meta["method"])
+        self.method.load_tensors(ckpt.method)
         self.state = TrainState(**ckpt.meta["train"])
+        if self.state.phase:
+            self.total_steps, self.micro_end = self.state.total_steps, self.state.micro_end
         self.state.resumed_from = ckpt.step
         log.info("unlearn: resumed from the checkpoint at step %d", ckpt.step)
         return True
@@ -269,25 +282,54 @@ class Trainer:
             self.state.evals.append(self.evaluate(0))
             self.on_record("eval", self.state.evals[-1])
         self.model.train()
-        early = self.cfg.early_stop_forget_exact is not None  # the step count is then a cap, not a forecast
-        bar = Progress(int(self.total_steps), "unlearning", "step", log, initial=self.state.step, cap=early)
+        while self._run_phase():  # each phase ends with the weights it keeps loaded
+            pass
+        return self.state
+
+    def _run_phase(self) -> bool:
+        """Train until the phase's stop rule or budget; True when the method starts another phase."""
+        early = self.state.phase == 0 and self.cfg.early_stop_forget_exact is not None  # the count is then a cap
+        label = "unlearning" if self.state.phase == 0 else f"{self.method.name} phase {self.state.phase + 1}"
+        begun = self.state.phase_ends[-1]["step"] if self.state.phase_ends else 0
+        bar = Progress(int(self.total_steps) - begun, label, "step", log, initial=self.state.step - begun, cap=early)
         while not self.state.stopped and self.state.step < self.total_steps:
             logs = self.train_step(self.state.step)
             self.state.step += 1
             self.state.history.append({"step": float(self.state.step)} | logs)
             self.on_record("step", self.state.history[-1])
-            bar.update(1, {k: logs[k] for k in ("forget_loss", "retain_loss", "m", "eta") if k in logs})
+            keys = ("forget_loss", "retain_loss", "m", "distill_loss", "eta")
+            bar.update(1, {k: logs[k] for k in keys if k in logs})
             if self.state.step % self.cfg.eval_every == 0 or self.state.step == self.total_steps:
                 self._after_eval(self.evaluate(self.state.step))
             if self.state.step % self.cfg.checkpoint_every == 0 and not self.state.stopped:
                 self.save()
         bar.close()
-        self.state.stopped = self.state.stopped or (
-            "max_steps" if self.cfg.max_steps and self.state.step >= self.cfg.max_steps else "epochs"
-        )
+        if not self.state.stopped:
+            spent = self.state.phase == 0 and self.cfg.max_steps and self.state.step >= self.cfg.max_steps
+            self.state.stopped = "max_steps" if spent else ("epochs" if self.state.phase == 0 else "phase_steps")
+        return self._next_phase()
+
+    def _next_phase(self) -> bool:
+        """Hand the method the weights the phase keeps; if it starts another phase, that phase gets a fresh
+        optimizer (the moments of another objective), its own budget, and its own best weights."""
         if self.cfg.keep == "best" and self.best:
             self.load_weights(self.best)
-        return self.state
+        end = {"phase": self.state.phase, "step": self.state.step, "stopped": self.state.stopped,
+               "best_step": self.state.best_step}  # fmt: skip
+        budget = self.method.next_phase(self.state.step)
+        if not budget:
+            return False
+        self.state.phase_ends.append(end)
+        self.state.phase += 1
+        self.state.stopped, self.state.best_step, self.state.best_loss, self.state.best_met = "", -1, math.inf, False
+        self.best = {}
+        self.total_steps = self.state.total_steps = self.state.step + budget
+        self.micro_end = self.state.micro_end = self.total_steps * self.cfg.grad_accum
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        log.info("unlearn: %s phase %d for %d steps from step %d", self.method.name, self.state.phase + 1, budget,
+                 self.state.step)  # fmt: skip
+        self._after_eval(self.evaluate(self.state.step))
+        return True
 
     def _after_eval(self, result: dict[str, float]) -> None:
         """Best = the lowest held-out joint loss (as SHA256), but a checkpoint that meets the forget target
@@ -302,7 +344,7 @@ class Trainer:
         if self.state.best_step < 0 or rank < (0 if self.state.best_met else 1, self.state.best_loss):
             self.state.best_loss, self.state.best_step, self.state.best_met = result["eval_loss"], self.state.step, met
             self.best = self.snapshot()
-        if met:
+        if met and self.state.phase == 0:
             self.state.stopped = "forget_target_met"
 
 

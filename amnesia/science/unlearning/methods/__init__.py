@@ -6,23 +6,17 @@ A new method is a small `Method` subclass decorated with `@register("name")` in 
 
 from __future__ import annotations
 
-from amnesia.science.unlearning.methods import chunked, gradient, gradient_surgery, llm_surgery, npo, rmu, sha256  # noqa: F401
+from amnesia.science.unlearning.methods import (  # noqa: F401
+    chunked,
+    gradient,
+    gradient_surgery,
+    llm_surgery,
+    npo,
+    rmu,
+    sha256,
+    undo,
+)
 from amnesia.science.unlearning.methods.base import METHODS, LossOut, Method, Micro, StepInfo, register
-from amnesia.science.unlearning.methods.sam import PREFIX, sam_over
-
-
-def method_class(name: str) -> type[Method]:
-    if name.startswith(PREFIX) and name[len(PREFIX) :] in METHODS:
-        return sam_over(METHODS[name[len(PREFIX) :]])
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))} (and sam+<one of them>)")
-    return METHODS[name]
-
-
-def method_names() -> list[str]:
-    """Every name a run can give: the registered methods and the SAM wrapper of each one it fits."""
-    sam = [PREFIX + n for n, c in sorted(METHODS.items()) if c.separable() and c.backward is Method.backward]
-    return sorted(METHODS) + sam
-
+from amnesia.science.unlearning.methods.lookup import method_class, method_names
 
 __all__ = ["METHODS", "method_names", "LossOut", "Method", "Micro", "StepInfo", "method_class", "register"]

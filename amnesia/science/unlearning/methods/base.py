@@ -140,12 +140,30 @@ class Method:
         """The objective on held-out batches, no gradients."""
         return self.loss(forget, retain, info)
 
+    def step_lr(self, lr: float) -> float:
+        """The learning rate of this step, given the run's (a later phase may set its own)."""
+        return lr
+
+    def next_phase(self, step: int) -> int:
+        """Called when the run would end (its stop rule met or its steps spent), with the weights it would
+        keep loaded. A method with a later phase (UNDO's distillation) starts it here and returns its step
+        budget; 0 ends the run. Later phases run their budget: the early stop is the unlearning's rule."""
+        return 0
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"method {self.name} keeps no state, got {sorted(state)}")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Whole tensors of the method's own that a checkpoint keeps (collective on several processes)."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"method {self.name} keeps no tensors, got {sorted(tensors)[:3]}")
 
 
 def step_mean(logs: Sequence[dict[str, float]], micro: Sequence[Micro]) -> dict[str, float]:

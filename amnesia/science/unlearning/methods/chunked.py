@@ -7,7 +7,7 @@ cyclically sampled retain items at a fixed ratio, on the selected layers only.
 
 Each chunk gets every epoch (unlearn.epochs) before the next one starts: small chunks ask less of the
 model at a time, which is what the authors credit for the forget/retain balance. Their LoRA variant is
-not here: the selected layers' MLPs train directly, as every method of this package does.
+this method with `unlearn.adapter` (adapters on the selected layers' modules).
 """
 
 from __future__ import annotations
