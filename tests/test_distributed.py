@@ -61,6 +61,8 @@ def test_sharding_units_are_the_modules_that_only_train(tiny_model_dir: Path) ->
         ("blur", "fsdp", 2, {"gamma": 0.5}),
         ("rmu", "ddp", 2, {"alpha": 10.0}),  # its coefficient comes from the run's first batch everywhere
         ("sam+sha256", "fsdp", 2, {"rho": 0.05}),  # eps from the whole batch's forget gradient, on shards
+        # the noise drawn whole, then sharded; the teacher swapped into the shards (FSDP's gathered copy dropped)
+        ("undo", "fsdp", 2, {"distill_steps": 4, "alpha": 0.5}),
     ],
 )
 def test_two_processes_give_the_one_process_weights(
@@ -86,7 +88,11 @@ def test_two_processes_give_the_one_process_weights(
     assert trained and all(".mlp." in k for k in trained)  # it trained, and only the MLPs
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
-    assert results[1].steps == results[2].steps == 7
+    distilled = int(args.get("distill_steps", 0))  # UNDO's phase after the 7 steps of unlearning
+    assert results[1].steps == results[2].steps == 7 + distilled
+    if distilled:
+        assert results[1].phases == results[2].phases
+        assert [(e["phase"], e["step"], e["stopped"]) for e in results[1].phases] == [(0, 7, "max_steps")]
     for key in ("forget_exact", "retain_exact", "eval_loss"):
         assert results[2].after[key] == pytest.approx(results[1].after[key], rel=1e-4, abs=1e-6)
     history = {n: store.get_json(join(results[n].report_uri, "curves.json"))["history"] for n in (1, 2)}

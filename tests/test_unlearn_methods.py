@@ -418,7 +418,11 @@ def _undo_trainer(tiny_model_dir: Path, store_root: str | None = None, early: fl
     return model, names, Trainer(cfg, method, model, names, data, held, store)
 
 
-def test_undo_noises_the_teacher_then_distils_to_it(tiny_model_dir: Path) -> None:
+def test_undo_noises_the_teacher_then_distils_to_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from amnesia.science.plots import curves
     from amnesia.science.unlearning.methods.undo import masked_kl
 
     model, names, trainer = _undo_trainer(tiny_model_dir, early=0.05)  # the tiny model reproduces nothing
@@ -470,6 +474,14 @@ def test_undo_noises_the_teacher_then_distils_to_it(tiny_model_dir: Path) -> Non
                    log_target=True, reduction="batchmean")  # fmt: skip
     torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
     assert float(masked_kl(teacher_logits, teacher_logits, keep, 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+    # the curves a person reads: the distillation loss drawn, and a line where distillation starts
+    def pixels(starts: list[float]) -> np.ndarray:
+        path = curves(state.history, state.evals, "undo", tmp_path / f"c{len(starts)}.png", starts)
+        return np.asarray(Image.open(path).convert("L"), dtype=float)
+
+    marked, plain = pixels([e["step"] for e in state.phase_ends]), pixels([])
+    assert marked.std() > 10 and (marked != plain).any(axis=0).sum() >= 3  # one dotted column per panel
 
 
 def test_undo_killed_while_distilling_resumes_to_the_same_weights(tiny_model_dir: Path, tmp_path: Path) -> None:

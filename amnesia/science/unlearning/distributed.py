@@ -134,6 +134,18 @@ def whole_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 # ---------------------------------------------------------------- tensors and numbers
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Drop FSDP2's gathered copies of the parameters. Each sharded unit here is its own FSDP root, and a root
+    keeps its gathered parameters after a forward pass for the backward that usually follows: a no-grad pass
+    leaves them in place, so one who writes the shards between passes (UNDO's teacher swap, its noise) calls
+    this first, or the next pass reads the old values. No-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in unwrap(model).modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor on every process (a collective for a sharded one)."""
     return t.full_tensor() if isinstance(t, DTensor) else t

@@ -24,7 +24,7 @@ import torch
 from amnesia.core.progress import Progress
 from amnesia.science.records import document_of
 from amnesia.science.unlearning.data import Batch, Encoded, PairedBatches, chunks
-from amnesia.science.unlearning.distributed import ONE, World, from_main, full, like, unwrap
+from amnesia.science.unlearning.distributed import ONE, World, from_main, full, like, reshard, unwrap
 from amnesia.science.unlearning.methods import Method, Micro, StepInfo
 from amnesia.stages.unlearn.checkpoint import Checkpoint, CheckpointStore
 from amnesia.stages.unlearn.config import UnlearnConfig
@@ -209,6 +209,7 @@ class Trainer:
         return {n: full(p.detach()).cpu().clone() for n, p in zip(self.names, self.params, strict=True)}
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        reshard(self.model)  # else a pass after an evaluation would read FSDP's gathered copy, not these
         with torch.no_grad():
             for n, p in zip(self.names, self.params, strict=True):
                 p.copy_(like(p, tensors[n].to(p.device, p.dtype)))

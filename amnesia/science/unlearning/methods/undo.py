@@ -27,7 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from amnesia.core.config import describe_error
 from amnesia.science.unlearning.data import Batch, PairedBatches
-from amnesia.science.unlearning.distributed import full, like, unwrap
+from amnesia.science.unlearning.distributed import full, like, reshard, unwrap
 from amnesia.science.unlearning.methods.base import LossOut, Method, Micro, StepInfo, logits_of, register, step_mean
 from amnesia.science.unlearning.methods.config import MethodConfig
 from amnesia.science.unlearning.methods.lookup import method_class
@@ -134,6 +134,7 @@ class Undo(Method):
         std = float(getattr(config, "initializer_range", 0.02)) * self.cfg.beta
         gen = torch.Generator().manual_seed(self.cfg.seed)
         a = self.cfg.alpha
+        reshard(self.model)  # the last evaluation's gathered weights are the teacher's
         for p in self.trainable:
             if p.dim() < 2:
                 continue
@@ -141,6 +142,7 @@ class Undo(Method):
             p.mul_(1 - a).add_(like(p, noise.to(p.device, p.dtype)), alpha=a)
 
     def _swap(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        reshard(self.model)  # a no-grad pass leaves FSDP's gathered weights: the next pass must read these
         saved = [p.detach().clone() for p in self.trainable]
         with torch.no_grad():
             for p, t in zip(self.trainable, tensors, strict=True):
