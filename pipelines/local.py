@@ -40,7 +40,7 @@ def run_local(
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir), raise_on_error=True)
         with task_console(logs, verbose) if logs is not None else contextlib.nullcontext():
-            build(None, local=True)(**cfg.arguments(run_id, root, digest))
+            build(None, local=True, search_parallel=cfg.cluster.search_parallel)(**cfg.arguments(run_id, root, digest))
     finally:
         for k, v in saved.items():
             if v is None:

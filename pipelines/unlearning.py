@@ -32,6 +32,7 @@ from components.finish import finish
 from components.gate import gate
 from components.preflight import preflight
 from components.register import register
+from components.search import search_choose, search_plan, search_trial
 from components.split import split
 from components.trace import trace
 from components.unlearn import unlearn
@@ -42,13 +43,19 @@ NAME = "selective-amnesia-unlearning"
 COMPUTE = L.COMPUTE_TASKS  # from the stage table: retried, and given the GPU and resources on a cluster
 
 
-def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, local: bool = False) -> Any:
+def build(
+    cluster: ClusterConfig | None = None, run_id_from_job: bool = False, local: bool = False,
+    search_parallel: int | None = None,
+) -> Any:  # fmt: skip
     """The pipeline function; with a cluster config, its tasks carry the Kubernetes settings. With
     run_id_from_job (recurring runs), each run's id is the KFP job's own id, not the parameter.
+    search_parallel (default: the cluster's): the settings search fans out, this many trials at a time.
 
     local: kfp.local (2.17) cannot resolve a dsl.If condition inside an ExitHandler ("Could not resolve
     parent input") and skips the branch, so the local DAG runs register unconditionally; the register
     component checks the gate's verdict itself and registers nothing for a failed gate."""
+
+    parallel = search_parallel or (cluster.search_parallel if cluster is not None else None)
 
     def k8s(task: Any, name: str) -> Any:
         if cluster is not None:
@@ -101,6 +108,9 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             else:  # with unlearn.search the task searches first: it scores trials as evaluate and gate will
                 search = {"evaluate_config": evaluate_config, "gate_config": gate_config, "plan_json": plan,
                           "original_uri": model_uri}  # fmt: skip
+                if parallel:  # the search's trials as tasks of their own; unlearn runs the choice
+                    searching = {**unlearning_args, **search}
+                    search |= {"search_json": _fanned_out_search(searching, parallel, k8s)}
                 u = k8s(unlearn(**unlearning_args, **search), "unlearn")
             scoring = {"config_json": evaluate_config, "split_json": sets, **run}
             eb = k8s(evaluate(role="base", **base, **scoring), "evaluate-base")
@@ -110,7 +120,7 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
             results |= {"base_json": eb.outputs["Output"], "candidate_json": ec.outputs["Output"]}
             g = k8s(gate(config_json=gate_config, plan_json=plan, **results, **run), "gate")
             by_name = {"trace": t, "unlearn": u, "evaluate-base": eb, "evaluate-candidate": ec}
-            for name in COMPUTE:
+            for name in (n for n in COMPUTE if n in by_name):  # the search's own: _fanned_out_search
                 by_name[name].set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
                 by_name[name].set_display_name(name.replace("-", " "))
             registration = {"model_name": model_name, "pipeline_run_id": pipeline_run_id, "split_json": sets}
@@ -122,6 +132,31 @@ def build(cluster: ClusterConfig | None = None, run_id_from_job: bool = False, l
                     k8s(register(**registration), "register").set_caching_options(False)
 
     return unlearning
+
+
+def _fanned_out_search(args: dict[str, Any], parallel: int, k8s: Any) -> Any:
+    """search-plan → ParallelFor(search-trial) twice (the random startup round, then TPE told its results) →
+    search-choose; the choice's SearchResult JSON. Each item carries what its trial needs (its settings, the
+    trials told, when the search started, the upstream outputs), so a trial reads only its item and the
+    pipeline's parameters (tasks.search_trial says why)."""
+    fixed = {k: args[k] for k in ("config_json", "pipeline_run_id", "store_root", "model_config", "evaluate_config",
+                                  "gate_config", "original_uri")}  # the pipeline's parameters  # fmt: skip
+    plan1 = k8s(search_plan(round_number=1, told=[], first_items=[], **args), "search-plan")
+    with dsl.ParallelFor(plan1.output, parallelism=parallel, name="search-round-1") as item:
+        first = k8s(search_trial(item=item, **fixed), "search-trial")
+    told = dsl.Collected(first.output)
+    plan2 = k8s(search_plan(round_number=2, told=told, first_items=plan1.output, **args), "search-plan")
+    told = dsl.Collected(first.output)  # a Collected feeds one task
+    with dsl.ParallelFor(plan2.output, parallelism=parallel, name="search-round-2") as item:
+        second = k8s(search_trial(item=item, **fixed), "search-trial")
+    chosen = search_choose(first=told, last=dsl.Collected(second.output), first_items=plan1.output,
+                           parallel=parallel, **args)  # fmt: skip
+    k8s(chosen, "search-choose")
+    for task, name in ((plan1, "plan round 1"), (first, "trial"), (plan2, "plan round 2"), (second, "trial"),
+                       (chosen, "choose")):  # fmt: skip
+        task.set_display_name(f"search {name}")
+        task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)  # each is deterministic
+    return chosen.output
 
 
 def _trainjob_args(cluster: ClusterConfig) -> dict[str, str]:

@@ -38,6 +38,7 @@ def test_spec() -> None:
         "gate_config",
         "plan_json",
         "original_uri",
+        "search_json",  # the search fanned out as tasks (cluster.search_parallel): its choice
     }
 
 

@@ -35,12 +35,12 @@ def other_world(store: ArtifactStore, stack_settings) -> DemoArtifacts:  # type:
     return prepare(DemoConfig(world=OTHER_WORLD), store, f"s3://{stack_settings.bucket}", echo=lambda _: None)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, issue 29 open: on an Intel CPU (2026-12-05) the best of the 8 searched trials keeps 0.555 of "
-    "the held-out people (floor 0.6) and the gate fails; on the AMD CI machine it passed. The search's space and "
-    "budget for a 4M-parameter model are not yet settled; every other assertion of the run holds on both",
-)
+# The gate's verdict on this world depends on the machine (see the test): that one assertion is a known failure.
+KNOWN = ("known, issue 29 open: on an Intel CPU (2026-12-05) the best of the 8 searched trials keeps 0.555 of the "
+         "held-out people (floor 0.6) and the gate fails; on the AMD CI machine it passed. The search's space and "
+         "budget for a 4M-parameter model are not yet settled")  # fmt: skip
+
+
 def test_own_model_example_runs_end_to_end(other_world: DemoArtifacts, store: ArtifactStore, tmp_path: Path) -> None:
     """The example as written, settings searched (no hand-set lr), on a world it was never tuned on: the gate
     passes. Changed for this machine: the MMLU source and the 6-layer model's trace window and answer length;
@@ -77,7 +77,9 @@ def test_own_model_example_runs_end_to_end(other_world: DemoArtifacts, store: Ar
     search = next(line for line in run.stdout.splitlines() if line.startswith("search  "))
     assert search.startswith("search  8 trials") and "chose trial" in search, search
     gate = next(line for line in run.stdout.splitlines() if line.startswith("gate    "))
-    assert gate == "gate    PASS", run.stdout
+    assert gate.startswith("gate    PASS") or gate.startswith("gate    FAIL"), run.stdout
+    if gate != "gate    PASS":  # everything above holds on every machine; this verdict does not yet
+        pytest.xfail(f"{KNOWN}: {gate.strip()}; {search.strip()}")
 
 
 def test_the_example_header_commands_exist_as_written() -> None:

@@ -343,6 +343,26 @@ def test_compiled_yaml_holds_secrets_resources_retries_and_image(tmp_path: Path)
     with_selector = [e for e in k8s.values() if "nodeSelector" in e]
     assert len(with_selector) == 4 and all(e["tolerations"][0]["key"] == "nvidia.com/gpu" for e in with_selector)
 
+    # cluster.search_parallel: the settings search's trials fan out (two rounds), each trial a GPU task
+    fanned = compile_pipeline(cluster.model_copy(update={"search_parallel": 3}), tmp_path / "fanned.yaml")
+    spec = next(yaml.safe_load_all(fanned.read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {name.removeprefix("exec-") for name, e in executors.items()
+           if "accelerator" in e["container"].get("resources", {})}  # fmt: skip
+    assert gpu == {"trace", "unlearn", "evaluate", "evaluate-2", "search-plan", "search-plan-2", "search-trial",
+                   "search-trial-2", "search-choose"}, gpu  # fmt: skip
+    inner = spec["components"][tasks]["dag"]["tasks"]
+    loops = {n: t for n, t in inner.items() if "iteratorPolicy" in t}  # two rounds, each its own loop
+    assert [t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()] == [3, 3]
+    assert [t["parameterIterator"]["items"]["inputParameter"] for t in loops.values()] == [
+        "pipelinechannel--search-plan-Output", "pipelinechannel--search-plan-2-Output"]  # fmt: skip
+    in_loops = [spec["components"][t["componentRef"]["name"]]["dag"]["tasks"] for t in loops.values()]
+    assert [set(dag) for dag in in_loops] == [{"search-trial"}, {"search-trial-2"}]
+    assert all("retryPolicy" in task for dag in in_loops for task in dag.values())
+    assert {n for n, t in inner.items() if "retryPolicy" in t} >= {"search-plan", "search-plan-2", "search-choose"}
+    assert inner["unlearn"]["inputs"]["parameters"]["search_json"]["taskOutputParameter"]["producerTask"] == (
+        "search-choose")
+
 
 def test_schedule_wants_six_cron_fields_and_runs_take_the_job_id(tmp_path: Path) -> None:
     from amnesia.core.errors import ConfigError

@@ -6,6 +6,7 @@ the demo's gate and a small attack budget; every figure comes from the evaluate 
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -80,6 +81,9 @@ def test_a_trial_s_settings_replace_the_config_s_and_drop_the_search() -> None:
     assert cfg.search is not None and set(cfg.search.space_for({"m_min": (1, 10)})) == {"lr", "method_args.m_min"}
     run = cfg.with_settings({"lr": 2e-4, "method_args.m_min": 2.5})
     assert run.search is None and run.lr == 2e-4 and run.method_args == {"m_min": 2.5, "a": 0.5}
+    # the stop rule is a setting too: how much forgetting is enough trades against the held-out people
+    stop = UnlearnConfig(search={"space": {"early_stop_forget_exact": {"low": 0.02, "high": 0.4}}})
+    assert stop.with_settings({"early_stop_forget_exact": 0.2}).early_stop_forget_exact == 0.2
 
 
 # ---------------------------------------------------------------- real searches
@@ -169,3 +173,100 @@ def test_the_same_seed_and_inputs_give_the_same_trials_and_a_hopeless_trial_is_p
     pruned = [t for t in a.trials if t.state == "pruned"]
     assert [(t.number, t.steps) for t in pruned] == [(2, 10)], a.trials
     assert a.params["lr"] != 1e-7
+
+
+# ---------------------------------------------------------------- fanned out (a cluster's ParallelFor)
+
+
+def test_fanned_out_rounds_draw_alike_and_round_two_is_pruned_against_round_one(
+    demo_build: DemoArtifacts, store: ArtifactStore, s3_prefix: str
+) -> None:  # fmt: skip
+    """The fan-out's tasks, called as separate tasks would be (each loads the model itself): round 1 draws the
+    sequential search's startup draws; drawing again gives the same settings; a hopeless round-2 trial is pruned
+    at its first evaluation against round 1's curves (it never sees another round-2 trial); the choice is the
+    best finished trial and the table says the trials fanned out."""
+    from amnesia.stages.search import fanout
+
+    split = _split(store, demo_build, s3_prefix, "fan-1")
+    ctx = RunContext("fan-1", f"{s3_prefix}/runs/fan-1", store)
+    evaluate = demo_evaluate_config(demo_build.world_uri).model_copy(update={"attacks": None, "mmlu": None})
+    gate = demo_gate_config().model_copy(update={"mmlu_relative_floor": None})
+    space = {"lr": {"choices": [1e-3, 3e-4, 1e-7]}}
+    cfg = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60,
+                        search={"trials": 3, "startup_trials": 2, "attack_top": 0, "seed": SEED, "space": space})
+    model = as_model_config(demo_build.model_uri)
+    items = fanout.plan_round(cfg, ctx, model, split, evaluate, None, None, 1, [], None)
+    drawn = [json.loads(i) for i in items]
+    assert [(d["number"], d["params"]["lr"], d["origin"]) for d in drawn] == [(0, 1e-3, "random"), (1, 1e-3, "random")]
+    first = [fanout.run_trial(cfg, ctx, model, split, None, evaluate, gate, None, None, i) for i in items]
+    assert all(t is not None and t.state == "complete" and t.curve for t in first), first
+    told = [t for t in first if t is not None]
+    started = fanout.started_at(items)
+    again = fanout.plan_round(cfg, ctx, model, split, evaluate, None, None, 2, told, started)
+    assert again == fanout.plan_round(cfg, ctx, model, split, evaluate, None, None, 2, told, started)
+    assert [json.loads(i)["number"] for i in again] == [2] and json.loads(again[0])["origin"] == "tpe"
+    assert fanout.told_in(again[0]) == told  # what the round-2 task prunes against travels in its item
+
+    hopeless = json.loads(again[0]) | {"params": {"lr": 1e-7}}
+    pruned = fanout.run_trial(cfg, ctx, model, split, None, evaluate, gate, None, None, json.dumps(hopeless))
+    assert pruned is not None and (pruned.state, pruned.steps) == ("pruned", 10), pruned
+    assert not store.exists(fanout.trials_uri(ctx, "2.safetensors"))  # only a finished trial leaves tensors
+    assert store.exists(fanout.trials_uri(ctx, "0.safetensors")) and store.exists(fanout.trials_uri(ctx, "1.json"))
+
+    result = fanout.choose(cfg, ctx, model, split, None, evaluate, gate, None, None, [*told, pruned], started, 2)
+    assert result is not None and result.parallel == 2 and result.stopped == "trials"
+    assert result.chosen == max(told, key=lambda t: (t.margin, -t.number)).number
+    assert "2 at a time in two rounds" in store.get_bytes(join(result.uri, SEARCH_MD)).decode()
+    unsearched = cfg.model_copy(update={"search": None})
+    skip = fanout.plan_round(unsearched, ctx, model, split, evaluate, None, None, 1, [], None)
+    assert len(skip) == 1 and json.loads(skip[0])["skip"]  # one item: an empty ParallelFor fails
+    assert fanout.run_trial(unsearched, ctx, model, split, None, evaluate, gate, None, None, skip[0]) is None
+
+
+def test_the_search_fans_out_in_the_dag_and_unlearn_runs_its_choice(
+    demo_build: DemoArtifacts, store: ArtifactStore, stack_settings, s3_prefix: str, tmp_path  # type: ignore[no-untyped-def]
+) -> None:  # fmt: skip
+    """The DAG a cluster runs with cluster.search_parallel, in kfp.local: plan → ParallelFor(trials) twice →
+    choose → unlearn; the summary's search line, the stored table (fanned out), each trial an MLflow child
+    run, and the candidate made with the chosen settings."""
+    from mlflow import MlflowClient
+
+    from amnesia.core.config import config_hash
+    from amnesia.runtime.pipeline_config import PipelineConfig
+    from amnesia.runtime.summary import summarize
+    from amnesia.storage.layout import UNLEARN_SUMMARY
+    from pipelines.local import run_local
+
+    prefix = f"{s3_prefix}/fanned"
+    RequestQueue(store, prefix).submit(load_requests_uri(store, join(demo_build.world_uri, "requests.jsonl"))[:2])
+    unlearn = UnlearnConfig(layers=[0, 1], retain_batch_size=32, epochs=60,
+                            search={"trials": 3, "startup_trials": 2, "seed": SEED})  # fmt: skip
+    gate = demo_gate_config().model_copy(update={"mmlu_relative_floor": None, "quantization_recovery_ceiling": None,
+                                                 "relearning_recovery_ceiling": None})  # no attacks: for CI's minutes
+    cfg = PipelineConfig.model_validate({
+        "name": "fan", "model": demo_build.model_uri, "model_name": "fan-model", "store": {"root": prefix},
+        "split": demo_split_config(demo_build.world_uri).model_dump(), "trace": {"window": 2, "max_facts": 4,
+        "samples": 2}, "unlearn": unlearn.model_dump(), "evaluate": {"max_new_tokens": 48, "mmlu": None,
+        "attacks": None}, "gate": gate.model_dump(), "cluster": {"search_parallel": 2},
+    })  # fmt: skip
+    run_local(cfg, stack_settings, "fan-dag-1", tmp_path / "kfp")
+
+    text = "\n".join(summarize(cfg, stack_settings, "fan-dag-1"))
+    assert "status  succeeded (stopped at: end)" in text, text
+    line = next(x for x in text.splitlines() if x.startswith("search  "))
+    assert line.startswith("search  3 trials") and "chose trial" in line, line
+    uri = f"{prefix}/runs/fan-dag-1/unlearn/search"
+    found = store.get_json(join(uri, SEARCH_JSON))
+    assert found["parallel"] == 2 and [t["origin"] for t in found["trials"]] == ["random", "random", "tpe"]
+    made = store.get_json(join(f"{prefix}/runs/fan-dag-1/unlearn/model", UNLEARN_SUMMARY))
+    assert made["search"]["chosen"] == found["chosen"]
+    chosen = found["params"]  # the candidate was made with them
+    assert made["config_hash"] == config_hash(cfg.unlearn.with_settings(chosen))
+    assert made["method_args"]["m_min"] == chosen["method_args.m_min"]
+
+    client = MlflowClient(stack_settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    runs = client.search_runs([experiment], "tags.`mlflow.runName` = 'search'")
+    search_run = next(r for r in runs if r.data.params.get("chosen.lr") == str(chosen["lr"]))
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{search_run.info.run_id}'")
+    assert len(children) == 3

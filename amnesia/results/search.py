@@ -23,6 +23,7 @@ class Trial(BaseModel):
     attacked_tightest: str | None = None
     passed: bool | None = None  # every check of the gate cleared (with the attacks when they ran)
     figures: dict[str, float] = {}  # the gate's headline figures of this trial (scores, comparisons)
+    curve: dict[int, float] = {}  # step -> what the pruner saw (min(forgotten share, kept share of held-out))
 
 
 class SearchResult(BaseModel):
@@ -38,6 +39,7 @@ class SearchResult(BaseModel):
     stopped: Literal["trials", "budget"]
     seconds: float
     warm_start: dict[str, Value] | None = None  # the start model's own settings, tried first
+    parallel: int | None = None  # fanned out (a cluster's ParallelFor): this many trials at a time, in 2 rounds
 
     def counts(self) -> dict[str, int]:
         out = {"trials": len(self.trials)}
@@ -64,10 +66,12 @@ class SearchResult(BaseModel):
     def note(self) -> str:
         """What the table is, for a reader who has not seen a search before."""
         warm = " Trial 0 was the start model's own settings (warm start)." if self.warm_start else ""
+        how = (f" The trials ran {self.parallel} at a time in two rounds: the random startup draws, then TPE told "
+               "their results, pruned against their curves." if self.parallel else "")
         return (f"Optuna TPE (seed {self.seed}) with a median pruner on the held-out curves; each finished trial "
                 "scored by this gate's checks without the attacks, its margin the smallest over them (the share "
                 "of the way from the bound to the ideal; below 0 fails); the attacks ran on the best only, and "
-                f"chose.{warm} Ended by: {self.stopped}.")
+                f"chose.{warm}{how} Ended by: {self.stopped}.")
 
     def line(self) -> str:
         """One line for logs and summaries: how many trials, the chosen one and its margin."""

@@ -54,6 +54,13 @@ class ClusterConfig(StrictModel):
     memory: str = "32Gi"
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    search_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Given: the settings search (unlearn.search) fans out, each trial its own compute task, this "
+        "many at a time (a dsl.ParallelFor, two rounds); None: its trials run one after another in the unlearn task.",
+    )
     trainjob: TrainJobConfig | None = Field(
         None,
         description="Given: unlearn runs as a TrainJob (several nodes/GPUs) started and awaited by a light "

@@ -19,6 +19,7 @@ from amnesia.governance.registry import register_candidate
 from amnesia.results.evaluation import Evaluation
 from amnesia.results.gate import GateResult
 from amnesia.results.plan import RunPlan
+from amnesia.results.search import SearchResult, Trial
 from amnesia.results.split import SplitResult
 from amnesia.results.trace import TraceResult
 from amnesia.results.unlearn import UnlearnResult
@@ -31,6 +32,7 @@ from amnesia.stages.evaluate.config import EvaluateConfig
 from amnesia.stages.evaluate.stage import run_evaluate
 from amnesia.stages.gate.config import GateConfig
 from amnesia.stages.gate.stage import run_gate
+from amnesia.stages.search import fanout
 from amnesia.stages.search.stage import search_then_unlearn
 from amnesia.stages.split.config import SplitConfig
 from amnesia.stages.split.stage import SplitError, run_split
@@ -105,11 +107,12 @@ def trace(
 def unlearn(
     config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
     trace_json: str, model_out: Any, evaluate_config: str = "", gate_config: str = "", plan_json: str = "",
-    original_uri: str = "",
+    original_uri: str = "", search_json: str = "",
 ) -> tuple[str, str]:  # fmt: skip
     """(the candidate's URI, the UnlearnResult JSON). A retried task resumes from the run's last checkpoint.
     With unlearn.search, the settings search runs first (scored against the evaluate and gate configs, the
-    original model as the base) and the stage then runs its chosen settings."""
+    original model as the base) and the stage then runs its chosen settings; given search_json (the search
+    fanned out as tasks of its own), the stage runs that search's choice."""
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "unlearn"):
         model = ModelConfig.from_task(model_config, model_uri)
@@ -118,8 +121,85 @@ def unlearn(
             _layers(trace_json), EvaluateConfig.model_validate_json(evaluate_config) if evaluate_config else None,
             GateConfig.model_validate_json(gate_config) if gate_config else None, _plan(plan_json),
             ModelConfig.from_task(model_config, original_uri or model_uri),
+            SearchResult.model_validate_json(search_json) if search_json else None,
         )  # fmt: skip
     return result.uri, describe(model_out, result, result.uri, result.digest)
+
+
+# ---------------------------------------------------------------- the settings search, fanned out
+
+
+def _searching(
+    config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
+    evaluate_config: str, gate_config: str, plan_json: str, original_uri: str,
+) -> dict[str, Any]:  # fmt: skip
+    """What every search task reads, from its KFP parameters."""
+    return {
+        "cfg": UnlearnConfig.model_validate_json(config_json),
+        "model": ModelConfig.from_task(model_config, model_uri),
+        "split": SplitResult.model_validate_json(split_json),
+        "evaluate": EvaluateConfig.model_validate_json(evaluate_config),
+        "gate": GateConfig.model_validate_json(gate_config),
+        "plan": _plan(plan_json),
+        "original": ModelConfig.from_task(model_config, original_uri or model_uri),
+    }
+
+
+def _told(trials: list[str]) -> list[Trial]:
+    return [Trial.model_validate_json(t) for t in trials if t]
+
+
+def search_plan(
+    config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
+    trace_json: str, evaluate_config: str, gate_config: str, plan_json: str, original_uri: str, round_: int,
+    told: list[str], first_items: list[str],
+) -> list[str]:  # fmt: skip
+    """The round's items (JSON), each self-contained: its settings, the trials told, when the search started,
+    and the upstream outputs its trial reads (the start model, split, trace and plan). told: the earlier round's
+    trial records; first_items: round 1's items (round 2 reads the start time there)."""
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "search-plan"):
+        a = _searching(config_json, pipeline_run_id, store_root, model_uri, model_config, split_json,
+                       evaluate_config, gate_config, plan_json, original_uri)  # fmt: skip
+        started = fanout.started_at(first_items) if first_items else None
+        upstream = {"model_uri": model_uri, "split_json": split_json, "trace_json": trace_json, "plan_json": plan_json}
+        return fanout.plan_round(a["cfg"], ctx, a["model"], a["split"], a["evaluate"], a["plan"], a["original"],
+                                 round_, _told(told), started, upstream)  # fmt: skip
+
+
+def search_trial(
+    config_json: str, pipeline_run_id: str, store_root: str, model_config: str, evaluate_config: str,
+    gate_config: str, original_uri: str, item: str,
+) -> str:  # fmt: skip
+    """The trial's record as JSON ("" for a round's skip item). What upstream tasks made (the start model, split,
+    trace, plan) comes in the item: kfp.local 2.17 hands a loop's task the loop item in place of every other
+    task's output it reads, so a trial reads only its item and the pipeline's own parameters."""
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "search-trial"):
+        up = fanout.inputs_in(item)
+        if not up:  # a skip item
+            return ""
+        a = _searching(config_json, pipeline_run_id, store_root, up["model_uri"], model_config, up["split_json"],
+                       evaluate_config, gate_config, up["plan_json"], original_uri)  # fmt: skip
+        trial = fanout.run_trial(a["cfg"], ctx, a["model"], a["split"], _layers(up["trace_json"]), a["evaluate"],
+                                 a["gate"], a["plan"], a["original"], item)  # fmt: skip
+    return trial.model_dump_json() if trial is not None else ""
+
+
+def search_choose(
+    config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
+    trace_json: str, evaluate_config: str, gate_config: str, plan_json: str, original_uri: str, first: list[str],
+    last: list[str], first_items: list[str], parallel: int,
+) -> str:  # fmt: skip
+    """The SearchResult JSON ("" without unlearn.search): what the unlearn task then runs."""
+    ctx = RunContext.create(pipeline_run_id, store_root)
+    with one_line_errors(ctx, "search-choose"):
+        a = _searching(config_json, pipeline_run_id, store_root, model_uri, model_config, split_json,
+                       evaluate_config, gate_config, plan_json, original_uri)  # fmt: skip
+        found = fanout.choose(a["cfg"], ctx, a["model"], a["split"], _layers(trace_json), a["evaluate"], a["gate"],
+                              a["plan"], a["original"], _told(first) + _told(last), fanout.started_at(first_items),
+                              parallel)  # fmt: skip
+    return found.model_dump_json() if found is not None else ""
 
 
 def unlearn_trainjob(

@@ -68,6 +68,7 @@ OBLIGATION_ITEMS = "obligations.jsonl"
 PLAN = "plan.json"
 SEARCH = "search"  # below the unlearn stage's folder: the settings search's table and plot
 SEARCH_JSON, SEARCH_MD, SEARCH_PNG = "search.json", "search.md", "search.png"
+SEARCH_TRIALS = "trials"
 VERDICT, REPORT_HTML, REPORT_MD = "verdict.json", "report.html", "report.md"
 
 _EVALUATION_FILES = (
@@ -111,6 +112,23 @@ STAGES: dict[str, Stage] = {
                 File(f"{HEATMAPS}/fact*_*.png", "single-fact heatmaps: the prompt's tokens", personal=True),
             ),
         ),
+        # The settings search (unlearn.search). Locally it runs inside the unlearn task; a cluster's compiled DAG
+        # with cluster.search_parallel fans its trials out as these tasks (pipelines.unlearning).
+        Stage(
+            "search",
+            f"unlearn/{SEARCH}",
+            component="search",
+            tasks=("search-plan", "search-trial", "search-choose"),
+            compute=True,
+            tracked=False,  # one stage run, "search", opened by whichever task records the result
+            files=(
+                File(SEARCH_JSON, "each trial's settings, curve, gate margins and figures; the chosen one"),
+                File(SEARCH_MD, "the trial table"),
+                File(SEARCH_PNG, "the trials' margins (no text)"),
+                File(f"{SEARCH_TRIALS}/*.json", "a fanned-out trial: its record, evaluation and forget scores"),
+                File(f"{SEARCH_TRIALS}/*.safetensors", "a fanned-out trial's trained tensors, for the attacks"),
+            ),
+        ),
         Stage(
             "unlearn",
             "unlearn",
@@ -122,7 +140,6 @@ STAGES: dict[str, Stage] = {
                 File("report/*", "run summary and training curves"),
                 File("checkpoints/**", "resumable training state"),
                 File("launch/**", "a training job's spec and result"),
-                File(f"{SEARCH}/*", "the settings search: each trial's settings, gate margins, the chosen one"),
             ),
         ),
         Stage(

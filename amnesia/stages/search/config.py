@@ -18,6 +18,8 @@ from amnesia.core.config import StrictModel
 TRAINING_FIELDS = {
     "lr": float, "weight_decay": float, "warmup_steps": int, "epochs": int, "max_steps": int, "batch_size": int,
     "retain_batch_size": int, "grad_accum": int, "max_grad_norm": float,
+    # the stop rule: how much forgetting is enough is a trade against the held-out people, per run's data
+    "early_stop_forget_exact": float, "early_stop_per_document": float,
 }  # fmt: skip
 DEFAULT_LR = (1e-5, 3e-3)  # SmolLM-size models want ~1e-5, the demo's 2M-parameter one ~1e-3
 
