@@ -130,8 +130,8 @@ def unlearn(
 
 
 def _searching(
-    config_json: str, pipeline_run_id: str, store_root: str, model_uri: str, model_config: str, split_json: str,
-    evaluate_config: str, gate_config: str, plan_json: str, original_uri: str,
+    config_json: str, model_uri: str, model_config: str, split_json: str, evaluate_config: str, gate_config: str,
+    plan_json: str, original_uri: str,
 ) -> dict[str, Any]:  # fmt: skip
     """What every search task reads, from its KFP parameters."""
     return {
@@ -159,7 +159,7 @@ def search_plan(
     trial records; first_items: round 1's items (round 2 reads the start time there)."""
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "search-plan"):
-        a = _searching(config_json, pipeline_run_id, store_root, model_uri, model_config, split_json,
+        a = _searching(config_json, model_uri, model_config, split_json,
                        evaluate_config, gate_config, plan_json, original_uri)  # fmt: skip
         started = fanout.started_at(first_items) if first_items else None
         upstream = {"model_uri": model_uri, "split_json": split_json, "trace_json": trace_json, "plan_json": plan_json}
@@ -179,7 +179,7 @@ def search_trial(
         up = fanout.inputs_in(item)
         if not up:  # a skip item
             return ""
-        a = _searching(config_json, pipeline_run_id, store_root, up["model_uri"], model_config, up["split_json"],
+        a = _searching(config_json, up["model_uri"], model_config, up["split_json"],
                        evaluate_config, gate_config, up["plan_json"], original_uri)  # fmt: skip
         trial = fanout.run_trial(a["cfg"], ctx, a["model"], a["split"], _layers(up["trace_json"]), a["evaluate"],
                                  a["gate"], a["plan"], a["original"], item)  # fmt: skip
@@ -194,7 +194,7 @@ def search_choose(
     """The SearchResult JSON ("" without unlearn.search): what the unlearn task then runs."""
     ctx = RunContext.create(pipeline_run_id, store_root)
     with one_line_errors(ctx, "search-choose"):
-        a = _searching(config_json, pipeline_run_id, store_root, model_uri, model_config, split_json,
+        a = _searching(config_json, model_uri, model_config, split_json,
                        evaluate_config, gate_config, plan_json, original_uri)  # fmt: skip
         found = fanout.choose(a["cfg"], ctx, a["model"], a["split"], _layers(trace_json), a["evaluate"], a["gate"],
                               a["plan"], a["original"], _told(first) + _told(last), fanout.started_at(first_items),
